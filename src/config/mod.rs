@@ -1,0 +1,218 @@
+//! Configuration: the YAML file is read into [`schema`] structs, then [`validate`] turns them
+//! into the typed [`Config`] below. Runtime code only ever sees a validated `Config`; every
+//! error names the field path it is about (`pools.api.health.fall: must be >= 1`).
+
+pub mod schema;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::error::ConfigError;
+
+/// A validated configuration, ready to build a [`crate::snapshot::Snapshot`] from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub worker_threads: Option<usize>,
+    pub admin_listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<ListenerConfig>,
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Tcp,
+    JsonRpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+            Protocol::JsonRpc => "jsonrpc",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    pub pool: String,
+    pub tls: Option<TlsFiles>,
+    pub key: Vec<KeySource>,
+    pub no_key: NoKey,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub jsonrpc: JsonRpcOptions,
+}
+
+/// Options that only `protocol: jsonrpc` listeners use (defaults are harmless elsewhere).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonRpcOptions {
+    pub max_frame_bytes: usize,
+    pub session_idle_ttl: Duration,
+    pub max_pinned_sessions: u64,
+    pub on_owner_down: OnOwnerDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOwnerDown {
+    /// Answer with a JSON-RPC error naming the session; the session stays where it lives.
+    Error,
+    /// Re-place the session on the ring (fleets on shared storage).
+    Failover,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub handshake_timeout: Duration,
+}
+
+/// Where a listener finds the key it hashes onto the ring; the first source present wins.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    /// A path template such as `/sessions/{key}`: the segment at `index` after `prefix`.
+    Path(PathTemplate),
+    Sni,
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    /// Literal segments before the `{key}` segment.
+    pub prefix: Vec<String>,
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Header(h) => write!(f, "header {h}"),
+            KeySource::Cookie(c) => write!(f, "cookie {c}"),
+            KeySource::Query(q) => write!(f, "query parameter {q}"),
+            KeySource::Path(p) => write!(f, "path /{}/{{key}}", p.prefix.join("/")),
+            KeySource::Sni => f.write_str("TLS SNI"),
+            KeySource::ClientIp => f.write_str("client IP"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoKey {
+    /// Hash a random key: the request lands on any upstream.
+    Random,
+    /// Answer 400 naming the expected key sources.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub vnodes: u32,
+    pub health: HealthConfig,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_max_idle_per_upstream: usize,
+    pub pool_idle_timeout: Duration,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Tcp,
+    Http,
+    JsonRpc,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub probe: ProbeKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Ring identity: stable across address changes. Defaults to `addr`.
+    pub name: String,
+    /// `host:port`; resolved when connecting.
+    pub addr: String,
+    pub weight: u32,
+    /// Environment variable holding the CLI connection token for this upstream.
+    pub token_env: Option<String>,
+}
+
+/// One validation failure, located by its field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl Config {
+    /// Read, parse and validate `file`. Relative TLS paths resolve against the file's folder.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Parse and validate YAML `text` that came from `file` (used for messages and paths).
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: schema::RawConfig = if text.trim().is_empty() {
+            schema::RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                ConfigError::Syntax {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    message: strip_location(&e.to_string()),
+                }
+            })?
+        };
+        let base = file.parent().unwrap_or(Path::new("."));
+        validate::validate(raw, base).map_err(|errors| ConfigError::Invalid {
+            file: file.to_owned(),
+            errors,
+        })
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.get(name)
+    }
+}
+
+/// serde_yaml appends " at line L column C"; we print the location up front instead.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}

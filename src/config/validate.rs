@@ -1,0 +1,384 @@
+//! Stage two of configuration: check every raw value, apply defaults, and build the typed
+//! [`Config`]. All problems are collected (not just the first) and each names its field path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::schema::{RawConfig, RawHealth, RawKeySource, RawListener, RawPool, RawUpstream};
+use super::*;
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+const DEFAULT_VNODES: u32 = 160;
+const MAX_VNODES: u32 = 10_000;
+const MAX_WEIGHT: u32 = 1_000;
+
+/// Collects field errors while the typed config is assembled.
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<&str>, default: Duration) -> Duration {
+        let Some(raw) = raw else { return default };
+        match humantime::parse_duration(raw) {
+            Ok(d) if d.is_zero() => {
+                self.push(path, "must be greater than 0");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.push(path, format!("invalid duration {raw:?} ({e}); use e.g. 500ms, 2s, 30m"));
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, raw: &str) -> SocketAddr {
+        raw.parse().unwrap_or_else(|_| {
+            self.push(path, format!("invalid address {raw:?}; expected ip:port"));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn at_least(&mut self, path: &str, value: Option<u32>, default: u32, min: u32) -> u32 {
+        let v = value.unwrap_or(default);
+        if v < min {
+            self.push(path, format!("must be >= {min}"));
+        }
+        v
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+
+    let worker_threads = raw.runtime.worker_threads;
+    if let Some(n) = worker_threads {
+        if !(1..=1024).contains(&n) {
+            errs.push("runtime.worker_threads", "must be between 1 and 1024");
+        }
+    }
+    let admin_listen = errs.socket_addr(
+        "admin.listen",
+        raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN),
+    );
+    let shutdown_grace = errs.duration(
+        "shutdown_grace",
+        raw.shutdown_grace.as_deref(),
+        Duration::from_secs(30),
+    );
+
+    let pools: BTreeMap<String, PoolConfig> = raw
+        .pools
+        .into_iter()
+        .map(|(name, pool)| {
+            let typed = pool_config(&mut errs, &name, pool);
+            (name, typed)
+        })
+        .collect();
+
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    let mut listeners = Vec::with_capacity(raw.listeners.len());
+    for (i, l) in raw.listeners.into_iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if l.name.is_empty() {
+            errs.push(format!("{path}.name"), "must not be empty");
+        } else if l.name == "admin" {
+            errs.push(format!("{path}.name"), "\"admin\" is reserved for the admin listener");
+        } else if !names.insert(l.name.clone()) {
+            errs.push(format!("{path}.name"), format!("duplicate listener name {:?}", l.name));
+        }
+        let typed = listener_config(&mut errs, &path, l, base, &pools);
+        if typed.listen.port() != 0 && !addrs.insert(typed.listen) {
+            errs.push(format!("{path}.listen"), format!("{} is used by another listener", typed.listen));
+        }
+        if typed.listen == admin_listen && admin_listen.port() != 0 {
+            errs.push(format!("{path}.listen"), "is the admin listener's address");
+        }
+        listeners.push(typed);
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            worker_threads,
+            admin_listen,
+            shutdown_grace,
+            listeners,
+            pools,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn listener_config(
+    errs: &mut Errors,
+    path: &str,
+    l: RawListener,
+    base: &Path,
+    pools: &BTreeMap<String, PoolConfig>,
+) -> ListenerConfig {
+    let listen = errs.socket_addr(&format!("{path}.listen"), &l.listen);
+    let protocol = match l.protocol.as_str() {
+        "http" => Protocol::Http,
+        "tcp" => Protocol::Tcp,
+        "jsonrpc" => Protocol::JsonRpc,
+        other => {
+            errs.push(format!("{path}.protocol"), format!("unknown protocol {other:?}; expected http, tcp or jsonrpc"));
+            Protocol::Http
+        }
+    };
+    if !pools.contains_key(&l.pool) {
+        errs.push(format!("{path}.pool"), format!("no pool named {:?}", l.pool));
+    }
+
+    let tls = l.tls.map(|t| {
+        if protocol == Protocol::Tcp {
+            errs.push(format!("{path}.tls"), "not allowed with protocol tcp (passthrough: TLS goes to the upstream)");
+        }
+        TlsFiles {
+            cert: base.join(&t.cert),
+            key: base.join(&t.key),
+            handshake_timeout: errs.duration(
+                &format!("{path}.tls.handshake_timeout"),
+                t.handshake_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+        }
+    });
+
+    let key = l
+        .key
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, k)| key_source(errs, &format!("{path}.key[{i}]"), protocol, k))
+        .collect();
+
+    let no_key = match l.no_key.as_deref() {
+        None | Some("random") => NoKey::Random,
+        Some("reject") => NoKey::Reject,
+        Some(other) => {
+            errs.push(format!("{path}.no_key"), format!("unknown value {other:?}; expected random or reject"));
+            NoKey::Random
+        }
+    };
+    let max_connections = l.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        errs.push(format!("{path}.max_connections"), "must be >= 1");
+    }
+    let on_owner_down = match l.on_owner_down.as_deref() {
+        None | Some("error") => OnOwnerDown::Error,
+        Some("failover") => OnOwnerDown::Failover,
+        Some(other) => {
+            errs.push(format!("{path}.on_owner_down"), format!("unknown value {other:?}; expected error or failover"));
+            OnOwnerDown::Error
+        }
+    };
+    let max_frame_bytes = l.max_frame_bytes.unwrap_or(64 << 20);
+    if !(1024..=1 << 30).contains(&max_frame_bytes) {
+        errs.push(format!("{path}.max_frame_bytes"), "must be between 1024 and 1073741824");
+    }
+    let max_pinned_sessions = l.max_pinned_sessions.unwrap_or(1_000_000);
+    if max_pinned_sessions == 0 {
+        errs.push(format!("{path}.max_pinned_sessions"), "must be >= 1");
+    }
+
+    ListenerConfig {
+        name: l.name,
+        listen,
+        protocol,
+        pool: l.pool,
+        tls,
+        key,
+        no_key,
+        max_connections,
+        header_read_timeout: errs.duration(
+            &format!("{path}.header_read_timeout"),
+            l.header_read_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        jsonrpc: JsonRpcOptions {
+            max_frame_bytes: max_frame_bytes as usize,
+            session_idle_ttl: errs.duration(
+                &format!("{path}.session_idle_ttl"),
+                l.session_idle_ttl.as_deref(),
+                Duration::from_secs(30 * 60),
+            ),
+            max_pinned_sessions,
+            on_owner_down,
+        },
+    }
+}
+
+fn key_source(errs: &mut Errors, path: &str, protocol: Protocol, raw: RawKeySource) -> Option<KeySource> {
+    let (source, allowed) = match raw {
+        RawKeySource::Header(h) => match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => (KeySource::Header(name), protocol == Protocol::Http),
+            Err(_) => {
+                errs.push(format!("{path}.header"), format!("invalid header name {h:?}"));
+                return None;
+            }
+        },
+        RawKeySource::Cookie(c) if c.is_empty() => {
+            errs.push(format!("{path}.cookie"), "must not be empty");
+            return None;
+        }
+        RawKeySource::Cookie(c) => (KeySource::Cookie(c), protocol == Protocol::Http),
+        RawKeySource::Query(q) if q.is_empty() => {
+            errs.push(format!("{path}.query"), "must not be empty");
+            return None;
+        }
+        RawKeySource::Query(q) => (KeySource::Query(q), protocol == Protocol::Http),
+        RawKeySource::Path(p) => match path_template(&p) {
+            Ok(t) => (KeySource::Path(t), protocol == Protocol::Http),
+            Err(msg) => {
+                errs.push(format!("{path}.path"), msg);
+                return None;
+            }
+        },
+        RawKeySource::Sni(enabled) | RawKeySource::ClientIp(enabled) if !enabled => {
+            errs.push(path, "must be true (remove the entry to disable it)");
+            return None;
+        }
+        RawKeySource::Sni(_) => (KeySource::Sni, protocol == Protocol::Tcp),
+        RawKeySource::ClientIp(_) => (KeySource::ClientIp, true),
+    };
+    if !allowed {
+        errs.push(path, format!("{source} is not a key source for protocol {}", protocol.as_str()));
+        return None;
+    }
+    Some(source)
+}
+
+/// `/sessions/{key}` → prefix `["sessions"]`. Exactly one `{key}` segment, which must be last.
+fn path_template(raw: &str) -> Result<PathTemplate, String> {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return Err(format!("{raw:?} must start with /"));
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.iter().position(|s| *s == "{key}") {
+        Some(i) if i + 1 == segments.len() || segments[i + 1..].iter().all(|s| !s.contains('{')) => {
+            if segments[..i].iter().any(|s| s.contains('{') || s.is_empty()) {
+                return Err(format!("{raw:?}: only literal segments may precede {{key}}"));
+            }
+            Ok(PathTemplate {
+                prefix: segments[..i].iter().map(|s| s.to_string()).collect(),
+            })
+        }
+        _ => Err(format!("{raw:?} must contain one {{key}} segment, e.g. /sessions/{{key}}")),
+    }
+}
+
+fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
+    let path = format!("pools.{name}");
+    if name.is_empty() {
+        errs.push("pools", "pool names must not be empty");
+    }
+    let vnodes = p.hash.vnodes.unwrap_or(DEFAULT_VNODES);
+    if !(1..=MAX_VNODES).contains(&vnodes) {
+        errs.push(format!("{path}.hash.vnodes"), format!("must be between 1 and {MAX_VNODES}"));
+    }
+    let health = health_config(errs, &format!("{path}.health"), p.health);
+    if p.upstreams.is_empty() {
+        errs.push(format!("{path}.upstreams"), "must list at least one upstream");
+    }
+    let mut seen = HashSet::new();
+    let upstreams = p
+        .upstreams
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let up = upstream_config(errs, &format!("{path}.upstreams[{i}]"), u, p.token_env.as_deref());
+            if !seen.insert(up.name.clone()) {
+                errs.push(format!("{path}.upstreams[{i}].name"), format!("duplicate upstream name {:?}", up.name));
+            }
+            up
+        })
+        .collect();
+    let pool_max_idle_per_upstream = p.pool_max_idle_per_upstream.unwrap_or(64);
+    PoolConfig {
+        name: name.to_owned(),
+        vnodes,
+        health,
+        connect_timeout: errs.duration(&format!("{path}.connect_timeout"), p.connect_timeout.as_deref(), Duration::from_secs(2)),
+        request_timeout: errs.duration(&format!("{path}.request_timeout"), p.request_timeout.as_deref(), Duration::from_secs(60)),
+        pool_max_idle_per_upstream,
+        pool_idle_timeout: errs.duration(&format!("{path}.pool_idle_timeout"), p.pool_idle_timeout.as_deref(), Duration::from_secs(90)),
+        upstreams,
+    }
+}
+
+fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
+    let probe = match h.probe.as_deref() {
+        None | Some("tcp") => ProbeKind::Tcp,
+        Some("http") => ProbeKind::Http,
+        Some("jsonrpc") => ProbeKind::JsonRpc,
+        Some(other) => {
+            errs.push(format!("{path}.probe"), format!("unknown probe {other:?}; expected tcp, http or jsonrpc"));
+            ProbeKind::Tcp
+        }
+    };
+    let probe_path = h.path.unwrap_or_else(|| "/healthz".to_owned());
+    if !probe_path.starts_with('/') {
+        errs.push(format!("{path}.path"), "must start with /");
+    }
+    let interval = errs.duration(&format!("{path}.interval"), h.interval.as_deref(), Duration::from_secs(2));
+    let timeout = errs.duration(&format!("{path}.timeout"), h.timeout.as_deref(), Duration::from_secs(1));
+    if timeout > interval {
+        errs.push(format!("{path}.timeout"), "must not exceed interval");
+    }
+    HealthConfig {
+        probe,
+        path: probe_path,
+        interval,
+        timeout,
+        rise: errs.at_least(&format!("{path}.rise"), h.rise, 2, 1),
+        fall: errs.at_least(&format!("{path}.fall"), h.fall, 3, 1),
+    }
+}
+
+fn upstream_config(errs: &mut Errors, path: &str, u: RawUpstream, pool_token_env: Option<&str>) -> UpstreamConfig {
+    if !valid_host_port(&u.addr) {
+        errs.push(format!("{path}.addr"), format!("invalid address {:?}; expected host:port", u.addr));
+    }
+    let name = u.name.unwrap_or_else(|| u.addr.clone());
+    if name.is_empty() {
+        errs.push(format!("{path}.name"), "must not be empty");
+    }
+    let weight = errs.at_least(&format!("{path}.weight"), u.weight, 1, 1);
+    if weight > MAX_WEIGHT {
+        errs.push(format!("{path}.weight"), format!("must be <= {MAX_WEIGHT}"));
+    }
+    UpstreamConfig {
+        name,
+        addr: u.addr,
+        weight,
+        token_env: u.token_env.or_else(|| pool_token_env.map(str::to_owned)),
+    }
+}
+
+/// `127.0.0.1:80`, `[::1]:80` or `cli-0.fleet:4321`.
+fn valid_host_port(addr: &str) -> bool {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,388 @@
+//! LSP-style framing for the Copilot CLI protocol: a block of `Name: value\r\n` header lines ended by
+//! an empty line, of which `Content-Length` is required, then exactly that many bytes of JSON. This
+//! module owns the pure header parser ([`parse_frame`], [`parse_header`]), the limits on header and
+//! body sizes, the tokio [`FrameCodec`] that splits a byte stream into zero-copy JSON bodies, and
+//! [`encode_frame`]. It knows nothing about JSON-RPC; see `super::message` for that.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Default cap on one frame's body (64 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Cap on the header block, terminating `\r\n\r\n` included (8 KiB).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+const TERMINATOR: &[u8] = b"\r\n\r\n";
+
+/// Why a byte stream is not a valid sequence of frames. Any of these ends the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("malformed header line: {0}")]
+    MalformedHeader(&'static str),
+    #[error("missing Content-Length header")]
+    MissingContentLength,
+    #[error("invalid Content-Length: {0}")]
+    InvalidContentLength(&'static str),
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("header block exceeds {max} bytes")]
+    HeaderTooLarge { max: usize },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A parsed header block: the frame is `header_len + body_len` bytes from the start of the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Length of the header block including the terminating `\r\n\r\n`.
+    pub header_len: usize,
+    /// The declared `Content-Length`, already checked against the limit.
+    pub body_len: usize,
+}
+
+/// Outcome of [`parse_frame`] on a buffer that starts at a frame boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameStatus {
+    /// More bytes are needed (header block or body not complete yet).
+    Incomplete,
+    /// A whole frame is in the buffer: body is `buf[header_len..header_len + body_len]`.
+    Complete { header_len: usize, body_len: usize },
+}
+
+/// Parses the header block at the start of `buf`. Returns `Ok(None)` while the terminator has not
+/// arrived. Fails as soon as [`MAX_HEADER_BYTES`] arrive without a terminator, or when the declared
+/// length exceeds `max_frame_bytes`, before any of the body is read. Does not allocate.
+pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHeader>, FrameError> {
+    let window = &buf[..buf.len().min(MAX_HEADER_BYTES)];
+    let Some(end) = window.windows(TERMINATOR.len()).position(|w| w == TERMINATOR) else {
+        if buf.len() >= MAX_HEADER_BYTES {
+            return Err(FrameError::HeaderTooLarge { max: MAX_HEADER_BYTES });
+        }
+        return Ok(None);
+    };
+    let mut content_length = None;
+    for line in HeaderLines(&buf[..end]) {
+        let line = std::str::from_utf8(line).map_err(|_| FrameError::MalformedHeader("not UTF-8"))?;
+        let (name, value) = line.split_once(':').ok_or(FrameError::MalformedHeader("no colon"))?;
+        if !name.trim().eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        let len = parse_length(value.trim())?;
+        match content_length {
+            Some(prev) if prev != len => {
+                return Err(FrameError::InvalidContentLength("conflicting duplicates"))
+            }
+            _ => content_length = Some(len),
+        }
+    }
+    let body_len = content_length.ok_or(FrameError::MissingContentLength)?;
+    if body_len > max_frame_bytes {
+        return Err(FrameError::FrameTooLarge { len: body_len, max: max_frame_bytes });
+    }
+    Ok(Some(FrameHeader { header_len: end + TERMINATOR.len(), body_len }))
+}
+
+/// Pure core of the decoder: is there a whole frame at the start of `buf`? Does not allocate.
+pub fn parse_frame(buf: &[u8], max_frame_bytes: usize) -> Result<FrameStatus, FrameError> {
+    Ok(match parse_header(buf, max_frame_bytes)? {
+        Some(h) if buf.len() - h.header_len >= h.body_len => FrameStatus::Complete {
+            header_len: h.header_len,
+            body_len: h.body_len,
+        },
+        _ => FrameStatus::Incomplete,
+    })
+}
+
+fn parse_length(value: &str) -> Result<usize, FrameError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(FrameError::InvalidContentLength("not a decimal number"));
+    }
+    value.parse().map_err(|_| FrameError::InvalidContentLength("out of range"))
+}
+
+/// Iterator over the `\r\n`-separated lines of a header block (terminator excluded).
+struct HeaderLines<'a>(&'a [u8]);
+
+impl<'a> Iterator for HeaderLines<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        match self.0.windows(2).position(|w| w == b"\r\n") {
+            Some(i) => {
+                let (line, rest) = self.0.split_at(i);
+                self.0 = &rest[2..];
+                Some(line)
+            }
+            None => Some(std::mem::take(&mut self.0)),
+        }
+    }
+}
+
+/// Appends `Content-Length: N\r\n\r\n` and `body` to `dst`.
+pub fn encode_frame(body: &[u8], dst: &mut BytesMut) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut n = body.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    const PREFIX: &[u8] = b"Content-Length: ";
+    dst.reserve(PREFIX.len() + (digits.len() - start) + 4 + body.len());
+    dst.put_slice(PREFIX);
+    dst.put_slice(&digits[start..]);
+    dst.put_slice(b"\r\n\r\n");
+    dst.put_slice(body);
+}
+
+/// Splits a byte stream into frame bodies (zero-copy `Bytes` cut from the read buffer) and writes
+/// bodies as frames. After the decoder returns an error the stream is out of sync and the
+/// connection must be closed; decoding is not meant to continue.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_frame_bytes: usize,
+    /// Header of the frame whose body is still arriving, so it is not parsed again on each read.
+    pending: Option<FrameHeader>,
+}
+
+impl FrameCodec {
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self { max_frame_bytes, pending: None }
+    }
+
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_BYTES)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let head = match self.pending {
+            Some(head) => head,
+            None => match parse_header(src, self.max_frame_bytes)? {
+                Some(head) => head,
+                None => return Ok(None),
+            },
+        };
+        let total = head.header_len.checked_add(head.body_len).ok_or(FrameError::FrameTooLarge {
+            len: head.body_len,
+            max: self.max_frame_bytes,
+        })?;
+        if src.len() < total {
+            // Within limits (checked by parse_header): make room for the rest of the frame once.
+            src.reserve(total - src.len());
+            self.pending = Some(head);
+            return Ok(None);
+        }
+        self.pending = None;
+        src.advance(head.header_len);
+        Ok(Some(src.split_to(head.body_len).freeze()))
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, body: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(&body, dst);
+        Ok(())
+    }
+}
+
+impl Encoder<&[u8]> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, body: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(body, dst);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<Vec<Bytes>, FrameError> {
+        let mut out = Vec::new();
+        while let Some(body) = codec.decode(buf)? {
+            out.push(body);
+        }
+        Ok(out)
+    }
+
+    fn decode_one(input: &[u8]) -> Result<Option<Bytes>, FrameError> {
+        FrameCodec::default().decode(&mut BytesMut::from(input))
+    }
+
+    #[test]
+    fn single_frame() {
+        let mut buf = BytesMut::from(&b"Content-Length: 7\r\n\r\n{\"a\":1}"[..]);
+        let body = FrameCodec::default().decode(&mut buf).unwrap();
+        assert_eq!(body.as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn split_at_every_boundary() {
+        let frame = b"Content-Length: 11\r\nContent-Type: application/json\r\n\r\n{\"x\":[1,2]}";
+        for cut in 0..=frame.len() {
+            let mut codec = FrameCodec::default();
+            let mut buf = BytesMut::from(&frame[..cut]);
+            let first = codec.decode(&mut buf).unwrap();
+            if cut < frame.len() {
+                assert_eq!(first, None, "cut at {cut}");
+                buf.extend_from_slice(&frame[cut..]);
+                let body = codec.decode(&mut buf).unwrap();
+                assert_eq!(body.as_deref(), Some(&b"{\"x\":[1,2]}"[..]), "cut at {cut}");
+            } else {
+                assert_eq!(first.as_deref(), Some(&b"{\"x\":[1,2]}"[..]));
+            }
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn three_coalesced_frames() {
+        let mut buf = BytesMut::new();
+        for body in [&b"{}"[..], b"[1]", b"\"three\""] {
+            encode_frame(body, &mut buf);
+        }
+        let bodies = decode_all(&mut FrameCodec::default(), &mut buf).unwrap();
+        assert_eq!(bodies, vec![&b"{}"[..], b"[1]", b"\"three\""]);
+    }
+
+    #[test]
+    fn tolerant_headers() {
+        for input in [
+            &b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\nContent-Length: 2\r\n\r\n{}"[..],
+            b"content-length: 2\r\n\r\n{}",
+            b"CONTENT-LENGTH:2   \r\n\r\n{}",
+            b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+        ] {
+            assert_eq!(decode_one(input).unwrap().as_deref(), Some(&b"{}"[..]));
+        }
+    }
+
+    #[test]
+    fn bad_headers() {
+        let err = |input: &[u8]| decode_one(input).unwrap_err();
+        assert!(matches!(err(b"Content-Type: x\r\n\r\n{}"), FrameError::MissingContentLength));
+        assert!(matches!(err(b"\r\n\r\n"), FrameError::MissingContentLength));
+        for bad in [&b"Content-Length: abc\r\n\r\n"[..], b"Content-Length: -1\r\n\r\n", b"Content-Length:\r\n\r\n"] {
+            assert!(matches!(err(bad), FrameError::InvalidContentLength(_)));
+        }
+        let conflict = b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}";
+        assert!(matches!(err(conflict), FrameError::InvalidContentLength(_)));
+        let huge = b"Content-Length: 99999999999999999999999\r\n\r\n";
+        assert!(matches!(err(huge), FrameError::InvalidContentLength(_)));
+        assert!(matches!(err(b"Content-Length 2\r\n\r\n{}"), FrameError::MalformedHeader(_)));
+        assert!(matches!(err(b"X: \xff\r\nContent-Length: 2\r\n\r\n{}"), FrameError::MalformedHeader(_)));
+    }
+
+    #[test]
+    fn oversized_length_rejected_before_body() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&b"Content-Length: 1025\r\n\r\n"[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::FrameTooLarge { len: 1025, max: 1024 }));
+        assert_eq!(buf.capacity() < 1025, true, "must not reserve past the limit");
+    }
+
+    #[test]
+    fn reserves_declared_body() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"Content-Length: 100000\r\n\r\n"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() >= 100_000 + 26);
+    }
+
+    #[test]
+    fn header_too_large() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"X-Padding: "[..]);
+        buf.extend_from_slice(&vec![b'a'; MAX_HEADER_BYTES - buf.len() - 1]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"a");
+        assert!(matches!(codec.decode(&mut buf), Err(FrameError::HeaderTooLarge { .. })));
+    }
+
+    #[test]
+    fn zero_length_body_and_roundtrip() {
+        assert_eq!(decode_one(b"Content-Length: 0\r\n\r\n").unwrap().as_deref(), Some(&b""[..]));
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        codec.encode(Bytes::from_static(b"{\"id\":1}"), &mut buf).unwrap();
+        codec.encode(&b""[..], &mut buf).unwrap();
+        assert_eq!(&buf[..], b"Content-Length: 8\r\n\r\n{\"id\":1}Content-Length: 0\r\n\r\n");
+        let bodies = decode_all(&mut codec, &mut buf).unwrap();
+        assert_eq!(bodies, vec![&b"{\"id\":1}"[..], b""]);
+    }
+
+    #[test]
+    fn parse_frame_status() {
+        let frame = b"Content-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_frame(&frame[..20], 10).unwrap(), FrameStatus::Incomplete);
+        assert_eq!(parse_frame(&frame[..22], 10).unwrap(), FrameStatus::Incomplete);
+        let complete = FrameStatus::Complete { header_len: 21, body_len: 2 };
+        assert_eq!(parse_frame(frame, 10).unwrap(), complete);
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_stream_roundtrip(
+            bodies in prop::collection::vec("[ -~]{0,40}", 0..8),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut stream = BytesMut::new();
+            for body in &bodies {
+                encode_frame(body.as_bytes(), &mut stream);
+            }
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let (mut codec, mut buf, mut out, mut from) = (FrameCodec::default(), BytesMut::new(), Vec::new(), 0);
+            for to in cuts {
+                buf.extend_from_slice(&stream[from..to]);
+                from = to;
+                out.extend(decode_all(&mut codec, &mut buf).unwrap());
+            }
+            let expected: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+            prop_assert_eq!(out, expected);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            prefix in prop::sample::select(vec!["", "Content-Length: 3\r\n", "content-length:1\r\n\r\n"]),
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            chunk in 1usize..64,
+        ) {
+            let mut input = prefix.as_bytes().to_vec();
+            input.extend_from_slice(&bytes);
+            let _ = parse_frame(&input, 16);
+            let (mut codec, mut buf) = (FrameCodec::new(16), BytesMut::new());
+            for part in input.chunks(chunk) {
+                buf.extend_from_slice(part);
+                if decode_all(&mut codec, &mut buf).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
