@@ -1,4 +1,41 @@
+//! sessiongate: a session-aware L4/L7 reverse proxy for fleets of headless agent-CLI servers
+//! (JSON-RPC over LSP framing) and HTTP services. It terminates TLS, extracts a session or user
+//! key, hashes it onto a hot-reloadable consistent-hash ring of upstreams, and keeps each session
+//! on the server that holds it.
+//!
+//! Data flow: listener → (TLS) → protocol handler → key → ring → upstream. Control plane: config
+//! file → validate → [`snapshot::Snapshot`] → one `ArcSwap` store, read once per request.
+//!
+//! # Layout
+//!
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
+//! - [`config`]: YAML schema (serde, `deny_unknown_fields`) and validation into typed config.
+//! - [`demo`]: the built-in demo fleet behind `sessiongate demo`.
+//! - [`error`]: `thiserror` error enums for config, reload and start-up.
+//! - [`key`]: where a request's key comes from (header, cookie, query, path, SNI, client IP).
+//! - [`listener`]: binding, accept loop with connection limit, TLS termination.
+//! - [`metrics`]: every metric name and the registry-passing `Metrics` handle.
+//! - [`proxy`]: the data path per protocol: HTTP, TCP passthrough, JSON-RPC.
+//! - [`reload`]: rebuild and swap the snapshot on SIGHUP or `POST /admin/reload`; the diff.
+//! - [`ring`]: the hashring-based consistent-hash ring and clockwise selection.
+//! - [`server`]: the running proxy: shared snapshot, listeners, start and shutdown.
+//! - [`shutdown`]: cancellation token, connection tracker and grace deadline.
+//! - [`snapshot`]: the immutable per-version routing state behind one `ArcSwap`.
+//! - [`upstream`]: upstreams, their connection pools, and state carried across reloads.
+
 #![forbid(unsafe_code)]
+
+pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod error;
+pub mod key;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
 pub mod ring;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod upstream;

@@ -1,1 +1,279 @@
-fn main(){}
+//! The `sessiongate` command: `run` (the default) serves a config file; `check` validates one;
+//! `route` shows where keys land, offline; `demo` starts a demo fleet with the proxy in front.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use sessiongate::config::Config;
+use sessiongate::metrics::Metrics;
+use sessiongate::server::Server;
+use sessiongate::shutdown::Shutdown;
+use sessiongate::snapshot::Snapshot;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "Session-aware reverse proxy for CLI fleets and HTTP services"
+)]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/sessiongate/sessiongate.yaml"
+    )]
+    config: PathBuf,
+    /// Log format; the filter comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration (the default).
+    Run,
+    /// Validate the configuration and print a summary; exit 2 if it is invalid.
+    Check,
+    /// Print the upstream each key maps to, offline, with the proxy's own ring code.
+    Route {
+        /// The pool whose ring to use.
+        #[arg(long)]
+        pool: String,
+        /// Keys to look up.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Start a demo fleet and the proxy in front of it (uses the built-in demo config).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => load(&cli.config).and_then(|c| serve(c, &cli.config, None)),
+        Command::Check => load(&cli.config).map(|c| check(&c, &cli.config)),
+        Command::Route { pool, keys } => {
+            load(&cli.config).and_then(|c| route(c, &cli.config, &pool, &keys))
+        }
+        Command::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("sessiongate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Invalid input (config, certificates) exits 2; anything else exits 1.
+enum Failure {
+    Invalid(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+fn load(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| Failure::Invalid(e.into()))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(false).init(),
+    }
+}
+
+fn check(config: &Config, path: &Path) {
+    println!("{}: ok", path.display());
+    println!("admin: {}", config.admin_listen);
+    for l in &config.listeners {
+        let tls = if l.tls.is_some() { " tls" } else { "" };
+        let keys: Vec<String> = l.key.iter().map(|k| k.to_string()).collect();
+        println!(
+            "listener {}: {} {}{} -> pool {} (keys: {})",
+            l.name,
+            l.listen,
+            l.protocol.as_str(),
+            tls,
+            l.pool,
+            if keys.is_empty() {
+                "-".into()
+            } else {
+                keys.join(", ")
+            }
+        );
+    }
+    for p in config.pools.values() {
+        println!(
+            "pool {}: {} upstream(s), {} vnodes per weight, health {:?} every {:?}",
+            p.name,
+            p.upstreams.len(),
+            p.vnodes,
+            p.health.probe,
+            p.health.interval
+        );
+        for u in &p.upstreams {
+            println!("  upstream {} {} weight {}", u.name, u.addr, u.weight);
+        }
+    }
+}
+
+fn route(config: Config, path: &Path, pool: &str, keys: &[String]) -> Result<(), Failure> {
+    let metrics = Metrics::new(prometheus::Registry::new()).map_err(anyhow::Error::from)?;
+    let snapshot =
+        Snapshot::build(config, path, None, &metrics).map_err(|e| Failure::Invalid(e.into()))?;
+    let p = snapshot.pool(pool).ok_or_else(|| {
+        Failure::Invalid(anyhow::anyhow!(
+            "{}: no pool named {pool:?}",
+            path.display()
+        ))
+    })?;
+    for key in keys {
+        match p.owner(key.as_bytes()) {
+            Some(u) => println!("{key}\t{}\t{}", u.name(), u.addr()),
+            None => println!("{key}\t-\t-"),
+        }
+    }
+    Ok(())
+}
+
+fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// The demo's upstreams, started inside the runtime before the proxy.
+struct DemoFleet {
+    upstreams: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// Run the proxy until SIGTERM or SIGINT; SIGHUP reloads.
+fn serve(config: Config, path: &Path, demo: Option<DemoFleet>) -> Result<(), Failure> {
+    let rt = runtime(config.worker_threads)?;
+    rt.block_on(async move {
+        if let Some(fleet) = &demo {
+            let stop = tokio_util::sync::CancellationToken::new();
+            sessiongate::demo::start_http_upstreams(&fleet.upstreams, &stop)
+                .await
+                .context("starting the demo upstreams")?;
+        }
+        let web = config
+            .listeners
+            .iter()
+            .find(|l| l.name == "web")
+            .map(|l| l.listen);
+        let admin = config.admin_listen;
+        let metrics = Metrics::new(prometheus::Registry::new()).map_err(anyhow::Error::from)?;
+        let server = match Server::start_with(config, path, metrics, Shutdown::new()).await {
+            Ok(s) => s,
+            Err(e @ sessiongate::error::StartError::Config(_)) => {
+                return Err(Failure::Invalid(e.into()))
+            }
+            Err(e) => return Err(Failure::Other(e.into())),
+        };
+        if demo.is_some() {
+            print_demo_help(web, admin);
+        }
+        wait_for_signals(&server).await.map_err(Failure::Other)?;
+        let abandoned = server.shutdown().await;
+        if abandoned > 0 {
+            error!(
+                abandoned,
+                "shutdown grace expired with connections still open"
+            );
+        }
+        info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signals(server: &Arc<Server>) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading configuration");
+                // Errors are logged and counted inside reload; the old config keeps serving.
+                let _ = server.reload().await;
+            }
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
+        }
+    }
+}
+
+fn demo() -> Result<(), Failure> {
+    // Prefer the repo's config/demo.yaml so SIGHUP reloads edits to it; else the built-in copy.
+    let path = Path::new("config/demo.yaml");
+    let path = if path.exists() {
+        path.to_owned()
+    } else {
+        let dir = std::env::temp_dir().join(format!("sessiongate-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("creating a folder for the demo config")?;
+        let file = dir.join("demo.yaml");
+        std::fs::write(&file, sessiongate::demo::DEMO_CONFIG).context("writing the demo config")?;
+        file
+    };
+    let config = load(&path)?;
+    let upstreams = config
+        .pools
+        .values()
+        .flat_map(|p| p.upstreams.iter())
+        .filter_map(|u| u.addr.parse().ok().map(|a| (u.name.clone(), a)))
+        .collect();
+    serve(config, &path, Some(DemoFleet { upstreams }))
+}
+
+fn print_demo_help(web: Option<std::net::SocketAddr>, admin: std::net::SocketAddr) {
+    let Some(web) = web else { return };
+    println!(
+        "\nsessiongate demo is up. Try:\n\
+         \n  curl -s -H 'X-Session-Id: alice' http://{web}/hello     # always the same upstream\
+         \n  curl -s -H 'X-Session-Id: bob'   http://{web}/hello\
+         \n  curl -s 'http://{web}/sessions/s-42/messages'             # key from the path\
+         \n  curl -s 'http://{admin}/admin/route?pool=web&key=alice'\
+         \n  curl -s 'http://{admin}/admin/ring?pool=web'\
+         \n  curl -s http://{admin}/metrics | grep sessiongate_requests_total\
+         \n  kill -HUP $(pgrep -f 'sessiongate demo')                  # reload config/demo.yaml\
+         \n\nCtrl-C stops it.\n"
+    );
+}

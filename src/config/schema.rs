@@ -59,15 +59,16 @@ pub struct RawTls {
 }
 
 /// One entry of a listener's `key:` list, written as a one-key map (`- header: X-Session-Id`).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawKeySource {
-    Header(String),
-    Cookie(String),
-    Query(String),
-    Path(String),
-    Sni(bool),
-    ClientIp(bool),
+/// Exactly one field must be set; validation checks that.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeySource {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+    pub path: Option<String>,
+    pub sni: Option<bool>,
+    pub client_ip: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -36,7 +36,10 @@ impl Errors {
             }
             Ok(d) => d,
             Err(e) => {
-                self.push(path, format!("invalid duration {raw:?} ({e}); use e.g. 500ms, 2s, 30m"));
+                self.push(
+                    path,
+                    format!("invalid duration {raw:?} ({e}); use e.g. 500ms, 2s, 30m"),
+                );
                 default
             }
         }
@@ -94,13 +97,22 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
         if l.name.is_empty() {
             errs.push(format!("{path}.name"), "must not be empty");
         } else if l.name == "admin" {
-            errs.push(format!("{path}.name"), "\"admin\" is reserved for the admin listener");
+            errs.push(
+                format!("{path}.name"),
+                "\"admin\" is reserved for the admin listener",
+            );
         } else if !names.insert(l.name.clone()) {
-            errs.push(format!("{path}.name"), format!("duplicate listener name {:?}", l.name));
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
         }
         let typed = listener_config(&mut errs, &path, l, base, &pools);
         if typed.listen.port() != 0 && !addrs.insert(typed.listen) {
-            errs.push(format!("{path}.listen"), format!("{} is used by another listener", typed.listen));
+            errs.push(
+                format!("{path}.listen"),
+                format!("{} is used by another listener", typed.listen),
+            );
         }
         if typed.listen == admin_listen && admin_listen.port() != 0 {
             errs.push(format!("{path}.listen"), "is the admin listener's address");
@@ -134,17 +146,26 @@ fn listener_config(
         "tcp" => Protocol::Tcp,
         "jsonrpc" => Protocol::JsonRpc,
         other => {
-            errs.push(format!("{path}.protocol"), format!("unknown protocol {other:?}; expected http, tcp or jsonrpc"));
+            errs.push(
+                format!("{path}.protocol"),
+                format!("unknown protocol {other:?}; expected http, tcp or jsonrpc"),
+            );
             Protocol::Http
         }
     };
     if !pools.contains_key(&l.pool) {
-        errs.push(format!("{path}.pool"), format!("no pool named {:?}", l.pool));
+        errs.push(
+            format!("{path}.pool"),
+            format!("no pool named {:?}", l.pool),
+        );
     }
 
     let tls = l.tls.map(|t| {
         if protocol == Protocol::Tcp {
-            errs.push(format!("{path}.tls"), "not allowed with protocol tcp (passthrough: TLS goes to the upstream)");
+            errs.push(
+                format!("{path}.tls"),
+                "not allowed with protocol tcp (passthrough: TLS goes to the upstream)",
+            );
         }
         TlsFiles {
             cert: base.join(&t.cert),
@@ -169,7 +190,10 @@ fn listener_config(
         None | Some("random") => NoKey::Random,
         Some("reject") => NoKey::Reject,
         Some(other) => {
-            errs.push(format!("{path}.no_key"), format!("unknown value {other:?}; expected random or reject"));
+            errs.push(
+                format!("{path}.no_key"),
+                format!("unknown value {other:?}; expected random or reject"),
+            );
             NoKey::Random
         }
     };
@@ -181,13 +205,19 @@ fn listener_config(
         None | Some("error") => OnOwnerDown::Error,
         Some("failover") => OnOwnerDown::Failover,
         Some(other) => {
-            errs.push(format!("{path}.on_owner_down"), format!("unknown value {other:?}; expected error or failover"));
+            errs.push(
+                format!("{path}.on_owner_down"),
+                format!("unknown value {other:?}; expected error or failover"),
+            );
             OnOwnerDown::Error
         }
     };
     let max_frame_bytes = l.max_frame_bytes.unwrap_or(64 << 20);
     if !(1024..=1 << 30).contains(&max_frame_bytes) {
-        errs.push(format!("{path}.max_frame_bytes"), "must be between 1024 and 1073741824");
+        errs.push(
+            format!("{path}.max_frame_bytes"),
+            "must be between 1024 and 1073741824",
+        );
     }
     let max_pinned_sessions = l.max_pinned_sessions.unwrap_or(1_000_000);
     if max_pinned_sessions == 0 {
@@ -221,44 +251,91 @@ fn listener_config(
     }
 }
 
-fn key_source(errs: &mut Errors, path: &str, protocol: Protocol, raw: RawKeySource) -> Option<KeySource> {
-    let (source, allowed) = match raw {
-        RawKeySource::Header(h) => match HeaderName::from_bytes(h.as_bytes()) {
-            Ok(name) => (KeySource::Header(name), protocol == Protocol::Http),
+fn key_source(
+    errs: &mut Errors,
+    path: &str,
+    protocol: Protocol,
+    raw: RawKeySource,
+) -> Option<KeySource> {
+    let set = [
+        raw.header.is_some(),
+        raw.cookie.is_some(),
+        raw.query.is_some(),
+        raw.path.is_some(),
+        raw.sni.is_some(),
+        raw.client_ip.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        errs.push(
+            path,
+            "must set exactly one of header, cookie, query, path, sni, client_ip",
+        );
+        return None;
+    }
+    let source = if let Some(h) = raw.header {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => KeySource::Header(name),
             Err(_) => {
-                errs.push(format!("{path}.header"), format!("invalid header name {h:?}"));
+                errs.push(
+                    format!("{path}.header"),
+                    format!("invalid header name {h:?}"),
+                );
                 return None;
             }
-        },
-        RawKeySource::Cookie(c) if c.is_empty() => {
-            errs.push(format!("{path}.cookie"), "must not be empty");
-            return None;
         }
-        RawKeySource::Cookie(c) => (KeySource::Cookie(c), protocol == Protocol::Http),
-        RawKeySource::Query(q) if q.is_empty() => {
-            errs.push(format!("{path}.query"), "must not be empty");
-            return None;
-        }
-        RawKeySource::Query(q) => (KeySource::Query(q), protocol == Protocol::Http),
-        RawKeySource::Path(p) => match path_template(&p) {
-            Ok(t) => (KeySource::Path(t), protocol == Protocol::Http),
+    } else if let Some(c) = raw.cookie {
+        non_empty(errs, &format!("{path}.cookie"), &c)?;
+        KeySource::Cookie(c)
+    } else if let Some(q) = raw.query {
+        non_empty(errs, &format!("{path}.query"), &q)?;
+        KeySource::Query(q)
+    } else if let Some(p) = raw.path {
+        match path_template(&p) {
+            Ok(t) => KeySource::Path(t),
             Err(msg) => {
                 errs.push(format!("{path}.path"), msg);
                 return None;
             }
-        },
-        RawKeySource::Sni(enabled) | RawKeySource::ClientIp(enabled) if !enabled => {
+        }
+    } else if let Some(enabled) = raw.sni.or(raw.client_ip) {
+        if !enabled {
             errs.push(path, "must be true (remove the entry to disable it)");
             return None;
         }
-        RawKeySource::Sni(_) => (KeySource::Sni, protocol == Protocol::Tcp),
-        RawKeySource::ClientIp(_) => (KeySource::ClientIp, true),
+        if raw.sni.is_some() {
+            KeySource::Sni
+        } else {
+            KeySource::ClientIp
+        }
+    } else {
+        return None;
+    };
+    let allowed = match source {
+        KeySource::Header(_) | KeySource::Cookie(_) | KeySource::Query(_) | KeySource::Path(_) => {
+            protocol == Protocol::Http
+        }
+        KeySource::Sni => protocol == Protocol::Tcp,
+        KeySource::ClientIp => true,
     };
     if !allowed {
-        errs.push(path, format!("{source} is not a key source for protocol {}", protocol.as_str()));
+        errs.push(
+            path,
+            format!(
+                "{source} is not a key source for protocol {}",
+                protocol.as_str()
+            ),
+        );
         return None;
     }
     Some(source)
+}
+
+fn non_empty(errs: &mut Errors, path: &str, value: &str) -> Option<()> {
+    if value.is_empty() {
+        errs.push(path, "must not be empty");
+        return None;
+    }
+    Some(())
 }
 
 /// `/sessions/{key}` → prefix `["sessions"]`. Exactly one `{key}` segment, which must be last.
@@ -268,15 +345,24 @@ fn path_template(raw: &str) -> Result<PathTemplate, String> {
     };
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.iter().position(|s| *s == "{key}") {
-        Some(i) if i + 1 == segments.len() || segments[i + 1..].iter().all(|s| !s.contains('{')) => {
-            if segments[..i].iter().any(|s| s.contains('{') || s.is_empty()) {
-                return Err(format!("{raw:?}: only literal segments may precede {{key}}"));
+        Some(i)
+            if i + 1 == segments.len() || segments[i + 1..].iter().all(|s| !s.contains('{')) =>
+        {
+            if segments[..i]
+                .iter()
+                .any(|s| s.contains('{') || s.is_empty())
+            {
+                return Err(format!(
+                    "{raw:?}: only literal segments may precede {{key}}"
+                ));
             }
             Ok(PathTemplate {
                 prefix: segments[..i].iter().map(|s| s.to_string()).collect(),
             })
         }
-        _ => Err(format!("{raw:?} must contain one {{key}} segment, e.g. /sessions/{{key}}")),
+        _ => Err(format!(
+            "{raw:?} must contain one {{key}} segment, e.g. /sessions/{{key}}"
+        )),
     }
 }
 
@@ -287,11 +373,17 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
     }
     let vnodes = p.hash.vnodes.unwrap_or(DEFAULT_VNODES);
     if !(1..=MAX_VNODES).contains(&vnodes) {
-        errs.push(format!("{path}.hash.vnodes"), format!("must be between 1 and {MAX_VNODES}"));
+        errs.push(
+            format!("{path}.hash.vnodes"),
+            format!("must be between 1 and {MAX_VNODES}"),
+        );
     }
     let health = health_config(errs, &format!("{path}.health"), p.health);
     if p.upstreams.is_empty() {
-        errs.push(format!("{path}.upstreams"), "must list at least one upstream");
+        errs.push(
+            format!("{path}.upstreams"),
+            "must list at least one upstream",
+        );
     }
     let mut seen = HashSet::new();
     let upstreams = p
@@ -299,9 +391,17 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         .into_iter()
         .enumerate()
         .map(|(i, u)| {
-            let up = upstream_config(errs, &format!("{path}.upstreams[{i}]"), u, p.token_env.as_deref());
+            let up = upstream_config(
+                errs,
+                &format!("{path}.upstreams[{i}]"),
+                u,
+                p.token_env.as_deref(),
+            );
             if !seen.insert(up.name.clone()) {
-                errs.push(format!("{path}.upstreams[{i}].name"), format!("duplicate upstream name {:?}", up.name));
+                errs.push(
+                    format!("{path}.upstreams[{i}].name"),
+                    format!("duplicate upstream name {:?}", up.name),
+                );
             }
             up
         })
@@ -311,10 +411,22 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         name: name.to_owned(),
         vnodes,
         health,
-        connect_timeout: errs.duration(&format!("{path}.connect_timeout"), p.connect_timeout.as_deref(), Duration::from_secs(2)),
-        request_timeout: errs.duration(&format!("{path}.request_timeout"), p.request_timeout.as_deref(), Duration::from_secs(60)),
+        connect_timeout: errs.duration(
+            &format!("{path}.connect_timeout"),
+            p.connect_timeout.as_deref(),
+            Duration::from_secs(2),
+        ),
+        request_timeout: errs.duration(
+            &format!("{path}.request_timeout"),
+            p.request_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
         pool_max_idle_per_upstream,
-        pool_idle_timeout: errs.duration(&format!("{path}.pool_idle_timeout"), p.pool_idle_timeout.as_deref(), Duration::from_secs(90)),
+        pool_idle_timeout: errs.duration(
+            &format!("{path}.pool_idle_timeout"),
+            p.pool_idle_timeout.as_deref(),
+            Duration::from_secs(90),
+        ),
         upstreams,
     }
 }
@@ -325,7 +437,10 @@ fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
         Some("http") => ProbeKind::Http,
         Some("jsonrpc") => ProbeKind::JsonRpc,
         Some(other) => {
-            errs.push(format!("{path}.probe"), format!("unknown probe {other:?}; expected tcp, http or jsonrpc"));
+            errs.push(
+                format!("{path}.probe"),
+                format!("unknown probe {other:?}; expected tcp, http or jsonrpc"),
+            );
             ProbeKind::Tcp
         }
     };
@@ -333,8 +448,16 @@ fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
     if !probe_path.starts_with('/') {
         errs.push(format!("{path}.path"), "must start with /");
     }
-    let interval = errs.duration(&format!("{path}.interval"), h.interval.as_deref(), Duration::from_secs(2));
-    let timeout = errs.duration(&format!("{path}.timeout"), h.timeout.as_deref(), Duration::from_secs(1));
+    let interval = errs.duration(
+        &format!("{path}.interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(2),
+    );
+    let timeout = errs.duration(
+        &format!("{path}.timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(1),
+    );
     if timeout > interval {
         errs.push(format!("{path}.timeout"), "must not exceed interval");
     }
@@ -348,9 +471,17 @@ fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
     }
 }
 
-fn upstream_config(errs: &mut Errors, path: &str, u: RawUpstream, pool_token_env: Option<&str>) -> UpstreamConfig {
+fn upstream_config(
+    errs: &mut Errors,
+    path: &str,
+    u: RawUpstream,
+    pool_token_env: Option<&str>,
+) -> UpstreamConfig {
     if !valid_host_port(&u.addr) {
-        errs.push(format!("{path}.addr"), format!("invalid address {:?}; expected host:port", u.addr));
+        errs.push(
+            format!("{path}.addr"),
+            format!("invalid address {:?}; expected host:port", u.addr),
+        );
     }
     let name = u.name.unwrap_or_else(|| u.addr.clone());
     if name.is_empty() {
@@ -377,7 +508,9 @@ fn valid_host_port(addr: &str) -> bool {
         Some((host, port)) => {
             !host.is_empty()
                 && port.parse::<u16>().is_ok_and(|p| p != 0)
-                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         }
         None => false,
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use hashring::{DefaultHashBuilder, HashRing};
 
-pub use select::{Candidates, RingSelection};
+pub use select::{Candidates, FirstUsable, RingSelection};
 
 /// One virtual node: replica `replica` of upstream `upstream` (an index into the pool).
 #[derive(Debug, Clone)]
@@ -128,7 +128,11 @@ impl Ring {
         let n = self.positions.len();
         for i in 0..n {
             // Point i owns the arc (previous point, point i]; point 0 also owns the wrap-around.
-            let prev = if i == 0 { self.positions[n - 1] } else { self.positions[i - 1] };
+            let prev = if i == 0 {
+                self.positions[n - 1]
+            } else {
+                self.positions[i - 1]
+            };
             let arc = self.positions[i].wrapping_sub(prev);
             shares[self.order[i] as usize] += arc as f64 / 2f64.powi(64);
         }
@@ -142,9 +146,18 @@ impl Ring {
     /// name. Exact: it sweeps the union of both rings' points.
     pub fn moved_share(old: &Ring, old_names: &[&str], new: &Ring, new_names: &[&str]) -> f64 {
         if old.positions.is_empty() || new.positions.is_empty() {
-            return if old.positions.is_empty() && new.positions.is_empty() { 0.0 } else { 1.0 };
+            return if old.positions.is_empty() && new.positions.is_empty() {
+                0.0
+            } else {
+                1.0
+            };
         }
-        let mut bounds: Vec<u64> = old.positions.iter().chain(&new.positions).copied().collect();
+        let mut bounds: Vec<u64> = old
+            .positions
+            .iter()
+            .chain(&new.positions)
+            .copied()
+            .collect();
         bounds.sort_unstable();
         bounds.dedup();
         let owner = |ring: &Ring, h: u64| -> usize {
@@ -160,7 +173,11 @@ impl Ring {
             let a = old_names[owner(old, h)];
             let b = new_names[owner(new, h)];
             if a != b {
-                let arc = if n == 1 { u64::MAX } else { h.wrapping_sub(prev) };
+                let arc = if n == 1 {
+                    u64::MAX
+                } else {
+                    h.wrapping_sub(prev)
+                };
                 moved += arc as f64 / 2f64.powi(64);
             }
         }

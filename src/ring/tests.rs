@@ -82,7 +82,10 @@ fn weight_two_gets_about_twice_the_share() {
     let ring = Ring::build(members, 160);
     let shares = ring.shares();
     let ratio = shares[1] / ((shares[0] + shares[2]) / 2.0);
-    assert!((1.7..=2.3).contains(&ratio), "weight-2 share ratio {ratio:.3}");
+    assert!(
+        (1.7..=2.3).contains(&ratio),
+        "weight-2 share ratio {ratio:.3}"
+    );
     let total: f64 = shares.iter().sum();
     assert!((total - 1.0).abs() < 1e-9, "shares sum to {total}");
 }
@@ -98,7 +101,10 @@ fn exact_shares_match_sampled_ownership() {
     }
     for (i, share) in ring.shares().iter().enumerate() {
         let sampled = counts[i] as f64 / ks.len() as f64;
-        assert!((share - sampled).abs() < 0.01, "upstream {i}: exact {share:.4} sampled {sampled:.4}");
+        assert!(
+            (share - sampled).abs() < 0.01,
+            "upstream {i}: exact {share:.4} sampled {sampled:.4}"
+        );
     }
 }
 
@@ -110,7 +116,10 @@ fn moved_share_is_exact() {
     let b: Vec<&str> = before_names.iter().map(String::as_str).collect();
     let a: Vec<&str> = after_names.iter().map(String::as_str).collect();
     let exact = Ring::moved_share(&before, &b, &after, &a);
-    assert!((exact - after.shares()[3]).abs() < 1e-9, "moved share equals the newcomer's share");
+    assert!(
+        (exact - after.shares()[3]).abs() < 1e-9,
+        "moved share equals the newcomer's share"
+    );
     assert_eq!(Ring::moved_share(&before, &b, &before, &b), 0.0);
     let ks = keys(100_000);
     let sampled = owners(&before, &before_names, &ks)
@@ -119,7 +128,10 @@ fn moved_share_is_exact() {
         .filter(|(x, y)| *x != y)
         .count() as f64
         / ks.len() as f64;
-    assert!((exact - sampled).abs() < 0.01, "exact {exact:.4} sampled {sampled:.4}");
+    assert!(
+        (exact - sampled).abs() < 0.01,
+        "exact {exact:.4} sampled {sampled:.4}"
+    );
 }
 
 #[test]
@@ -137,7 +149,11 @@ fn walk_skips_only_unusable_upstreams() {
             assert_eq!(chosen, owner, "a key whose owner is up must not move");
         }
     }
-    assert_eq!(sel.select(&ring, b"k", &|_| false), None, "nothing usable: no answer");
+    assert_eq!(
+        sel.select(&ring, b"k", &|_| false),
+        None,
+        "nothing usable: no answer"
+    );
 }
 
 #[test]

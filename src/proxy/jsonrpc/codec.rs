@@ -54,16 +54,24 @@ pub enum FrameStatus {
 /// length exceeds `max_frame_bytes`, before any of the body is read. Does not allocate.
 pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHeader>, FrameError> {
     let window = &buf[..buf.len().min(MAX_HEADER_BYTES)];
-    let Some(end) = window.windows(TERMINATOR.len()).position(|w| w == TERMINATOR) else {
+    let Some(end) = window
+        .windows(TERMINATOR.len())
+        .position(|w| w == TERMINATOR)
+    else {
         if buf.len() >= MAX_HEADER_BYTES {
-            return Err(FrameError::HeaderTooLarge { max: MAX_HEADER_BYTES });
+            return Err(FrameError::HeaderTooLarge {
+                max: MAX_HEADER_BYTES,
+            });
         }
         return Ok(None);
     };
     let mut content_length = None;
     for line in HeaderLines(&buf[..end]) {
-        let line = std::str::from_utf8(line).map_err(|_| FrameError::MalformedHeader("not UTF-8"))?;
-        let (name, value) = line.split_once(':').ok_or(FrameError::MalformedHeader("no colon"))?;
+        let line =
+            std::str::from_utf8(line).map_err(|_| FrameError::MalformedHeader("not UTF-8"))?;
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(FrameError::MalformedHeader("no colon"))?;
         if !name.trim().eq_ignore_ascii_case("content-length") {
             continue;
         }
@@ -77,9 +85,15 @@ pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHe
     }
     let body_len = content_length.ok_or(FrameError::MissingContentLength)?;
     if body_len > max_frame_bytes {
-        return Err(FrameError::FrameTooLarge { len: body_len, max: max_frame_bytes });
+        return Err(FrameError::FrameTooLarge {
+            len: body_len,
+            max: max_frame_bytes,
+        });
     }
-    Ok(Some(FrameHeader { header_len: end + TERMINATOR.len(), body_len }))
+    Ok(Some(FrameHeader {
+        header_len: end + TERMINATOR.len(),
+        body_len,
+    }))
 }
 
 /// Pure core of the decoder: is there a whole frame at the start of `buf`? Does not allocate.
@@ -97,7 +111,9 @@ fn parse_length(value: &str) -> Result<usize, FrameError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(FrameError::InvalidContentLength("not a decimal number"));
     }
-    value.parse().map_err(|_| FrameError::InvalidContentLength("out of range"))
+    value
+        .parse()
+        .map_err(|_| FrameError::InvalidContentLength("out of range"))
 }
 
 /// Iterator over the `\r\n`-separated lines of a header block (terminator excluded).
@@ -143,7 +159,8 @@ pub fn encode_frame(body: &[u8], dst: &mut BytesMut) {
 
 /// Splits a byte stream into frame bodies (zero-copy `Bytes` cut from the read buffer) and writes
 /// bodies as frames. After the decoder returns an error the stream is out of sync and the
-/// connection must be closed; decoding is not meant to continue.
+/// connection must be closed; decoding is not meant to continue. A stream that ends inside a frame
+/// yields `FrameError::Io` ("bytes remaining on stream") from the default `decode_eof`.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
     max_frame_bytes: usize,
@@ -153,7 +170,10 @@ pub struct FrameCodec {
 
 impl FrameCodec {
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { max_frame_bytes, pending: None }
+        Self {
+            max_frame_bytes,
+            pending: None,
+        }
     }
 
     pub fn max_frame_bytes(&self) -> usize {
@@ -179,10 +199,13 @@ impl Decoder for FrameCodec {
                 None => return Ok(None),
             },
         };
-        let total = head.header_len.checked_add(head.body_len).ok_or(FrameError::FrameTooLarge {
-            len: head.body_len,
-            max: self.max_frame_bytes,
-        })?;
+        let total =
+            head.header_len
+                .checked_add(head.body_len)
+                .ok_or(FrameError::FrameTooLarge {
+                    len: head.body_len,
+                    max: self.max_frame_bytes,
+                })?;
         if src.len() < total {
             // Within limits (checked by parse_header): make room for the rest of the frame once.
             src.reserve(total - src.len());
@@ -282,17 +305,30 @@ mod tests {
     #[test]
     fn bad_headers() {
         let err = |input: &[u8]| decode_one(input).unwrap_err();
-        assert!(matches!(err(b"Content-Type: x\r\n\r\n{}"), FrameError::MissingContentLength));
+        assert!(matches!(
+            err(b"Content-Type: x\r\n\r\n{}"),
+            FrameError::MissingContentLength
+        ));
         assert!(matches!(err(b"\r\n\r\n"), FrameError::MissingContentLength));
-        for bad in [&b"Content-Length: abc\r\n\r\n"[..], b"Content-Length: -1\r\n\r\n", b"Content-Length:\r\n\r\n"] {
+        for bad in [
+            &b"Content-Length: abc\r\n\r\n"[..],
+            b"Content-Length: -1\r\n\r\n",
+            b"Content-Length:\r\n\r\n",
+        ] {
             assert!(matches!(err(bad), FrameError::InvalidContentLength(_)));
         }
         let conflict = b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}";
         assert!(matches!(err(conflict), FrameError::InvalidContentLength(_)));
         let huge = b"Content-Length: 99999999999999999999999\r\n\r\n";
         assert!(matches!(err(huge), FrameError::InvalidContentLength(_)));
-        assert!(matches!(err(b"Content-Length 2\r\n\r\n{}"), FrameError::MalformedHeader(_)));
-        assert!(matches!(err(b"X: \xff\r\nContent-Length: 2\r\n\r\n{}"), FrameError::MalformedHeader(_)));
+        assert!(matches!(
+            err(b"Content-Length 2\r\n\r\n{}"),
+            FrameError::MalformedHeader(_)
+        ));
+        assert!(matches!(
+            err(b"X: \xff\r\nContent-Length: 2\r\n\r\n{}"),
+            FrameError::MalformedHeader(_)
+        ));
     }
 
     #[test]
@@ -300,8 +336,14 @@ mod tests {
         let mut codec = FrameCodec::new(1024);
         let mut buf = BytesMut::from(&b"Content-Length: 1025\r\n\r\n"[..]);
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::FrameTooLarge { len: 1025, max: 1024 }));
-        assert_eq!(buf.capacity() < 1025, true, "must not reserve past the limit");
+        assert!(matches!(
+            err,
+            FrameError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            }
+        ));
+        assert!(buf.capacity() < 1025, "must not reserve past the limit");
     }
 
     #[test]
@@ -319,17 +361,28 @@ mod tests {
         buf.extend_from_slice(&vec![b'a'; MAX_HEADER_BYTES - buf.len() - 1]);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         buf.extend_from_slice(b"a");
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::HeaderTooLarge { .. })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::HeaderTooLarge { .. })
+        ));
     }
 
     #[test]
     fn zero_length_body_and_roundtrip() {
-        assert_eq!(decode_one(b"Content-Length: 0\r\n\r\n").unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(
+            decode_one(b"Content-Length: 0\r\n\r\n").unwrap().as_deref(),
+            Some(&b""[..])
+        );
         let mut codec = FrameCodec::default();
         let mut buf = BytesMut::new();
-        codec.encode(Bytes::from_static(b"{\"id\":1}"), &mut buf).unwrap();
+        codec
+            .encode(Bytes::from_static(b"{\"id\":1}"), &mut buf)
+            .unwrap();
         codec.encode(&b""[..], &mut buf).unwrap();
-        assert_eq!(&buf[..], b"Content-Length: 8\r\n\r\n{\"id\":1}Content-Length: 0\r\n\r\n");
+        assert_eq!(
+            &buf[..],
+            b"Content-Length: 8\r\n\r\n{\"id\":1}Content-Length: 0\r\n\r\n"
+        );
         let bodies = decode_all(&mut codec, &mut buf).unwrap();
         assert_eq!(bodies, vec![&b"{\"id\":1}"[..], b""]);
     }
@@ -337,9 +390,18 @@ mod tests {
     #[test]
     fn parse_frame_status() {
         let frame = b"Content-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_frame(&frame[..20], 10).unwrap(), FrameStatus::Incomplete);
-        assert_eq!(parse_frame(&frame[..22], 10).unwrap(), FrameStatus::Incomplete);
-        let complete = FrameStatus::Complete { header_len: 21, body_len: 2 };
+        assert_eq!(
+            parse_frame(&frame[..20], 10).unwrap(),
+            FrameStatus::Incomplete
+        );
+        assert_eq!(
+            parse_frame(&frame[..22], 10).unwrap(),
+            FrameStatus::Incomplete
+        );
+        let complete = FrameStatus::Complete {
+            header_len: 21,
+            body_len: 2,
+        };
         assert_eq!(parse_frame(frame, 10).unwrap(), complete);
     }
 

@@ -43,7 +43,7 @@ impl ParseError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MessageKind {
     /// `method` and `id`.
     Request,
@@ -52,12 +52,13 @@ pub enum MessageKind {
     /// `id` and exactly one of `result` / `error`, no `method`.
     Response,
     /// Valid JSON, but not a JSON-RPC message (not an object, bad `method` or `id` type, …).
+    #[default]
     Invalid,
 }
 
 /// The routing view of one message, borrowing from the body. Strings are `Cow::Borrowed` unless
 /// they contain escapes. `id` is kept raw (`1`, `"a"`, `null`) so it can be echoed unchanged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Envelope<'a> {
     pub kind: MessageKind,
     pub method: Option<Cow<'a, str>>,
@@ -75,7 +76,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, ParseError> {
         serde_json::from_str::<Envelope<'_>>(text)?
     } else {
         serde_json::from_str::<IgnoredAny>(text)?;
-        Envelope { kind: MessageKind::Invalid, ..Envelope::empty() }
+        Envelope::default()
     };
     env.kind = env.classify();
     Ok(env)
@@ -94,7 +95,12 @@ pub fn split_batch(body: &[u8]) -> Result<Vec<&RawValue>, ParseError> {
 
 /// `{"jsonrpc":"2.0","id":<id or null>,"error":{"code":…,"message":…,"data":…}}`, `data` omitted when
 /// `None`; the id is copied byte for byte.
-pub fn error_response(id: Option<&RawValue>, code: i64, message: &str, data: Option<&Value>) -> Bytes {
+pub fn error_response(
+    id: Option<&RawValue>,
+    code: i64,
+    message: &str,
+    data: Option<&Value>,
+) -> Bytes {
     #[derive(Serialize)]
     struct Reply<'a> {
         jsonrpc: &'static str,
@@ -108,11 +114,21 @@ pub fn error_response(id: Option<&RawValue>, code: i64, message: &str, data: Opt
         #[serde(skip_serializing_if = "Option::is_none")]
         data: Option<&'a Value>,
     }
-    let reply = Reply { jsonrpc: "2.0", id, error: ErrorObject { code, message, data } };
+    let reply = Reply {
+        jsonrpc: "2.0",
+        id,
+        error: ErrorObject {
+            code,
+            message,
+            data,
+        },
+    };
     match serde_json::to_vec(&reply) {
         Ok(v) => Bytes::from(v),
         // Unreachable: every part above serializes infallibly.
-        Err(_) => Bytes::from_static(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}"#),
+        Err(_) => Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}"#,
+        ),
     }
 }
 
@@ -128,7 +144,11 @@ pub fn with_id<T: Serialize + ?Sized>(body: &[u8], new_id: &T) -> Result<Bytes, 
 /// `ParamsNotObject` if `params` is an array or scalar.
 pub fn with_param(body: &[u8], name: &str, value: Value) -> Result<Bytes, ParseError> {
     let mut entries = object_entries(std::str::from_utf8(body)?)?;
-    let params_raw = entries.iter().rev().find(|(k, _)| k == "params").map(|(_, v)| *v);
+    let params_raw = entries
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "params")
+        .map(|(_, v)| *v);
     let mut params = match params_raw {
         Some(raw) if raw.get() != "null" => {
             if first_byte(raw.get().as_bytes()) != Some(b'{') {
@@ -149,13 +169,15 @@ fn first_byte(body: &[u8]) -> Option<u8> {
     body.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
-impl<'a> Envelope<'a> {
-    fn empty() -> Self {
-        Envelope { kind: MessageKind::Invalid, method: None, id: None, session_id: None, has_result: false, has_error: false }
-    }
-
+impl Envelope<'_> {
     fn classify(&self) -> MessageKind {
-        let id_ok = self.id.map_or(true, |id| matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n')));
+        // An id is a number, a string or null.
+        let id_ok = !self.id.is_some_and(|id| {
+            !matches!(
+                id.get().as_bytes().first(),
+                Some(b'"' | b'-' | b'0'..=b'9' | b'n')
+            )
+        });
         match (&self.method, self.id) {
             _ if self.kind == MessageKind::Invalid || !id_ok => MessageKind::Invalid,
             (Some(_), Some(_)) => MessageKind::Request,
@@ -177,7 +199,10 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                 f.write_str("a JSON-RPC object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
-                let mut env = Envelope { kind: MessageKind::Request, ..Envelope::empty() };
+                let mut env = Envelope {
+                    kind: MessageKind::Request,
+                    ..Envelope::default()
+                };
                 while let Some(key) = map.next_key::<Str<'de>>()? {
                     match &*key.0 {
                         "method" => {
@@ -188,8 +213,10 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                         }
                         "id" => env.id = Some(map.next_value()?),
                         "params" => env.session_id = map.next_value_seed(Pick::SessionId)?,
-                        "result" => env.has_result = map.next_value::<IgnoredAny>().is_ok(),
-                        "error" => env.has_error = map.next_value::<IgnoredAny>().is_ok(),
+                        "result" => {
+                            env.has_result = map.next_value::<IgnoredAny>().map(|_| true)?
+                        }
+                        "error" => env.has_error = map.next_value::<IgnoredAny>().map(|_| true)?,
                         _ => drop(map.next_value::<IgnoredAny>()?),
                     }
                 }
@@ -205,7 +232,9 @@ struct Str<'a>(Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Pick::Str)?.map(Str).ok_or_else(|| serde::de::Error::custom("expected a string"))
+        d.deserialize_any(Pick::Str)?
+            .map(Str)
+            .ok_or_else(|| serde::de::Error::custom("expected a string"))
     }
 }
 
@@ -296,8 +325,14 @@ fn set_entry<'a>(entries: &mut Members<'a>, name: &str, value: &'a RawValue) {
     match entries.iter().position(|(k, _)| k == name) {
         Some(i) => {
             entries[i].1 = value;
-            let mut seen = 0;
-            entries.retain(|(k, _)| k != name || (seen += 1, seen == 1).1);
+            let mut j = i + 1;
+            while j < entries.len() {
+                if entries[j].0 == name {
+                    entries.remove(j);
+                } else {
+                    j += 1;
+                }
+            }
         }
         None => entries.push((Cow::Owned(name.to_owned()), value)),
     }
@@ -316,5 +351,205 @@ impl Serialize for Entries<'_> {
 }
 
 #[cfg(test)]
-#[path = "message_tests.rs"]
-mod tests;
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind(body: &str) -> MessageKind {
+        parse_envelope(body.as_bytes()).unwrap().kind
+    }
+
+    fn json(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn classification() {
+        use MessageKind::*;
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}"#),
+            Request
+        );
+        assert_eq!(kind(r#"{"method":"ping","id":null}"#), Request);
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","method":"session.event","params":[1]}"#),
+            Notification
+        );
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","id":"a","result":null}"#),
+            Response
+        );
+        assert_eq!(
+            kind(r#"{"id":null,"error":{"code":1,"message":"x"}}"#),
+            Response
+        );
+        for invalid in [
+            "[]",
+            "3",
+            r#""str""#,
+            "{}",
+            r#"{"id":1}"#,
+            r#"{"method":5,"id":1}"#,
+            r#"{"method":null}"#,
+            r#"{"method":"m","id":{}}"#,
+            r#"{"method":"m","id":true}"#,
+            r#"{"id":1,"result":1,"error":{}}"#,
+            r#"{"result":1}"#,
+        ] {
+            assert_eq!(kind(invalid), Invalid, "{invalid}");
+        }
+    }
+
+    #[test]
+    fn fields_are_borrowed() {
+        let body =
+            br#" {"method":"session.send","id":7,"params":{"prompt":"hi","sessionId":"s-1"}} "#;
+        let env = parse_envelope(body).unwrap();
+        assert!(matches!(env.method, Some(Cow::Borrowed("session.send"))));
+        assert!(matches!(env.session_id, Some(Cow::Borrowed("s-1"))));
+        assert_eq!(env.id.map(RawValue::get), Some("7"));
+        assert!(!env.has_result && !env.has_error);
+    }
+
+    #[test]
+    fn session_id_extraction() {
+        let sid = |body: &str| {
+            parse_envelope(body.as_bytes())
+                .unwrap()
+                .session_id
+                .map(Cow::into_owned)
+        };
+        assert_eq!(
+            sid(r#"{"method":"m","params":{"sessionId":"abc"}}"#).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            sid(r#"{"method":"m","params":{"sessionId":"a\u00e9\"b"}}"#).as_deref(),
+            Some("aé\"b")
+        );
+        assert_eq!(
+            sid(r#"{"method":"m","params":{"\u0073essionId":"k"}}"#).as_deref(),
+            Some("k")
+        );
+        assert_eq!(sid(r#"{"method":"m","params":["sessionId","abc"]}"#), None);
+        assert_eq!(sid(r#"{"method":"m"}"#), None);
+        assert_eq!(sid(r#"{"method":"m","params":null}"#), None);
+        assert_eq!(sid(r#"{"method":"m","params":{"sessionId":5}}"#), None);
+        assert_eq!(
+            sid(r#"{"method":"m","params":{"x":{"sessionId":"nested"}}}"#),
+            None
+        );
+        assert_eq!(sid(r#"{"method":"m","sessionId":"top"}"#), None);
+    }
+
+    #[test]
+    fn invalid_json_is_parse_error() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"id\":1,}",
+            b"{\"a\":1} x",
+            b"{\"a\":\"\xff\"}",
+            b"nul",
+        ] {
+            let err = parse_envelope(bad).unwrap_err();
+            assert_eq!(err.code(), PARSE_ERROR, "{err}");
+        }
+        assert!(matches!(
+            parse_envelope(b"{\"method\":1"),
+            Err(ParseError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn error_response_echoes_id() {
+        for id in ["12", "-3.50e2", r#""a\u00e9""#, "null"] {
+            let body = format!(r#"{{"method":"m","id":{id}}}"#);
+            let env = parse_envelope(body.as_bytes()).unwrap();
+            let reply = error_response(env.id, METHOD_NOT_FOUND, "no \"such\" method", None);
+            let expected = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32601,"message":"no \"such\" method"}}}}"#
+            );
+            assert_eq!(std::str::from_utf8(&reply).unwrap(), expected);
+        }
+        let data = serde_json::json!({"server": "b"});
+        let reply = error_response(None, SERVER_UNAVAILABLE, "down", Some(&data));
+        let expected = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"down","data":{"server":"b"}}}"#;
+        assert_eq!(&reply[..], expected.as_bytes());
+    }
+
+    #[test]
+    fn batches() {
+        assert!(is_batch(b" \r\n[{}]") && !is_batch(b"{}") && !is_batch(b""));
+        let items = split_batch(br#"[{"id":1,"method":"a"}, {"method":"b"} ,3]"#).unwrap();
+        let raw: Vec<&str> = items.iter().map(|v| v.get()).collect();
+        assert_eq!(raw, [r#"{"id":1,"method":"a"}"#, r#"{"method":"b"}"#, "3"]);
+        assert!(split_batch(b"[]").unwrap().is_empty());
+        assert_eq!(split_batch(b"{}").unwrap_err().code(), INVALID_REQUEST);
+        assert_eq!(split_batch(b"[1,").unwrap_err().code(), PARSE_ERROR);
+    }
+
+    #[test]
+    fn with_id_preserves_other_fields() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":"c-1","method":"tool.call","params":{"x":1.50, "y":[ 1 ]}}"#;
+        let out = with_id(body, &42u64).unwrap();
+        let expected =
+            r#"{"jsonrpc":"2.0","id":42,"method":"tool.call","params":{"x":1.50, "y":[ 1 ]}}"#;
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+        let original = serde_json::value::to_raw_value("c-1").unwrap();
+        assert_eq!(&with_id(&out, &*original).unwrap()[..], &body[..]);
+        let added = with_id(br#"{"method":"m","id":1,"id":2}"#, "p").unwrap();
+        assert_eq!(&added[..], br#"{"method":"m","id":"p"}"#);
+        assert_eq!(
+            &with_id(br#"{"method":"m"}"#, &1).unwrap()[..],
+            br#"{"method":"m","id":1}"#
+        );
+        assert!(with_id(b"[1]", &1).is_err() && with_id(b"{} x", &1).is_err());
+    }
+
+    #[test]
+    fn with_param_inserts_or_replaces() {
+        let body = br#"{"id":1,"method":"session.create","params":{"model":"gpt-5","n":1.0}}"#;
+        let out = with_param(body, "sessionId", Value::from("s-9")).unwrap();
+        let expected = r#"{"id":1,"method":"session.create","params":{"model":"gpt-5","n":1.0,"sessionId":"s-9"}}"#;
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+        let replaced = with_param(&out, "sessionId", Value::from("s-10")).unwrap();
+        assert_eq!(json(&replaced)["params"]["sessionId"], "s-10");
+        let created =
+            with_param(br#"{"id":1,"method":"connect"}"#, "token", Value::from("t")).unwrap();
+        assert_eq!(
+            &created[..],
+            br#"{"id":1,"method":"connect","params":{"token":"t"}}"#
+        );
+        let from_null = with_param(
+            br#"{"method":"connect","params":null}"#,
+            "token",
+            Value::from("t"),
+        );
+        assert_eq!(
+            &from_null.unwrap()[..],
+            br#"{"method":"connect","params":{"token":"t"}}"#
+        );
+        let array = with_param(br#"{"method":"m","params":[1]}"#, "token", Value::Null);
+        assert!(matches!(array, Err(ParseError::ParamsNotObject)));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_envelope(&bytes);
+            let _ = split_batch(&bytes);
+            let _ = with_id(&bytes, &1);
+            let _ = with_param(&bytes, "sessionId", Value::Null);
+        }
+
+        #[test]
+        fn json_like_text_never_panics(text in r#"[\[\]{}":,0-9a-z\\ ]{0,80}"#) {
+            if let Ok(env) = parse_envelope(text.as_bytes()) {
+                let _ = error_response(env.id, PARSE_ERROR, &text, None);
+            }
+            let _ = with_param(text.as_bytes(), "sessionId", Value::Null);
+        }
+    }
+}

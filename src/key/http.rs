@@ -1,0 +1,265 @@
+//! HTTP key sources: header, cookie, query parameter and path segment. Each borrows the key
+//! from the request head, so extraction allocates nothing; keys are raw bytes as sent (not
+//! percent-decoded), which is all consistent hashing needs.
+
+use std::net::IpAddr;
+
+use ::http::{HeaderMap, HeaderName, Uri};
+
+use crate::config::{KeySource, PathTemplate};
+
+/// What an HTTP key source may look at.
+pub struct RequestHead<'r> {
+    pub uri: &'r Uri,
+    pub headers: &'r HeaderMap,
+    pub peer: IpAddr,
+}
+
+/// One place a key may be found in a request.
+pub trait HttpKeySource: Send + Sync + std::fmt::Debug {
+    /// The key, if this source holds a non-empty one.
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>>;
+}
+
+/// A key borrowed from the request, or formatted from something that is not bytes (an IP).
+pub enum KeyBytes<'r> {
+    Borrowed(&'r [u8]),
+    Ip(IpAddr),
+}
+
+impl KeyBytes<'_> {
+    /// Run `f` on the key's bytes (an IP is formatted on the stack).
+    pub fn with<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        match self {
+            KeyBytes::Borrowed(b) => f(b),
+            KeyBytes::Ip(ip) => {
+                let mut buf = [0u8; 64];
+                let len = {
+                    use std::io::Write;
+                    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                    let _ = write!(cursor, "{ip}");
+                    cursor.position() as usize
+                };
+                f(&buf[..len])
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Header(HeaderName);
+
+impl HttpKeySource for Header {
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        let v = head.headers.get(&self.0)?.as_bytes();
+        (!v.is_empty()).then_some(KeyBytes::Borrowed(v))
+    }
+}
+
+#[derive(Debug)]
+struct Cookie(String);
+
+impl HttpKeySource for Cookie {
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        // HTTP/2 may split cookies over several headers; look at all of them.
+        head.headers
+            .get_all(::http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                (name == self.0.as_bytes() && !value.is_empty())
+                    .then_some(KeyBytes::Borrowed(value))
+            })
+    }
+}
+
+#[derive(Debug)]
+struct Query(String);
+
+impl HttpKeySource for Query {
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        head.uri.query()?.split('&').find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name == self.0 && !value.is_empty()).then_some(KeyBytes::Borrowed(value.as_bytes()))
+        })
+    }
+}
+
+#[derive(Debug)]
+struct PathSegment(PathTemplate);
+
+impl HttpKeySource for PathSegment {
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        let mut segments = head.uri.path().strip_prefix('/')?.split('/');
+        for literal in &self.0.prefix {
+            if segments.next()? != literal {
+                return None;
+            }
+        }
+        let key = segments.next()?;
+        (!key.is_empty()).then_some(KeyBytes::Borrowed(key.as_bytes()))
+    }
+}
+
+#[derive(Debug)]
+struct ClientIp;
+
+impl HttpKeySource for ClientIp {
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        Some(KeyBytes::Ip(head.peer))
+    }
+}
+
+/// A listener's ordered key sources; the first that yields a key wins.
+#[derive(Debug, Default)]
+pub struct HttpKeys {
+    sources: Vec<Box<dyn HttpKeySource>>,
+    /// "header X-Session-Id, cookie session_id": for the 400 answer under `no_key: reject`.
+    pub described: String,
+}
+
+impl HttpKeys {
+    /// Build from validated config; TCP-only sources (SNI) are not HTTP sources and are skipped.
+    pub fn from_config(sources: &[KeySource]) -> HttpKeys {
+        let mut out: Vec<Box<dyn HttpKeySource>> = Vec::new();
+        let mut described = Vec::new();
+        for s in sources {
+            let boxed: Box<dyn HttpKeySource> = match s {
+                KeySource::Header(h) => Box::new(Header(h.clone())),
+                KeySource::Cookie(c) => Box::new(Cookie(c.clone())),
+                KeySource::Query(q) => Box::new(Query(q.clone())),
+                KeySource::Path(p) => Box::new(PathSegment(p.clone())),
+                KeySource::ClientIp => Box::new(ClientIp),
+                KeySource::Sni => continue,
+            };
+            described.push(s.to_string());
+            out.push(boxed);
+        }
+        HttpKeys {
+            sources: out,
+            described: described.join(", "),
+        }
+    }
+
+    pub fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        self.sources.iter().find_map(|s| s.extract(head))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeySource;
+
+    fn keys(sources: Vec<KeySource>) -> HttpKeys {
+        HttpKeys::from_config(&sources)
+    }
+
+    fn extract(keys: &HttpKeys, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let head = RequestHead {
+            uri: &uri,
+            headers: &map,
+            peer: "10.1.2.3".parse().unwrap(),
+        };
+        keys.extract(&head)
+            .map(|k| k.with(|b| String::from_utf8(b.to_vec()).unwrap()))
+    }
+
+    #[test]
+    fn header_source() {
+        let k = keys(vec![KeySource::Header(HeaderName::from_static(
+            "x-session-id",
+        ))]);
+        assert_eq!(
+            extract(&k, "/", &[("X-Session-Id", "abc")]).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            extract(&k, "/", &[("X-Session-Id", "")]),
+            None,
+            "empty is absent"
+        );
+        assert_eq!(extract(&k, "/", &[]), None);
+    }
+
+    #[test]
+    fn cookie_source_across_split_headers() {
+        let k = keys(vec![KeySource::Cookie("session_id".into())]);
+        assert_eq!(
+            extract(&k, "/", &[("cookie", "a=1; session_id=xyz; b=2")]).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(
+            extract(
+                &k,
+                "/",
+                &[("cookie", "a=1"), ("cookie", "session_id=\"q\"")]
+            )
+            .as_deref(),
+            Some("q")
+        );
+        assert_eq!(
+            extract(&k, "/", &[("cookie", "my_session_id=no")]),
+            None,
+            "names match whole"
+        );
+    }
+
+    #[test]
+    fn query_source() {
+        let k = keys(vec![KeySource::Query("session".into())]);
+        assert_eq!(
+            extract(&k, "/x?a=1&session=s%201&b", &[]).as_deref(),
+            Some("s%201")
+        );
+        assert_eq!(extract(&k, "/x?sessions=1", &[]), None);
+        assert_eq!(extract(&k, "/x", &[]), None);
+    }
+
+    #[test]
+    fn path_source() {
+        let k = keys(vec![KeySource::Path(PathTemplate {
+            prefix: vec!["sessions".into()],
+        })]);
+        assert_eq!(
+            extract(&k, "/sessions/s-42/messages", &[]).as_deref(),
+            Some("s-42")
+        );
+        assert_eq!(extract(&k, "/sessions/", &[]), None);
+        assert_eq!(extract(&k, "/users/s-42", &[]), None);
+    }
+
+    #[test]
+    fn first_present_source_wins_and_client_ip_formats() {
+        let k = keys(vec![
+            KeySource::Header(HeaderName::from_static("x-session-id")),
+            KeySource::Query("session".into()),
+            KeySource::ClientIp,
+        ]);
+        assert_eq!(
+            extract(&k, "/?session=q", &[("x-session-id", "h")]).as_deref(),
+            Some("h")
+        );
+        assert_eq!(extract(&k, "/?session=q", &[]).as_deref(), Some("q"));
+        assert_eq!(extract(&k, "/", &[]).as_deref(), Some("10.1.2.3"));
+        assert_eq!(
+            k.described,
+            "header x-session-id, query parameter session, client IP"
+        );
+    }
+}

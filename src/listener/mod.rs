@@ -1,0 +1,141 @@
+//! Listeners: binding, the accept loop (connection limit, backoff on accept errors), and the
+//! per-connection dispatch to a protocol handler, each connection inside a tracing span with
+//! its peer and listener. TLS termination is in [`tls`].
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::config::Protocol;
+use crate::proxy::{self, Context};
+
+/// Bind `addr` with `SO_REUSEADDR` (tokio's default on Unix) and a deep accept backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Open connections of one listener, and a wake-up for an accept loop waiting at the limit.
+#[derive(Default)]
+struct Occupancy {
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+struct Slot(Arc<Occupancy>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// Accept connections on `listener` until `stop` (this listener removed) or shutdown.
+pub async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    ctx: Context,
+    stop: CancellationToken,
+) {
+    let occupancy = Arc::new(Occupancy::default());
+    let mut backoff = Duration::from_millis(5);
+    let active = ctx.metrics.connections_active.with_label_values(&[&name]);
+    let total = ctx.metrics.connections_total.with_label_values(&[&name]);
+    loop {
+        // Read the limit from the snapshot so a reload can change it without rebinding.
+        let limit = ctx
+            .shared
+            .load()
+            .listener(&name)
+            .map_or(usize::MAX, |l| l.config.max_connections);
+        if occupancy.open.load(Ordering::Acquire) >= limit {
+            tokio::select! {
+                _ = occupancy.freed.notified() => continue,
+                _ = stop.cancelled() => return,
+                _ = ctx.shutdown.token.cancelled() => return,
+            }
+        }
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ctx.shutdown.token.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; connections closing
+                    // will free descriptors.
+                    warn!(listener = %name, error = %e, "accept failed; backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(5);
+        occupancy.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(occupancy.clone());
+        total.inc();
+        active.inc();
+        let active = active.clone();
+        let span = info_span!("conn", listener = %name, peer = %peer);
+        let (ctx2, name2) = (ctx.clone(), name.clone());
+        ctx.shutdown.tracker.spawn(
+            async move {
+                handle(stream, peer, ctx2, name2).await;
+                active.dec();
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context, name: Arc<str>) {
+    let _ = stream.set_nodelay(true);
+    let Some(runtime) = ctx.shared.load_full().listener(&name).cloned() else {
+        return;
+    };
+    match runtime.config.protocol {
+        Protocol::Http => match &runtime.tls {
+            None => proxy::http::serve(stream, ctx, name, peer, false).await,
+            Some(acceptor) => {
+                let timeout = runtime
+                    .config
+                    .tls
+                    .as_ref()
+                    .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        drop(runtime);
+                        proxy::http::serve(tls, ctx, name, peer, true).await
+                    }
+                    Ok(Err(e)) => tls_failed(&ctx, &name, &e.to_string()),
+                    Err(_) => tls_failed(&ctx, &name, "handshake timed out"),
+                }
+            }
+        },
+        Protocol::Tcp => proxy::tcp::serve(stream, ctx, name, peer).await,
+        Protocol::JsonRpc => proxy::jsonrpc::serve(stream, ctx, name, peer, runtime).await,
+    }
+}
+
+fn tls_failed(ctx: &Context, listener: &str, why: &str) {
+    debug!(error = why, "TLS handshake failed");
+    ctx.metrics
+        .connection_errors_total
+        .with_label_values(&[listener, "tls_handshake"])
+        .inc();
+}

@@ -1,0 +1,354 @@
+//! The HTTP proxy: a hyper service per client connection (HTTP/1.1, h2 via ALPN, h2c by prior
+//! knowledge). Each request loads the snapshot once, extracts its key, picks an upstream on the
+//! ring and is forwarded through that upstream's keep-alive pool with bodies streamed both
+//! ways. `Upgrade` requests (WebSocket) become a byte tunnel after the upstream's 101.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+use super::Context;
+use crate::config::NoKey;
+use crate::key::http::RequestHead;
+use crate::upstream::Upstream;
+
+/// Response bodies: the upstream's, streamed, or a short local one (errors).
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Per-connection facts the service needs for every request.
+struct Conn {
+    ctx: Context,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    tls: bool,
+}
+
+/// Serve one client connection until it closes or shutdown asks it to finish.
+pub async fn serve<IO>(io: IO, ctx: Context, listener: Arc<str>, peer: SocketAddr, tls: bool)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_read_timeout = ctx
+        .shared
+        .load()
+        .listener(&listener)
+        .map(|l| l.config.header_read_timeout);
+    let conn = Arc::new(Conn {
+        ctx: ctx.clone(),
+        listener,
+        peer,
+        tls,
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        res = connection.as_mut() => log_conn_end(res),
+        _ = ctx.shutdown.token.cancelled() => {
+            // Finish in-flight requests, refuse new ones, then close.
+            connection.as_mut().graceful_shutdown();
+            log_conn_end(connection.await);
+        }
+    }
+}
+
+fn log_conn_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = res {
+        debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+impl Conn {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let snapshot = self.ctx.shared.load_full();
+        let Some(listener) = snapshot.listener(&self.listener) else {
+            return local(StatusCode::SERVICE_UNAVAILABLE, "listener is being removed");
+        };
+        let pool = &listener.pool;
+        let head = RequestHead {
+            uri: req.uri(),
+            headers: req.headers(),
+            peer: self.peer.ip(),
+        };
+        let upstream = match listener.http_keys.extract(&head) {
+            Some(key) => key.with(|k| pool.route(k).cloned()),
+            None if listener.config.no_key == NoKey::Reject => {
+                let msg = format!(
+                    "no session key in request; expected one of: {}",
+                    listener.http_keys.described
+                );
+                return self.finish(
+                    started,
+                    pool.name(),
+                    "none",
+                    local(StatusCode::BAD_REQUEST, msg),
+                );
+            }
+            None => pool.route_random().cloned(),
+        };
+        let Some(upstream) = upstream else {
+            let msg = format!("no upstream available in pool {}", pool.name());
+            return self.finish(
+                started,
+                pool.name(),
+                "none",
+                local(StatusCode::SERVICE_UNAVAILABLE, msg),
+            );
+        };
+
+        let client_upgrade =
+            is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
+        if let Err(resp) = self.rewrite_request(&mut req, &upstream, client_upgrade.is_some()) {
+            return self.finish(started, pool.name(), upstream.name(), resp);
+        }
+        let timeout = pool.config.request_timeout;
+        let resp = match tokio::time::timeout(timeout, upstream.http.request(req)).await {
+            Err(_) => local(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "upstream {} did not answer within {timeout:?}",
+                    upstream.name()
+                ),
+            ),
+            Ok(Err(e)) => {
+                let what = if e.is_connect() {
+                    "connect failed"
+                } else {
+                    "request failed"
+                };
+                warn!(upstream = upstream.name(), error = %e, "upstream {what}");
+                local(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream {} {what}", upstream.name()),
+                )
+            }
+            Ok(Ok(mut resp)) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade {
+                        tunnel(client_side, hyper::upgrade::on(&mut resp), &self.ctx);
+                    }
+                } else {
+                    strip_hop_by_hop(resp.headers_mut());
+                }
+                resp.map(Either::Left)
+            }
+        };
+        self.finish(started, pool.name(), upstream.name(), resp)
+    }
+
+    /// Turn the client's request into the upstream's: absolute URI on the upstream, HTTP/1.1,
+    /// hop-by-hop headers removed (kept for upgrades), forwarding headers added.
+    fn rewrite_request(
+        &self,
+        req: &mut Request<Incoming>,
+        upstream: &Upstream,
+        upgrade: bool,
+    ) -> Result<(), Response<ProxyBody>> {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        if !req.headers().contains_key(header::HOST) {
+            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
+            if let Some(value) = parts
+                .authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, value);
+            }
+        }
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(upstream.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| {
+            local(
+                StatusCode::BAD_REQUEST,
+                "request target cannot be forwarded",
+            )
+        })?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        let upgrade_proto = if upgrade {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(headers);
+        if let Some(proto) = upgrade_proto {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto);
+        }
+        append_forwarded_for(headers, self.peer);
+        headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if self.tls { "https" } else { "http" }),
+        );
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        started: Instant,
+        pool: &str,
+        upstream: &str,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let m = &self.ctx.metrics;
+        m.requests_total
+            .with_label_values(&[&self.listener, pool, upstream, resp.status().as_str()])
+            .inc();
+        m.request_duration
+            .with_label_values(&[&self.listener, pool, upstream])
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+}
+
+/// A short plain-text answer made by the proxy itself.
+pub fn local(status: StatusCode, message: impl Into<String>) -> Response<ProxyBody> {
+    let mut body = message.into();
+    body.push('\n');
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1): the fixed set plus any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+/// After both sides agree to switch protocols, copy bytes both ways until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, ctx: &Context) {
+    ctx.shutdown.tracker.spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => return debug!(error = %e, "upgrade failed"),
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_in_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        let peer: SocketAddr = "10.0.0.9:5555".parse().unwrap();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        append_forwarded_for(&mut h, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9, 127.0.0.1");
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers_on_http11() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!is_upgrade(Version::HTTP_11, &h));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(is_upgrade(Version::HTTP_11, &h));
+        assert!(!is_upgrade(Version::HTTP_2, &h));
+    }
+}

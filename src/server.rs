@@ -1,0 +1,153 @@
+//! The running proxy: it owns the shared snapshot, the bound listeners and the admin listener,
+//! and is what reloads and shutdown act on. Library users (tests, `demo`, `main`) start one with
+//! [`Server::start`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::error::StartError;
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::proxy::Context;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{Shared, Snapshot};
+
+/// A listener the server is accepting on.
+pub(crate) struct Running {
+    /// The address in the config (may have port 0); a reload rebinds only if this changes.
+    pub configured: SocketAddr,
+    pub bound: SocketAddr,
+    pub stop: CancellationToken,
+}
+
+pub struct Server {
+    pub(crate) ctx: Context,
+    pub(crate) listeners: Mutex<HashMap<String, Running>>,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    admin_addr: SocketAddr,
+}
+
+impl Server {
+    /// Load `config_path`, bind the admin listener and every proxy listener, and start serving.
+    /// Any bind or config error stops the start before anything serves.
+    pub async fn start(
+        config_path: &Path,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Server>, StartError> {
+        let config = Config::load(config_path)?;
+        Server::start_with(config, config_path, metrics, shutdown).await
+    }
+
+    /// Like [`Server::start`] with an already validated config that came from `source`.
+    pub async fn start_with(
+        config: Config,
+        source: &Path,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Server>, StartError> {
+        let snapshot = Snapshot::build(config, source, None, &metrics)?;
+        let admin_listen = snapshot.config.admin_listen;
+        let admin = listener::bind(admin_listen).map_err(|source| StartError::Bind {
+            what: "admin listener".into(),
+            addr: admin_listen,
+            source,
+        })?;
+        let mut bound = Vec::new();
+        for l in &snapshot.config.listeners {
+            let tcp = listener::bind(l.listen).map_err(|source| StartError::Bind {
+                what: format!("listener {}", l.name),
+                addr: l.listen,
+                source,
+            })?;
+            bound.push((l.name.clone(), l.listen, tcp));
+        }
+        metrics.config_version.set(snapshot.version as i64);
+        let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
+        let server = Arc::new(Server {
+            ctx: Context {
+                shared,
+                metrics,
+                shutdown,
+            },
+            listeners: Mutex::new(HashMap::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            admin_addr: admin.local_addr().map_err(|source| StartError::Bind {
+                what: "admin listener".into(),
+                addr: admin_listen,
+                source,
+            })?,
+        });
+        for (name, configured, tcp) in bound {
+            server.run_listener(name, configured, tcp);
+        }
+        info!(listener = "admin", addr = %server.admin_addr, "listener bound");
+        tokio::spawn(crate::admin::serve(admin, server.clone()));
+        Ok(server)
+    }
+
+    /// Start the accept loop for a freshly bound listener and remember it.
+    pub(crate) fn run_listener(&self, name: String, configured: SocketAddr, tcp: TcpListener) {
+        let bound = tcp.local_addr().unwrap_or(configured);
+        info!(listener = %name, addr = %bound, "listener bound");
+        let stop = CancellationToken::new();
+        tokio::spawn(listener::accept_loop(
+            tcp,
+            Arc::from(name.as_str()),
+            self.ctx.clone(),
+            stop.clone(),
+        ));
+        let running = Running {
+            configured,
+            bound,
+            stop,
+        };
+        if let Some(old) = self.lock_listeners().insert(name, running) {
+            old.stop.cancel();
+        }
+    }
+
+    pub(crate) fn lock_listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        // A panic while holding this lock cannot leave the map inconsistent; keep going.
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The address a proxy listener is bound to (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.lock_listeners().get(name).map(|r| r.bound)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.ctx.shared.load_full()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.ctx.shared.load().source.clone()
+    }
+
+    /// Stop accepting and give open connections up to the configured grace to finish.
+    /// Returns the number of connections abandoned at the deadline.
+    pub async fn shutdown(&self) -> usize {
+        let grace = self.ctx.shared.load().config.shutdown_grace;
+        for running in self.lock_listeners().values() {
+            running.stop.cancel();
+        }
+        self.ctx.shutdown.drain(grace).await
+    }
+}

@@ -1,0 +1,176 @@
+//! The immutable routing state of one config version. Everything a request needs (listener
+//! settings, key sources, TLS acceptor, pools with their rings and upstreams) is in one
+//! [`Snapshot`] behind one `ArcSwap`; the data path loads it once per request or message, and
+//! new snapshots are built off the data path by the reload code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ListenerConfig, PoolConfig, Protocol};
+use crate::error::ConfigError;
+use crate::key::HttpKeys;
+use crate::listener::tls;
+use crate::metrics::Metrics;
+use crate::ring::{FirstUsable, Ring, RingSelection};
+use crate::upstream::Upstream;
+
+/// The one shared handle to the snapshot now serving.
+pub type Shared = Arc<ArcSwap<Snapshot>>;
+
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    /// The file this snapshot was read from; reloads read it again.
+    pub source: PathBuf,
+    pools: HashMap<String, Arc<Pool>>,
+    listeners: HashMap<String, Arc<ListenerRuntime>>,
+}
+
+/// A pool of upstreams and the ring that spreads keys over them.
+pub struct Pool {
+    pub config: PoolConfig,
+    pub ring: Ring,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+/// Per-listener runtime settings derived from its config.
+pub struct ListenerRuntime {
+    pub config: ListenerConfig,
+    pub pool: Arc<Pool>,
+    pub http_keys: HttpKeys,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Pool {
+    fn build(config: &PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let prev = previous.and_then(|p| p.upstream(&u.name));
+                Upstream::build(config, u, prev, metrics, previous.map(|p| &p.config))
+            })
+            .collect();
+        let ring = Ring::build(
+            config.upstreams.iter().map(|u| (u.name.as_str(), u.weight)),
+            config.vnodes,
+        );
+        Pool {
+            config: config.clone(),
+            ring,
+            upstreams,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The upstream that should take new work for `key`: its ring owner, or the next upstream
+    /// clockwise that is healthy and not draining. `None` when no upstream can take work.
+    pub fn route(&self, key: &[u8]) -> Option<&Arc<Upstream>> {
+        FirstUsable
+            .select(&self.ring, key, &|i| {
+                self.upstreams[i].state.accepts_new_work()
+            })
+            .map(|i| &self.upstreams[i])
+    }
+
+    /// Route a request that carries no key: a uniformly random point on the ring.
+    pub fn route_random(&self) -> Option<&Arc<Upstream>> {
+        self.route(&rand::random::<u64>().to_le_bytes())
+    }
+
+    /// The ring owner of `key`, ignoring health and drain.
+    pub fn owner(&self, key: &[u8]) -> Option<&Arc<Upstream>> {
+        self.ring.owner(key).map(|i| &self.upstreams[i])
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name() == name)
+    }
+
+    /// Can any upstream take new work?
+    pub fn routable(&self) -> bool {
+        self.upstreams.iter().any(|u| u.state.accepts_new_work())
+    }
+
+    pub fn upstream_names(&self) -> Vec<&str> {
+        self.upstreams.iter().map(|u| u.name()).collect()
+    }
+}
+
+impl Snapshot {
+    /// Build a snapshot for `config`, carrying upstream state and warm connection pools over from
+    /// `previous` by upstream name. Reads TLS files; fails without side effects.
+    pub fn build(
+        config: Config,
+        source: &Path,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Snapshot, ConfigError> {
+        let pools: HashMap<String, Arc<Pool>> = config
+            .pools
+            .values()
+            .map(|p| {
+                let prev = previous.and_then(|s| s.pools.get(&p.name)).map(|p| &**p);
+                (p.name.clone(), Arc::new(Pool::build(p, prev, metrics)))
+            })
+            .collect();
+        let mut listeners = HashMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                None => None,
+                Some(files) => {
+                    let alpn: &[&[u8]] = match l.protocol {
+                        Protocol::Http => &[b"h2", b"http/1.1"],
+                        _ => &[],
+                    };
+                    Some(tls::acceptor(files, alpn).map_err(|(field, message)| {
+                        ConfigError::Tls {
+                            file: source.to_owned(),
+                            path: format!("listeners[{i}].tls.{field}"),
+                            message,
+                        }
+                    })?)
+                }
+            };
+            let runtime = ListenerRuntime {
+                config: l.clone(),
+                // Validation guarantees the pool exists.
+                pool: pools[&l.pool].clone(),
+                http_keys: HttpKeys::from_config(&l.key),
+                tls,
+            };
+            listeners.insert(l.name.clone(), Arc::new(runtime));
+        }
+        Ok(Snapshot {
+            version: previous.map_or(1, |p| p.version + 1),
+            config: Arc::new(config),
+            source: source.to_owned(),
+            pools,
+            listeners,
+        })
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.get(name)
+    }
+
+    /// Every pool has an upstream that can take work.
+    pub fn ready(&self) -> bool {
+        self.pools.values().all(|p| p.routable())
+    }
+}

@@ -1,0 +1,100 @@
+//! Upstreams: one [`Upstream`] per configured server, carrying its HTTP connection pool and the
+//! state that must survive reloads (health, drain), and the connector that counts connections.
+
+pub mod pool;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::{PoolConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+
+pub use pool::{HttpClient, UpstreamConnector};
+
+/// State of an upstream that outlives any one snapshot: carried across reloads by name.
+#[derive(Debug)]
+pub struct UpstreamState {
+    healthy: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Default for UpstreamState {
+    fn default() -> Self {
+        UpstreamState {
+            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+impl UpstreamState {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+    pub fn set_healthy(&self, up: bool) -> bool {
+        self.healthy.swap(up, Ordering::Relaxed)
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed)
+    }
+    /// May new keys or sessions be placed here?
+    pub fn accepts_new_work(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
+    }
+}
+
+/// One upstream server of a pool.
+#[derive(Debug)]
+pub struct Upstream {
+    pub pool: String,
+    pub config: UpstreamConfig,
+    pub state: Arc<UpstreamState>,
+    pub http: HttpClient,
+    /// `addr` as a URI authority, to build upstream request URIs without allocating.
+    pub authority: http::uri::Authority,
+}
+
+impl Upstream {
+    /// Build an upstream, reusing `previous` (its connection pool and state) when the settings
+    /// that shape the pool are unchanged, so a reload keeps warm keep-alive connections.
+    pub fn build(
+        pool: &PoolConfig,
+        config: &UpstreamConfig,
+        previous: Option<&Arc<Upstream>>,
+        metrics: &Metrics,
+        previous_pool: Option<&PoolConfig>,
+    ) -> Arc<Upstream> {
+        let state = previous.map(|p| p.state.clone()).unwrap_or_default();
+        let same_pool_settings = previous_pool.is_some_and(|old| {
+            old.connect_timeout == pool.connect_timeout
+                && old.pool_max_idle_per_upstream == pool.pool_max_idle_per_upstream
+                && old.pool_idle_timeout == pool.pool_idle_timeout
+        });
+        let http = match previous {
+            Some(p) if p.config.addr == config.addr && same_pool_settings => p.http.clone(),
+            _ => pool::http_client(pool, &config.name, metrics),
+        };
+        Arc::new(Upstream {
+            pool: pool.name.clone(),
+            config: config.clone(),
+            state,
+            http,
+            // Validation checked `addr` is host:port, which is always a valid authority.
+            authority: config
+                .addr
+                .parse()
+                .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.config.addr
+    }
+}

@@ -1,0 +1,419 @@
+// Interop suite: real GitHub Copilot CLI servers (headless) + the real SDK, through sessiongate.
+//
+//   node --test run.mjs                  proxy mode: SDK -> sessiongate -> 3 (then 4) CLI servers
+//   INTEROP_DIRECT=1 node --test run.mjs direct mode: SDK -> first CLI server (no proxy); proves the
+//                                        SDK side of this driver and the CLI facts the proxy relies on
+//
+// Environment:
+//   SESSIONGATE_BIN   proxy binary (default ../../target/release/sessiongate relative to this file)
+//   SESSIONGATE_ARGS  proxy arguments, space separated, "{config}" replaced by the config path
+//                     (default "run --config {config} --log-format json")
+//   COPILOT_CLI_BIN   CLI binary (default node_modules/@github/copilot-linux-x64/copilot)
+//   INTEROP_KEEP=1    keep the temp dir (CLI homes, proxy config and logs) after the run
+//
+// Layout of this file:
+//   1. settings
+//   2. process helpers: free ports, CLI servers, the sessiongate process, its config and admin API
+//   3. SDK helpers: clients, create+send, resume+read, error shape
+//   4. the suite (one sequential describe; later tests build on the sessions the earlier ones made)
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CopilotClient, RuntimeConnection, approveAll } from '@github/copilot-sdk';
+
+// ───────────────────────────── 1. settings ─────────────────────────────
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const DIRECT = process.env.INTEROP_DIRECT === '1';
+const KEEP = process.env.INTEROP_KEEP === '1';
+const CLI_BIN = process.env.COPILOT_CLI_BIN
+  ?? path.join(HERE, 'node_modules', '@github', 'copilot-linux-x64', 'copilot');
+const SG_BIN = path.resolve(HERE, process.env.SESSIONGATE_BIN ?? '../../target/release/sessiongate');
+const SG_ARGS = (process.env.SESSIONGATE_ARGS ?? 'run --config {config} --log-format json')
+  .split(/\s+/).filter(Boolean);
+const POOL = 'fleet';
+const N_SESSIONS = 12;
+// Fixed session ids: with random ids, 12 sessions on a 3-node hash ring leave some node empty about
+// 2% of the time; fixed ids make "spread over all nodes" deterministic for a given ring.
+const SESSION_IDS = Array.from({ length: N_SESSIONS }, (_, i) =>
+  `5e55c0de-${String(i).padStart(4, '0')}-4000-8000-${(0x1000_0000_0000 + i * 7919).toString(16).slice(-12)}`);
+
+// Everything spawned, so that it is killed even when a test throws or the runner is interrupted.
+const children = new Set();
+function killAllSync() {
+  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
+}
+process.on('exit', killAllSync);
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAllSync(); process.exit(130); });
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(what, fn, { timeoutMs = 10_000, everyMs = 200 } = {}) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+// ───────────────────────────── 2. process helpers ─────────────────────────────
+
+/** A port that was free a moment ago (bind 127.0.0.1:0, read it, close). Callers retry on EADDRINUSE. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+  });
+}
+
+/** Spawn, remember for cleanup, and collect stdout+stderr as text (also teed to logFile). */
+function spawnTracked(bin, args, { env, cwd, logFile }) {
+  const child = spawn(bin, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  child.output = '';
+  const log = logFile ? fs.createWriteStream(logFile, { flags: 'a' }) : null;
+  const onData = (d) => { child.output += d.toString(); log?.write(d); };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  child.exited = new Promise((r) => child.on('exit', (code, signal) => {
+    children.delete(child); log?.end(); r({ code, signal });
+  }));
+  return child;
+}
+
+async function stopProc(child, signal = 'SIGTERM', graceMs = 5000) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  child.kill(signal);
+  const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await child.exited;
+  clearTimeout(t);
+}
+
+/** Environment for a CLI: its own COPILOT_HOME, and no credentials or connection token leaking in. */
+function cliEnv(home) {
+  const env = { ...process.env, COPILOT_HOME: home };
+  for (const k of ['COPILOT_CONNECTION_TOKEN', 'COPILOT_GITHUB_TOKEN', 'GH_TOKEN', 'GITHUB_TOKEN']) delete env[k];
+  return env;
+}
+
+/**
+ * Start one headless CLI server on a free port with its own COPILOT_HOME.
+ * Ready = the line "CLI server listening on port N" on stdout (about 0.8 s after spawn; the port is
+ * open at the same moment). A port lost to a race makes the CLI print "Address already in use" and
+ * exit 1: retry with another port.
+ */
+async function startCli(name, root) {
+  const home = path.join(root, name, 'home');
+  const cwd = path.join(root, name, 'cwd'); // sessions record this cwd; keep it out of any git repo
+  await fsp.mkdir(home, { recursive: true });
+  await fsp.mkdir(cwd, { recursive: true });
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const proc = spawnTracked(CLI_BIN, ['--headless', '--port', String(port), '--no-auto-login'],
+      { env: cliEnv(home), cwd, logFile: path.join(root, name, 'cli.out') });
+    const ready = await Promise.race([
+      until(`${name} ready`, () => /CLI server listening on port \d+/.test(proc.output), { timeoutMs: 20_000, everyMs: 50 })
+        .then(() => true),
+      proc.exited.then(() => false),
+    ]);
+    if (ready) return { name, port, addr: `127.0.0.1:${port}`, home, cwd, proc };
+    if (/Address already in use/.test(proc.output) && attempt < 5) continue;
+    throw new Error(`${name} failed to start (attempt ${attempt}):\n${proc.output}`);
+  }
+}
+
+/** Which CLI holds a session: the one whose COPILOT_HOME has session-state/<id>/. */
+function ownersOf(sessionId, clis) {
+  return clis.filter((c) => fs.existsSync(path.join(c.home, 'session-state', sessionId))).map((c) => c.name);
+}
+
+/** The sessiongate config (exact schema the proxy expects). */
+function gateConfigYaml(clis) {
+  return [
+    'admin:',
+    '  listen: 127.0.0.1:0',
+    'shutdown_grace: 2s',
+    'listeners:',
+    '  - name: cli',
+    '    listen: 127.0.0.1:0',
+    '    protocol: jsonrpc',
+    `    pool: ${POOL}`,
+    'pools:',
+    `  ${POOL}:`,
+    '    health: { probe: tcp, interval: 500ms, timeout: 500ms, rise: 1, fall: 1 }',
+    '    upstreams:',
+    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
+    '',
+  ].join('\n');
+}
+
+/**
+ * Parse sessiongate's JSON log lines (stdout+stderr) for
+ *   {"fields":{"message":"listener bound","listener":"cli","addr":"127.0.0.1:43125"},...}
+ * Returns {name: addr} once every wanted listener is bound. Tolerates flattened fields.
+ */
+export function parseBoundListeners(text) {
+  const bound = {};
+  for (const line of text.split('\n')) {
+    const s = line.trim();
+    if (!s.startsWith('{')) continue;
+    let obj;
+    try { obj = JSON.parse(s); } catch { continue; }
+    const f = obj.fields ?? obj;
+    if (f.message === 'listener bound' && f.listener && f.addr) bound[String(f.listener)] = String(f.addr);
+  }
+  return bound;
+}
+
+async function startGate(configPath, root, tag) {
+  if (!fs.existsSync(SG_BIN)) throw new Error(`sessiongate binary not found at ${SG_BIN} (set SESSIONGATE_BIN or cargo build --release)`);
+  const args = SG_ARGS.map((a) => a.replace('{config}', configPath));
+  const proc = spawnTracked(SG_BIN, args, { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' }, cwd: root, logFile: path.join(root, `sessiongate-${tag}.log`) });
+  const listeners = await Promise.race([
+    until('sessiongate listeners "cli" and "admin" bound', () => {
+      const b = parseBoundListeners(proc.output);
+      return b.cli && b.admin ? b : null;
+    }, { timeoutMs: 15_000, everyMs: 50 }),
+    proc.exited.then(({ code, signal }) => { throw new Error(`sessiongate exited (code ${code}, signal ${signal}) before binding:\n${proc.output.slice(-4000)}`); }),
+  ]);
+  return { proc, cliAddr: listeners.cli, adminAddr: listeners.admin };
+}
+
+async function adminGet(gate, pathAndQuery) {
+  const res = await fetch(`http://${gate.adminAddr}${pathAndQuery}`);
+  return { status: res.status, text: await res.text() };
+}
+
+/** Upstream names (cli-N) that GET /admin/ring?pool=fleet mentions; shape-agnostic on purpose. */
+async function ringUpstreams(gate) {
+  const { status, text } = await adminGet(gate, `/admin/ring?pool=${POOL}`);
+  if (status !== 200) throw new Error(`/admin/ring answered ${status}: ${text.slice(0, 300)}`);
+  return [...new Set(text.match(/cli-\d+/g) ?? [])].sort();
+}
+
+// ───────────────────────────── 3. SDK helpers ─────────────────────────────
+
+const clients = new Set();
+async function newClient(addr) {
+  const c = new CopilotClient({ connection: RuntimeConnection.forUri(addr) });
+  clients.add(c);
+  await c.start();
+  return c;
+}
+async function closeClient(c) {
+  clients.delete(c);
+  const stopped = await Promise.race([c.stop().then(() => true, () => false), sleep(5000).then(() => false)]);
+  if (!stopped) await c.forceStop().catch(() => {});
+}
+
+function waitForEvent(session, type, timeoutMs = 15_000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => { off(); reject(new Error(`no ${type} event for ${session.sessionId} within ${timeoutMs} ms`)); }, timeoutMs);
+    const off = session.on((e) => { if (e.type === type) { clearTimeout(t); off(); resolve(e); } });
+  });
+}
+
+/**
+ * Create a session with a caller-chosen id and send one prompt. Without login the CLI answers the
+ * prompt with a session.error event (a real event that has to be routed back). A session that never
+ * got a message has no events.jsonl and cannot be resumed ("Session not found"), so we always send.
+ */
+async function createAndSend(client, sessionId) {
+  const session = await client.createSession({ sessionId, onPermissionRequest: approveAll });
+  assert.equal(session.sessionId, sessionId);
+  const errored = waitForEvent(session, 'session.error');
+  const messageId = await session.send('hello from the interop suite');
+  assert.match(messageId, /^[0-9a-f-]{36}$/);
+  const ev = await errored;
+  return { session, errorEvent: ev };
+}
+
+/** Resume from a client and check the persisted events are the session's own. */
+async function resumeAndRead(client, sessionId) {
+  const session = await client.resumeSession(sessionId, { onPermissionRequest: approveAll });
+  assert.equal(session.sessionId, sessionId);
+  const events = await session.getEvents();
+  const types = events.map((e) => e.type);
+  assert.equal(types[0], 'session.start', `first event of ${sessionId}: ${types}`);
+  assert.equal(events[0].data.sessionId, sessionId);
+  assert.ok(types.includes('session.error'), `${sessionId} events lack session.error: ${types}`);
+  assert.ok(types.includes('session.resume'), `${sessionId} events lack session.resume: ${types}`);
+  return { session, events };
+}
+
+async function resumeAll(addr, ids) {
+  const c = await newClient(addr);
+  try {
+    for (const id of ids) await resumeAndRead(c, id);
+  } finally {
+    await closeClient(c);
+  }
+}
+
+// ───────────────────────────── 4. the suite ─────────────────────────────
+
+/** Wrap a test body so a failure carries the tail of the proxy's log (where the why usually is). */
+function withGateLog(getGate, fn) {
+  return async (...args) => {
+    try {
+      return await fn(...args);
+    } catch (e) {
+      const out = getGate()?.proc?.output;
+      if (out) e.message += `\n--- last sessiongate log lines ---\n${out.trimEnd().split('\n').slice(-30).join('\n')}`;
+      throw e;
+    }
+  };
+}
+
+describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'proxy: SDK -> sessiongate -> CLI fleet'})`, { timeout: 180_000 }, () => {
+  let root;             // temp dir for everything
+  const clis = [];      // started CLI servers (cli-1..cli-3, later cli-4)
+  let configPath;
+  let gate;             // the running sessiongate {proc, cliAddr, adminAddr}
+  let target;           // where the SDK connects: gate.cliAddr, or clis[0].addr in direct mode
+  let creator;          // the client that created the sessions; stays connected
+  const created = new Map(); // sessionId -> { errorEvent }
+  const proxyOnly = DIRECT ? 'proxy mode only (INTEROP_DIRECT=1)' : false;
+
+  before(async () => {
+    if (!DIRECT && !fs.existsSync(SG_BIN)) throw new Error(`sessiongate binary not found at ${SG_BIN} (set SESSIONGATE_BIN or cargo build --release)`);
+    root = await fsp.mkdtemp(path.join(os.tmpdir(), 'sessiongate-interop-'));
+    const started = await Promise.all([1, 2, 3].map((i) => startCli(`cli-${i}`, root)));
+    clis.push(...started);
+    if (DIRECT) {
+      target = clis[0].addr;
+    } else {
+      configPath = path.join(root, 'sessiongate.yaml');
+      await fsp.writeFile(configPath, gateConfigYaml(clis));
+      gate = await startGate(configPath, root, 'a');
+      target = gate.cliAddr;
+    }
+  });
+
+  after(async () => {
+    for (const c of [...clients]) await closeClient(c);
+    await stopProc(gate?.proc);
+    await Promise.all(clis.map((c) => stopProc(c.proc)));
+    if (root && !KEEP) await fsp.rm(root, { recursive: true, force: true });
+    else if (root) console.log(`# kept ${root}`);
+  });
+
+  it('connects and pings', withGateLog(() => gate, async () => {
+    const c = await newClient(target);
+    try {
+      const pong = await c.ping('interop');
+      assert.equal(pong.message, 'pong: interop');
+      assert.equal(typeof pong.timestamp, 'string');
+      assert.equal(pong.protocolVersion, 3);
+    } finally {
+      await closeClient(c);
+    }
+  }));
+
+  it(`creates ${N_SESSIONS} sessions, each event stream reaches the client`, withGateLog(() => gate, async () => {
+    creator = await newClient(target);
+    for (const id of SESSION_IDS) {
+      const { errorEvent } = await createAndSend(creator, id);
+      assert.equal(errorEvent.data.errorType, 'query');
+      created.set(id, { errorEvent });
+    }
+    // every session exists on exactly one node, never duplicated
+    for (const id of SESSION_IDS) assert.equal(ownersOf(id, clis).length, 1, `owners of ${id}: ${ownersOf(id, clis)}`);
+    if (DIRECT) for (const id of SESSION_IDS) assert.deepEqual(ownersOf(id, clis), ['cli-1']);
+  }));
+
+  it('spreads the sessions over all three nodes', { skip: proxyOnly }, () => {
+    const per = Object.fromEntries(clis.map((c) => [c.name, 0]));
+    for (const id of SESSION_IDS) per[ownersOf(id, clis)[0]]++;
+    for (const c of clis) assert.ok(per[c.name] > 0, `no session on ${c.name}: ${JSON.stringify(per)}`);
+  });
+
+  it('a fresh client resumes every session and reads its events', withGateLog(() => gate, async () => {
+    await resumeAll(target, SESSION_IDS);
+  }));
+
+  it('listSessions returns them all', withGateLog(() => gate, async () => {
+    const c = await newClient(target);
+    try {
+      const list = await c.listSessions();
+      const ids = new Set(list.map((s) => s.sessionId));
+      for (const id of SESSION_IDS) assert.ok(ids.has(id), `listSessions lacks ${id}`);
+      for (const s of list) {
+        // the SDK turns the wire's ISO-8601 strings into Dates: an unparsable one becomes NaN
+        assert.ok(!Number.isNaN(s.startTime.getTime()), `bad startTime for ${s.sessionId}`);
+        assert.ok(!Number.isNaN(s.modifiedTime.getTime()), `bad modifiedTime for ${s.sessionId}`);
+      }
+    } finally {
+      await closeClient(c);
+    }
+  }));
+
+  it('resuming on a server that lacks the session fails with "Session not found"', { skip: DIRECT ? false : 'direct mode only' }, withGateLog(() => gate, async () => {
+    const c = await newClient(clis[1].addr);
+    try {
+      await assert.rejects(c.resumeSession(SESSION_IDS[0], { onPermissionRequest: approveAll }), (e) => {
+        assert.equal(e.code, -32603);
+        assert.match(e.message, new RegExp(`Session not found: ${SESSION_IDS[0]}`));
+        return true;
+      });
+    } finally {
+      await closeClient(c);
+    }
+  }));
+
+  it('a reload that adds a 4th node keeps every session resumable', { skip: proxyOnly }, withGateLog(() => gate, async () => {
+    const before4 = Object.fromEntries(SESSION_IDS.map((id) => [id, ownersOf(id, clis)[0]]));
+    clis.push(await startCli('cli-4', root));
+    await fsp.writeFile(configPath, gateConfigYaml(clis));
+    gate.proc.kill('SIGHUP');
+    await until('admin ring to list 4 upstreams', async () => (await ringUpstreams(gate)).length === 4);
+    await resumeAll(target, SESSION_IDS);
+    const after4 = Object.fromEntries(SESSION_IDS.map((id) => [id, ownersOf(id, clis)]));
+    for (const id of SESSION_IDS) assert.deepEqual(after4[id], [before4[id]], `${id} moved or was duplicated`);
+  }));
+
+  it('a restarted proxy still resumes every session', { skip: proxyOnly }, withGateLog(() => gate, async () => {
+    if (creator) { await closeClient(creator); creator = null; }
+    await stopProc(gate.proc, 'SIGTERM', 10_000);
+    gate = await startGate(configPath, root, 'b');
+    target = gate.cliAddr;
+    await resumeAll(target, SESSION_IDS);
+  }));
+
+  it('a killed CLI node yields -32001 naming the session; other nodes keep working', { skip: proxyOnly }, withGateLog(() => gate, async () => {
+    const victim = clis.find((c) => SESSION_IDS.some((id) => ownersOf(id, [c]).length));
+    const onVictim = SESSION_IDS.filter((id) => ownersOf(id, [victim]).length);
+    const elsewhere = SESSION_IDS.filter((id) => !onVictim.includes(id));
+    await stopProc(victim.proc, 'SIGKILL');
+    const c = await newClient(target);
+    try {
+      const id = onVictim[0];
+      let lastErr;
+      await until(`-32001 for ${id} on dead ${victim.name}`, async () => {
+        try {
+          await c.resumeSession(id, { onPermissionRequest: approveAll });
+          lastErr = new Error('resume unexpectedly succeeded');
+          return false;
+        } catch (e) {
+          lastErr = e;
+          return e.code === -32001;
+        }
+      }, { timeoutMs: 10_000, everyMs: 300 }).catch((e) => { throw new Error(`${e.message}; last error: code=${lastErr?.code} ${lastErr?.message}`); });
+      assert.ok(lastErr.message.includes(id), `message does not name the session: ${lastErr.message}`);
+      assert.match(lastErr.message, /unavailable/i);
+      for (const other of elsewhere) await resumeAndRead(c, other);
+    } finally {
+      await closeClient(c);
+    }
+  }));
+});
