@@ -15,10 +15,12 @@
 //! - [`key`]: where a request's key comes from (header, cookie, query, path, SNI, client IP).
 //! - [`listener`]: binding, accept loop with connection limit, TLS termination.
 //! - [`metrics`]: every metric name and the registry-passing `Metrics` handle.
+//! - [`mockcli`]: an in-process mock Copilot CLI server (JSON-RPC) for tests, benches and the demo.
 //! - [`proxy`]: the data path per protocol: HTTP, TCP passthrough, JSON-RPC.
 //! - [`reload`]: rebuild and swap the snapshot on SIGHUP or `POST /admin/reload`; the diff.
 //! - [`ring`]: the hashring-based consistent-hash ring and clockwise selection.
 //! - [`server`]: the running proxy: shared snapshot, listeners, start and shutdown.
+//! - [`sessions`]: session pins, the bounded TTL cache of which node holds each session.
 //! - [`shutdown`]: cancellation token, connection tracker and grace deadline.
 //! - [`snapshot`]: the immutable per-version routing state behind one `ArcSwap`.
 //! - [`upstream`]: upstreams, their connection pools, and state carried across reloads.
@@ -32,10 +34,12 @@ pub mod error;
 pub mod key;
 pub mod listener;
 pub mod metrics;
+pub mod mockcli;
 pub mod proxy;
 pub mod reload;
 pub mod ring;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
 pub mod snapshot;
 pub mod upstream;

@@ -16,6 +16,7 @@ use crate::key::HttpKeys;
 use crate::listener::tls;
 use crate::metrics::Metrics;
 use crate::ring::{FirstUsable, Ring, RingSelection};
+use crate::sessions::SessionPins;
 use crate::upstream::Upstream;
 
 /// The one shared handle to the snapshot now serving.
@@ -35,6 +36,8 @@ pub struct Pool {
     pub config: PoolConfig,
     pub ring: Ring,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Where JSON-RPC sessions live; carried across reloads by pool name.
+    pub pins: SessionPins,
 }
 
 /// Per-listener runtime settings derived from its config.
@@ -59,10 +62,17 @@ impl Pool {
             config.upstreams.iter().map(|u| (u.name.as_str(), u.weight)),
             config.vnodes,
         );
+        let pins = match previous {
+            Some(p) => p
+                .pins
+                .with_policy(config.session_idle_ttl, config.max_pinned_sessions),
+            None => SessionPins::new(config.session_idle_ttl, config.max_pinned_sessions),
+        };
         Pool {
             config: config.clone(),
             ring,
             upstreams,
+            pins,
         }
     }
 
@@ -121,6 +131,10 @@ impl Snapshot {
                 (p.name.clone(), Arc::new(Pool::build(p, prev, metrics)))
             })
             .collect();
+        metrics.sessions.set_limits(
+            config.metrics.max_session_series,
+            config.metrics.session_series_idle,
+        );
         let mut listeners = HashMap::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let tls = match &l.tls {

@@ -21,8 +21,18 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     pub admin_listen: SocketAddr,
     pub shutdown_grace: Duration,
+    pub metrics: MetricsConfig,
     pub listeners: Vec<ListenerConfig>,
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// Bounds on per-session metric series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// At most this many sessions get their own latency series; the rest share `_other`.
+    pub max_session_series: usize,
+    /// A session series idle this long may be evicted to make room for a new session.
+    pub session_series_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +63,8 @@ pub struct ListenerConfig {
     pub no_key: NoKey,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
-    pub jsonrpc: JsonRpcOptions,
-}
-
-/// Options that only `protocol: jsonrpc` listeners use (defaults are harmless elsewhere).
-#[derive(Debug, Clone, PartialEq)]
-pub struct JsonRpcOptions {
+    /// `protocol: jsonrpc`: the largest frame body accepted from a client.
     pub max_frame_bytes: usize,
-    pub session_idle_ttl: Duration,
-    pub max_pinned_sessions: u64,
-    pub on_owner_down: OnOwnerDown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,13 @@ pub struct PoolConfig {
     pub request_timeout: Duration,
     pub pool_max_idle_per_upstream: usize,
     pub pool_idle_timeout: Duration,
+    /// JSON-RPC: a session pin expires after this long without traffic.
+    pub session_idle_ttl: Duration,
+    /// JSON-RPC: at most this many pins; the least recently used go first.
+    pub max_pinned_sessions: u64,
+    pub on_owner_down: OnOwnerDown,
+    /// JSON-RPC: how long a fan-out (`session.list`, owner discovery) waits for each node.
+    pub fanout_timeout: Duration,
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -155,8 +164,18 @@ pub struct UpstreamConfig {
     /// `host:port`; resolved when connecting.
     pub addr: String,
     pub weight: u32,
-    /// Environment variable holding the CLI connection token for this upstream.
-    pub token_env: Option<String>,
+    /// The CLI connection token for this upstream, read from `token_env` at load time.
+    pub token: Option<Secret>,
+}
+
+/// A credential: compared and cloned like a string, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// One validation failure, located by its field path.

@@ -15,6 +15,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub shutdown_grace: Option<String>,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
@@ -24,6 +26,13 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub max_session_series: Option<usize>,
+    pub session_series_idle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,9 +54,6 @@ pub struct RawListener {
     pub max_connections: Option<usize>,
     pub header_read_timeout: Option<String>,
     pub max_frame_bytes: Option<u64>,
-    pub session_idle_ttl: Option<String>,
-    pub max_pinned_sessions: Option<u64>,
-    pub on_owner_down: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +89,10 @@ pub struct RawPool {
     pub pool_max_idle_per_upstream: Option<usize>,
     pub pool_idle_timeout: Option<String>,
     pub token_env: Option<String>,
+    pub session_idle_ttl: Option<String>,
+    pub max_pinned_sessions: Option<u64>,
+    pub on_owner_down: Option<String>,
+    pub fanout_timeout: Option<String>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
 }

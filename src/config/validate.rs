@@ -80,6 +80,19 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
         Duration::from_secs(30),
     );
 
+    let max_session_series = raw.metrics.max_session_series.unwrap_or(1000);
+    if !(1..=100_000).contains(&max_session_series) {
+        errs.push("metrics.max_session_series", "must be between 1 and 100000");
+    }
+    let metrics = MetricsConfig {
+        max_session_series,
+        session_series_idle: errs.duration(
+            "metrics.session_series_idle",
+            raw.metrics.session_series_idle.as_deref(),
+            Duration::from_secs(300),
+        ),
+    };
+
     let pools: BTreeMap<String, PoolConfig> = raw
         .pools
         .into_iter()
@@ -125,6 +138,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
             worker_threads,
             admin_listen,
             shutdown_grace,
+            metrics,
             listeners,
             pools,
         })
@@ -201,27 +215,12 @@ fn listener_config(
     if max_connections == 0 {
         errs.push(format!("{path}.max_connections"), "must be >= 1");
     }
-    let on_owner_down = match l.on_owner_down.as_deref() {
-        None | Some("error") => OnOwnerDown::Error,
-        Some("failover") => OnOwnerDown::Failover,
-        Some(other) => {
-            errs.push(
-                format!("{path}.on_owner_down"),
-                format!("unknown value {other:?}; expected error or failover"),
-            );
-            OnOwnerDown::Error
-        }
-    };
     let max_frame_bytes = l.max_frame_bytes.unwrap_or(64 << 20);
     if !(1024..=1 << 30).contains(&max_frame_bytes) {
         errs.push(
             format!("{path}.max_frame_bytes"),
             "must be between 1024 and 1073741824",
         );
-    }
-    let max_pinned_sessions = l.max_pinned_sessions.unwrap_or(1_000_000);
-    if max_pinned_sessions == 0 {
-        errs.push(format!("{path}.max_pinned_sessions"), "must be >= 1");
     }
 
     ListenerConfig {
@@ -238,16 +237,7 @@ fn listener_config(
             l.header_read_timeout.as_deref(),
             Duration::from_secs(30),
         ),
-        jsonrpc: JsonRpcOptions {
-            max_frame_bytes: max_frame_bytes as usize,
-            session_idle_ttl: errs.duration(
-                &format!("{path}.session_idle_ttl"),
-                l.session_idle_ttl.as_deref(),
-                Duration::from_secs(30 * 60),
-            ),
-            max_pinned_sessions,
-            on_owner_down,
-        },
+        max_frame_bytes: max_frame_bytes as usize,
     }
 }
 
@@ -407,6 +397,21 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         })
         .collect();
     let pool_max_idle_per_upstream = p.pool_max_idle_per_upstream.unwrap_or(64);
+    let on_owner_down = match p.on_owner_down.as_deref() {
+        None | Some("error") => OnOwnerDown::Error,
+        Some("failover") => OnOwnerDown::Failover,
+        Some(other) => {
+            errs.push(
+                format!("{path}.on_owner_down"),
+                format!("unknown value {other:?}; expected error or failover"),
+            );
+            OnOwnerDown::Error
+        }
+    };
+    let max_pinned_sessions = p.max_pinned_sessions.unwrap_or(1_000_000);
+    if max_pinned_sessions == 0 {
+        errs.push(format!("{path}.max_pinned_sessions"), "must be >= 1");
+    }
     PoolConfig {
         name: name.to_owned(),
         vnodes,
@@ -426,6 +431,18 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             &format!("{path}.pool_idle_timeout"),
             p.pool_idle_timeout.as_deref(),
             Duration::from_secs(90),
+        ),
+        session_idle_ttl: errs.duration(
+            &format!("{path}.session_idle_ttl"),
+            p.session_idle_ttl.as_deref(),
+            Duration::from_secs(30 * 60),
+        ),
+        max_pinned_sessions,
+        on_owner_down,
+        fanout_timeout: errs.duration(
+            &format!("{path}.fanout_timeout"),
+            p.fanout_timeout.as_deref(),
+            Duration::from_secs(5),
         ),
         upstreams,
     }
@@ -491,11 +508,25 @@ fn upstream_config(
     if weight > MAX_WEIGHT {
         errs.push(format!("{path}.weight"), format!("must be <= {MAX_WEIGHT}"));
     }
+    let token = match u.token_env.as_deref().or(pool_token_env) {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Some(Secret(value)),
+            _ => {
+                let field = match (&u.token_env, path.rsplit_once(".upstreams")) {
+                    (None, Some((pool, _))) => format!("{pool}.token_env"),
+                    _ => format!("{path}.token_env"),
+                };
+                errs.push(field, format!("environment variable {var} is not set"));
+                None
+            }
+        },
+    };
     UpstreamConfig {
         name,
         addr: u.addr,
         weight,
-        token_env: u.token_env.or_else(|| pool_token_env.map(str::to_owned)),
+        token,
     }
 }
 

@@ -14,7 +14,7 @@
 // Layout of this file:
 //   1. settings
 //   2. process helpers: free ports, CLI servers, the sessiongate process, its config and admin API
-//   3. SDK helpers: clients, create+send, resume+read, error shape
+//   3. SDK helpers: clients with timeouts, create+send, resume+read
 //   4. the suite (one sequential describe; later tests build on the sessions the earlier ones made)
 
 import { describe, it, before, after } from 'node:test';
@@ -40,6 +40,8 @@ const SG_ARGS = (process.env.SESSIONGATE_ARGS ?? 'run --config {config} --log-fo
   .split(/\s+/).filter(Boolean);
 const POOL = 'fleet';
 const N_SESSIONS = 12;
+const TEST_TIMEOUT = 60_000; // per test; the whole suite is capped at 180 s
+const RPC_TIMEOUT = 15_000;  // per SDK call: a proxy that drops or never answers must fail, not hang
 // Fixed session ids: with random ids, 12 sessions on a 3-node hash ring leave some node empty about
 // 2% of the time; fixed ids make "spread over all nodes" deterministic for a given ring.
 const SESSION_IDS = Array.from({ length: N_SESSIONS }, (_, i) =>
@@ -62,6 +64,13 @@ async function until(what, fn, { timeoutMs = 10_000, everyMs = 200 } = {}) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
     await sleep(everyMs);
   }
+}
+
+/** Reject after ms: the SDK waits forever on a request whose connection went silent. */
+function withTimeout(promise, ms, what) {
+  let t;
+  const timeout = new Promise((_, reject) => { t = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
 }
 
 // ───────────────────────────── 2. process helpers ─────────────────────────────
@@ -207,7 +216,7 @@ const clients = new Set();
 async function newClient(addr) {
   const c = new CopilotClient({ connection: RuntimeConnection.forUri(addr) });
   clients.add(c);
-  await c.start();
+  await withTimeout(c.start(), RPC_TIMEOUT, `connect to ${addr}`);
   return c;
 }
 async function closeClient(c) {
@@ -229,10 +238,10 @@ function waitForEvent(session, type, timeoutMs = 15_000) {
  * got a message has no events.jsonl and cannot be resumed ("Session not found"), so we always send.
  */
 async function createAndSend(client, sessionId) {
-  const session = await client.createSession({ sessionId, onPermissionRequest: approveAll });
+  const session = await withTimeout(client.createSession({ sessionId, onPermissionRequest: approveAll }), RPC_TIMEOUT, `session.create ${sessionId}`);
   assert.equal(session.sessionId, sessionId);
   const errored = waitForEvent(session, 'session.error');
-  const messageId = await session.send('hello from the interop suite');
+  const messageId = await withTimeout(session.send('hello from the interop suite'), RPC_TIMEOUT, `session.send ${sessionId}`);
   assert.match(messageId, /^[0-9a-f-]{36}$/);
   const ev = await errored;
   return { session, errorEvent: ev };
@@ -240,9 +249,9 @@ async function createAndSend(client, sessionId) {
 
 /** Resume from a client and check the persisted events are the session's own. */
 async function resumeAndRead(client, sessionId) {
-  const session = await client.resumeSession(sessionId, { onPermissionRequest: approveAll });
+  const session = await withTimeout(client.resumeSession(sessionId, { onPermissionRequest: approveAll }), RPC_TIMEOUT, `session.resume ${sessionId}`);
   assert.equal(session.sessionId, sessionId);
-  const events = await session.getEvents();
+  const events = await withTimeout(session.getEvents(), RPC_TIMEOUT, `session.getMessages ${sessionId}`);
   const types = events.map((e) => e.type);
   assert.equal(types[0], 'session.start', `first event of ${sessionId}: ${types}`);
   assert.equal(events[0].data.sessionId, sessionId);
@@ -262,14 +271,28 @@ async function resumeAll(addr, ids) {
 
 // ───────────────────────────── 4. the suite ─────────────────────────────
 
-/** Wrap a test body so a failure carries the tail of the proxy's log (where the why usually is). */
-function withGateLog(getGate, fn) {
-  return async (...args) => {
+// A failure of a test marked critical (nothing after it can work) makes the rest skip at once
+// instead of each waiting out its own timeouts.
+let blocker = null;
+
+/** The proxy log without Rust backtrace frames, last n lines. */
+function gateLogTail(out, n = 30) {
+  return out.trimEnd().split('\n').filter((l) => !/^\s+(\d+: |at )/.test(l)).slice(-n).join('\n');
+}
+
+/**
+ * Wrap a test body: skip when an earlier critical test failed, and on failure append the tail of
+ * the proxy's log (where the why usually is).
+ */
+function withGateLog(getGate, fn, { critical = false } = {}) {
+  return async (t, ...rest) => {
+    if (blocker) { t.skip(`blocked by earlier failure: ${blocker}`); return; }
     try {
-      return await fn(...args);
+      return await fn(t, ...rest);
     } catch (e) {
+      if (critical) blocker = e.message.split('\n')[0];
       const out = getGate()?.proc?.output;
-      if (out) e.message += `\n--- last sessiongate log lines ---\n${out.trimEnd().split('\n').slice(-30).join('\n')}`;
+      if (out) e.message += `\n--- last sessiongate log lines ---\n${gateLogTail(out)}`;
       throw e;
     }
   };
@@ -282,7 +305,6 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
   let gate;             // the running sessiongate {proc, cliAddr, adminAddr}
   let target;           // where the SDK connects: gate.cliAddr, or clis[0].addr in direct mode
   let creator;          // the client that created the sessions; stays connected
-  const created = new Map(); // sessionId -> { errorEvent }
   const proxyOnly = DIRECT ? 'proxy mode only (INTEROP_DIRECT=1)' : false;
 
   before(async () => {
@@ -308,44 +330,43 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
     else if (root) console.log(`# kept ${root}`);
   });
 
-  it('connects and pings', withGateLog(() => gate, async () => {
+  it('connects and pings', { timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     const c = await newClient(target);
     try {
-      const pong = await c.ping('interop');
+      const pong = await withTimeout(c.ping('interop'), RPC_TIMEOUT, 'ping');
       assert.equal(pong.message, 'pong: interop');
       assert.equal(typeof pong.timestamp, 'string');
       assert.equal(pong.protocolVersion, 3);
     } finally {
       await closeClient(c);
     }
-  }));
+  }, { critical: true }));
 
-  it(`creates ${N_SESSIONS} sessions, each event stream reaches the client`, withGateLog(() => gate, async () => {
+  it(`creates ${N_SESSIONS} sessions, each event stream reaches the client`, { timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     creator = await newClient(target);
     for (const id of SESSION_IDS) {
       const { errorEvent } = await createAndSend(creator, id);
       assert.equal(errorEvent.data.errorType, 'query');
-      created.set(id, { errorEvent });
     }
     // every session exists on exactly one node, never duplicated
     for (const id of SESSION_IDS) assert.equal(ownersOf(id, clis).length, 1, `owners of ${id}: ${ownersOf(id, clis)}`);
     if (DIRECT) for (const id of SESSION_IDS) assert.deepEqual(ownersOf(id, clis), ['cli-1']);
-  }));
+  }, { critical: true }));
 
-  it('spreads the sessions over all three nodes', { skip: proxyOnly }, () => {
+  it('spreads the sessions over all three nodes', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     const per = Object.fromEntries(clis.map((c) => [c.name, 0]));
     for (const id of SESSION_IDS) per[ownersOf(id, clis)[0]]++;
     for (const c of clis) assert.ok(per[c.name] > 0, `no session on ${c.name}: ${JSON.stringify(per)}`);
-  });
+  }));
 
-  it('a fresh client resumes every session and reads its events', withGateLog(() => gate, async () => {
+  it('a fresh client resumes every session and reads its events', { timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     await resumeAll(target, SESSION_IDS);
   }));
 
-  it('listSessions returns them all', withGateLog(() => gate, async () => {
+  it('listSessions returns them all', { timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     const c = await newClient(target);
     try {
-      const list = await c.listSessions();
+      const list = await withTimeout(c.listSessions(), RPC_TIMEOUT, 'session.list');
       const ids = new Set(list.map((s) => s.sessionId));
       for (const id of SESSION_IDS) assert.ok(ids.has(id), `listSessions lacks ${id}`);
       for (const s of list) {
@@ -358,10 +379,10 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
     }
   }));
 
-  it('resuming on a server that lacks the session fails with "Session not found"', { skip: DIRECT ? false : 'direct mode only' }, withGateLog(() => gate, async () => {
+  it('resuming on a server that lacks the session fails with "Session not found"', { skip: DIRECT ? false : 'direct mode only', timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     const c = await newClient(clis[1].addr);
     try {
-      await assert.rejects(c.resumeSession(SESSION_IDS[0], { onPermissionRequest: approveAll }), (e) => {
+      await assert.rejects(withTimeout(c.resumeSession(SESSION_IDS[0], { onPermissionRequest: approveAll }), RPC_TIMEOUT, 'session.resume'), (e) => {
         assert.equal(e.code, -32603);
         assert.match(e.message, new RegExp(`Session not found: ${SESSION_IDS[0]}`));
         return true;
@@ -371,7 +392,7 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
     }
   }));
 
-  it('a reload that adds a 4th node keeps every session resumable', { skip: proxyOnly }, withGateLog(() => gate, async () => {
+  it('a reload that adds a 4th node keeps every session resumable', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     const before4 = Object.fromEntries(SESSION_IDS.map((id) => [id, ownersOf(id, clis)[0]]));
     clis.push(await startCli('cli-4', root));
     await fsp.writeFile(configPath, gateConfigYaml(clis));
@@ -382,7 +403,7 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
     for (const id of SESSION_IDS) assert.deepEqual(after4[id], [before4[id]], `${id} moved or was duplicated`);
   }));
 
-  it('a restarted proxy still resumes every session', { skip: proxyOnly }, withGateLog(() => gate, async () => {
+  it('a restarted proxy still resumes every session', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     if (creator) { await closeClient(creator); creator = null; }
     await stopProc(gate.proc, 'SIGTERM', 10_000);
     gate = await startGate(configPath, root, 'b');
@@ -390,7 +411,7 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
     await resumeAll(target, SESSION_IDS);
   }));
 
-  it('a killed CLI node yields -32001 naming the session; other nodes keep working', { skip: proxyOnly }, withGateLog(() => gate, async () => {
+  it('a killed CLI node yields -32001 naming the session; other nodes keep working', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     const victim = clis.find((c) => SESSION_IDS.some((id) => ownersOf(id, [c]).length));
     const onVictim = SESSION_IDS.filter((id) => ownersOf(id, [victim]).length);
     const elsewhere = SESSION_IDS.filter((id) => !onVictim.includes(id));
@@ -401,7 +422,7 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
       let lastErr;
       await until(`-32001 for ${id} on dead ${victim.name}`, async () => {
         try {
-          await c.resumeSession(id, { onPermissionRequest: approveAll });
+          await withTimeout(c.resumeSession(id, { onPermissionRequest: approveAll }), 5000, `session.resume ${id}`);
           lastErr = new Error('resume unexpectedly succeeded');
           return false;
         } catch (e) {

@@ -10,6 +10,9 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Default cap on one frame's body (64 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Cap on the header block, terminating `\r\n\r\n` included (8 KiB).
+/// The most buffer a partial frame makes the decoder reserve ahead of the bytes that arrived.
+const RESERVE_STEP: usize = 1 << 20;
+
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 const TERMINATOR: &[u8] = b"\r\n\r\n";
@@ -207,8 +210,10 @@ impl Decoder for FrameCodec {
                     max: self.max_frame_bytes,
                 })?;
         if src.len() < total {
-            // Within limits (checked by parse_header): make room for the rest of the frame once.
-            src.reserve(total - src.len());
+            // Within limits (checked by parse_header). Grow towards the frame in steps of at most
+            // RESERVE_STEP, so a peer that only sends a header cannot pin max_frame_bytes of
+            // memory, while large bodies still avoid many small reallocations.
+            src.reserve((total - src.len()).min(RESERVE_STEP));
             self.pending = Some(head);
             return Ok(None);
         }
@@ -352,6 +357,18 @@ mod tests {
         let mut buf = BytesMut::from(&b"Content-Length: 100000\r\n\r\n"[..]);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert!(buf.capacity() >= 100_000 + 26);
+    }
+
+    #[test]
+    fn a_bare_header_cannot_pin_a_huge_reservation() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"Content-Length: 60000000\r\n\r\n"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() <= 2 * RESERVE_STEP,
+            "reserved {}",
+            buf.capacity()
+        );
     }
 
     #[test]

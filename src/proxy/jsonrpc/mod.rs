@@ -1,22 +1,21 @@
-//! JSON-RPC over LSP-style framing for Copilot CLI fleets (work in progress).
+//! JSON-RPC for Copilot CLI fleets: one client connection fans out over per-client links to many
+//! CLI nodes, each message routed on its own. Messages carrying `params.sessionId` go to the node
+//! holding that session (pin table first, else the ring owner, else owner discovery); global
+//! reads and connection setup go to the connection's home node; `session.list` fans out and
+//! merges. Server-initiated requests get proxy-unique ids on the client side.
+//!
+//! - [`codec`]: LSP-style `Content-Length` framing (pure, fuzzable decoder).
+//! - [`message`]: the routing view of a message and the few rewrites the proxy makes.
+//! - `route`: which node a client message goes to.
+//! - `conn`: the per-client connection: state, client loop, replies and batches.
+//! - `link`: one upstream link: connect, replay setup, write, read and dispatch.
+//! - `fanout`: `session.list` merge and owner discovery across nodes.
 
 pub mod codec;
+mod conn;
+mod fanout;
+mod link;
 pub mod message;
+mod route;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use tokio::net::TcpStream;
-
-use super::Context;
-use crate::snapshot::ListenerRuntime;
-
-pub async fn serve(
-    _stream: TcpStream,
-    _ctx: Context,
-    _name: Arc<str>,
-    _peer: SocketAddr,
-    _rt: Arc<ListenerRuntime>,
-) {
-    todo!("jsonrpc listener")
-}
+pub use conn::serve;

@@ -1,5 +1,8 @@
 //! Every metric sessiongate exports, named in one place and registered on a registry the caller
-//! passes in (no global registry), so tests can run many proxies in one process.
+//! passes in (no global registry), so tests can run many proxies in one process. Per-session
+//! series are bounded by [`session_series`].
+
+pub mod session_series;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -17,6 +20,12 @@ pub mod names {
     pub const CONFIG_RELOADS_TOTAL: &str = "sessiongate_config_reloads_total";
     pub const CONFIG_VERSION: &str = "sessiongate_config_version";
     pub const BUILD_INFO: &str = "sessiongate_build_info";
+    pub const SESSION_REQUEST_DURATION: &str = "sessiongate_session_request_duration_seconds";
+    pub const JSONRPC_REQUEST_DURATION: &str = "sessiongate_jsonrpc_request_duration_seconds";
+    pub const PINNED_SESSIONS: &str = "sessiongate_pinned_sessions";
+    pub const OWNER_DISCOVERY_TOTAL: &str = "sessiongate_owner_discovery_total";
+    pub const FANOUT_SKIPPED_TOTAL: &str = "sessiongate_fanout_skipped_total";
+    pub const UPSTREAM_LINK_FAILURES_TOTAL: &str = "sessiongate_upstream_link_failures_total";
 }
 
 /// Latency buckets from 100 µs to 60 s: proxies add microseconds, CLI turns take seconds.
@@ -36,6 +45,12 @@ pub struct Metrics {
     pub upstream_connections_active: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub config_version: IntGauge,
+    pub sessions: session_series::SessionSeries,
+    pub jsonrpc_request_duration: HistogramVec,
+    pub pinned_sessions: IntGaugeVec,
+    pub owner_discovery_total: IntCounterVec,
+    pub fanout_skipped_total: IntCounterVec,
+    pub upstream_link_failures_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -89,6 +104,51 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let session_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                SESSION_REQUEST_DURATION,
+                "Request to response time of session-scoped JSON-RPC requests, per session (bounded; overflow in session=\"_other\").",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["pool", "session"],
+        )?;
+        let jsonrpc_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                JSONRPC_REQUEST_DURATION,
+                "Request to response time of JSON-RPC requests, by method (unknown methods as \"other\").",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["pool", "method"],
+        )?;
+        let pinned_sessions = IntGaugeVec::new(
+            Opts::new(
+                PINNED_SESSIONS,
+                "Sessions in the pin table of each pool (approximate).",
+            ),
+            &["pool"],
+        )?;
+        let owner_discovery_total = IntCounterVec::new(
+            Opts::new(
+                OWNER_DISCOVERY_TOTAL,
+                "Owner discoveries for sessions without a pin, by result.",
+            ),
+            &["pool", "result"],
+        )?;
+        let fanout_skipped_total = IntCounterVec::new(
+            Opts::new(
+                FANOUT_SKIPPED_TOTAL,
+                "Nodes skipped by a fan-out (session.list, discovery) for not answering in time.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let upstream_link_failures_total = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_LINK_FAILURES_TOTAL,
+                "JSON-RPC upstream links that failed to connect or dropped, by kind.",
+            ),
+            &["pool", "upstream", "kind"],
+        )?;
+
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
@@ -98,6 +158,12 @@ impl Metrics {
         registry.register(Box::new(config_reloads_total.clone()))?;
         registry.register(Box::new(config_version.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(session_request_duration.clone()))?;
+        registry.register(Box::new(jsonrpc_request_duration.clone()))?;
+        registry.register(Box::new(pinned_sessions.clone()))?;
+        registry.register(Box::new(owner_discovery_total.clone()))?;
+        registry.register(Box::new(fanout_skipped_total.clone()))?;
+        registry.register(Box::new(upstream_link_failures_total.clone()))?;
         // Export both reload outcomes from the start so rate() works before the first failure.
         for result in ["success", "failure"] {
             config_reloads_total.with_label_values(&[result]);
@@ -112,6 +178,12 @@ impl Metrics {
             upstream_connections_active,
             config_reloads_total,
             config_version,
+            sessions: session_series::SessionSeries::new(session_request_duration),
+            jsonrpc_request_duration,
+            pinned_sessions,
+            owner_discovery_total,
+            fanout_skipped_total,
+            upstream_link_failures_total,
         })
     }
 

@@ -1,0 +1,896 @@
+//! An in-process mock of a headless Copilot CLI server (`copilot --headless --port N`) for unit
+//! tests, benches and the demo: JSON-RPC 2.0 over LSP framing ([`FrameCodec`]) on 127.0.0.1,
+//! mirroring the wire shapes recorded in `notes/protocol.md` — `connect` with an optional
+//! connection token (-32001 AUTHENTICATION_REQUIRED / -32002 AUTHENTICATION_FAILED), the global
+//! methods, sessions that live in server-level state ("on disk") and survive [`MockCli::kill`] +
+//! [`MockCli::revive`], `session.event` fan-out to the connections attached to a session and
+//! `session.lifecycle` to every connection, the exact `Session not found` errors, and one
+//! server→client request (`hooks.invoke` before answering `session.send` when the session was
+//! created or resumed with `hooks: true`), which holds the `session.send` response until the
+//! client answers — the case that proves a proxy keeps both directions flowing.
+//!
+//! Each connection has a reader (requests are handled in arrival order, synchronously, so the
+//! notifications one request causes are queued around its response exactly as described below) and
+//! a writer task fed by a bounded queue; a client that lets [`OUTBOX_FRAMES`] frames pile up is
+//! disconnected, and frames over 64 MiB close the connection (codec limit), so memory stays bounded.
+//! Responses echo the client's raw `id` byte for byte. Like the real CLI, a session is *loaded*
+//! while at least one connection is attached to it (created or resumed it and has not detached or
+//! closed): `session.send`, `session.getMessages` and `session.abort` need a loaded session, any
+//! connection may call them, and the events go to the attached connections only.
+//!
+//! Deliberate divergences from the real CLI (1.0.102):
+//! - `session.create` persists its `session.start` event at once, so a created-but-never-messaged
+//!   session is listed, has metadata, and is resumable (the real CLI needs a first message).
+//! - `session.lifecycle` `session.created` is sent once (the real CLI sends it twice), and only the
+//!   events that matter for routing are emitted: `session.start`, `session.resume`,
+//!   `user.message`, `session.error` (`"mock: no model"`), `session.idle` (ephemeral), plus
+//!   lifecycle `session.created` / `session.updated`. No `pending_messages.modified`,
+//!   `tools_updated`, `session.shutdown` on detach, etc.
+//! - Lifecycle notifications reach only connections that may call methods (authenticated, or any
+//!   on a server without token); unobserved on the real CLI.
+//! - `version` is `mock-<name>`; `context.cwd` is `/mock`; `session.abort` on a loaded session
+//!   answers `{}` and a missing `params.sessionId` answers -32602 (both unobserved).
+//! - A frame-level error (bad header, oversized frame) closes the connection.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::jsonrpc::codec::{encode_frame, FrameCodec};
+use crate::proxy::jsonrpc::message::{
+    error_response, parse_envelope, MessageKind, ParseError, INTERNAL_ERROR, INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+};
+
+/// Frames queued for one connection before it counts as stuck and is dropped.
+pub const OUTBOX_FRAMES: usize = 4096;
+
+const PROTOCOL_VERSION: u64 = 3;
+const CWD: &str = "/mock";
+const AUTHENTICATION_REQUIRED: i64 = -32001;
+const AUTHENTICATION_FAILED: i64 = -32002;
+const INVALID_PARAMS: i64 = -32602;
+const NOT_RECOGNIZABLE: &str = "not a recognizable JSON-RPC request, notification, or response";
+/// Writes are coalesced up to about this many bytes, like the CLI packing frames per segment.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// How to run one mock server.
+#[derive(Debug, Clone, Default)]
+pub struct MockCliOptions {
+    /// Appears as `version: "mock-<name>"` in `connect` and `status.get`.
+    pub name: String,
+    /// Like `COPILOT_CONNECTION_TOKEN`: when set, `connect` must carry it in `params.token`.
+    pub token: Option<String>,
+}
+
+/// Handle to a running mock CLI server. Cloning shares the same server. Dropping the handle does
+/// not stop the server: cancel the `stop` token given to [`MockCli::start`] or call
+/// [`MockCli::shutdown`].
+#[derive(Clone)]
+pub struct MockCli {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    version: String,
+    token: Option<String>,
+    addr: SocketAddr,
+    /// A child of the caller's `stop`: cancelled for good by it or by `shutdown()`.
+    stop: CancellationToken,
+    requests: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Incarnation counter: bumped by every (re)start, so a stale accept loop never touches a newer
+    /// incarnation.
+    generation: u64,
+    /// The running incarnation's token; `None` while killed.
+    life: Option<CancellationToken>,
+    listener: Option<TcpListener>,
+    /// "On disk": survives kill/revive.
+    sessions: HashMap<String, Session>,
+    conns: HashMap<u64, Conn>,
+    /// Server→client requests waiting for an answer, by (connection, server request id).
+    pending: HashMap<(u64, u64), oneshot::Sender<()>>,
+    hook_answers: Vec<Value>,
+    next_conn: u64,
+    /// Global modification counter: orders sessions modified within the same millisecond.
+    seq: u64,
+}
+
+struct Conn {
+    tx: mpsc::Sender<Bytes>,
+    token: CancellationToken,
+    authed: bool,
+    next_server_id: u64,
+}
+
+struct Session {
+    start: SystemTime,
+    modified: SystemTime,
+    seq: u64,
+    summary: String,
+    /// Persisted events (what `session.getMessages` returns).
+    events: Vec<Value>,
+    /// Connections that created or resumed the session and are still open.
+    attached: BTreeSet<u64>,
+    /// The connection that registered hooks (`hooks: true`), if still attached.
+    hooks: Option<u64>,
+}
+
+type Reply = Result<Value, (i64, String)>;
+
+impl MockCli {
+    /// Binds `addr` (use `127.0.0.1:0` for a free port) and serves until `stop` is cancelled or
+    /// [`MockCli::shutdown`] is called.
+    pub async fn start(
+        addr: SocketAddr,
+        opts: MockCliOptions,
+        stop: CancellationToken,
+    ) -> std::io::Result<MockCli> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            version: format!("mock-{}", opts.name),
+            name: opts.name,
+            token: opts.token,
+            addr,
+            stop: stop.child_token(),
+            requests: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+        });
+        Inner::go_live(&inner, listener);
+        Ok(MockCli { inner })
+    }
+
+    /// The bound address (stable across [`MockCli::revive`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Whether the session exists "on disk" (loaded or not).
+    pub fn has_session(&self, id: &str) -> bool {
+        self.inner.lock().sessions.contains_key(id)
+    }
+
+    /// Every session on disk, most recently modified first.
+    pub fn session_ids(&self) -> Vec<String> {
+        let st = self.inner.lock();
+        st.sorted_sessions()
+            .into_iter()
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Client connections currently open.
+    pub fn connections(&self) -> usize {
+        self.inner.lock().conns.len()
+    }
+
+    /// Requests received (every message with a `method` and an `id`), errors included.
+    pub fn requests_served(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Every client response to a `hooks.invoke` request so far, as received (whole JSON-RPC
+    /// response objects, `result` or `error` included), oldest first.
+    pub fn hook_answers(&self) -> Vec<Value> {
+        self.inner.lock().hook_answers.clone()
+    }
+
+    /// Whether the server is accepting connections (not killed, not shut down).
+    pub fn is_alive(&self) -> bool {
+        self.inner.lock().life.is_some()
+    }
+
+    /// Simulates the process dying: stops accepting (the port is closed when this returns) and
+    /// drops every open connection. Sessions stay on disk, unloaded. Idempotent.
+    pub fn kill(&self) {
+        self.inner.lock().kill();
+    }
+
+    /// Restarts a killed server on the same address with the same sessions on disk (all
+    /// unloaded). A no-op if it is running; an error after shutdown or if the port was taken.
+    pub async fn revive(&self) -> std::io::Result<()> {
+        let gone = || std::io::Error::other("mock CLI was shut down");
+        if self.inner.stop.is_cancelled() {
+            return Err(gone());
+        }
+        if self.is_alive() {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.inner.addr).await?;
+        if self.inner.stop.is_cancelled() {
+            return Err(gone());
+        }
+        Inner::go_live(&self.inner, listener);
+        Ok(())
+    }
+
+    /// Stops the server for good (like cancelling `stop`): kill, and refuse to revive.
+    pub fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.kill();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Installs `listener` as a new incarnation and spawns its accept loop (unless one is running).
+    fn go_live(inner: &Arc<Inner>, listener: TcpListener) {
+        let mut st = inner.lock();
+        if st.life.is_some() {
+            return;
+        }
+        st.generation += 1;
+        let life = inner.stop.child_token();
+        st.life = Some(life.clone());
+        st.listener = Some(listener);
+        tokio::spawn(accept_loop(inner.clone(), st.generation, life));
+    }
+
+    fn poll_accept(
+        &self,
+        generation: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::io::Result<(TcpStream, SocketAddr)>>> {
+        let st = self.lock();
+        match &st.listener {
+            Some(listener) if st.generation == generation => listener.poll_accept(cx).map(Some),
+            _ => Poll::Ready(None),
+        }
+    }
+
+    fn register(inner: &Arc<Inner>, generation: u64, stream: TcpStream) {
+        let mut st = inner.lock();
+        let Some(life) = st.life.as_ref().filter(|_| st.generation == generation) else {
+            return;
+        };
+        let token = life.child_token();
+        let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
+        let id = st.next_conn;
+        st.next_conn += 1;
+        st.conns.insert(
+            id,
+            Conn {
+                tx,
+                token: token.clone(),
+                authed: inner.token.is_none(),
+                next_server_id: 1,
+            },
+        );
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_conn(inner.clone(), id, stream, token, rx));
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, generation: u64, life: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = life.cancelled() => break,
+            accepted = poll_fn(|cx| inner.poll_accept(generation, cx)) => accepted,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, _))) => Inner::register(&inner, generation, stream),
+            // Out of descriptors and the like: back off briefly instead of spinning.
+            Some(Err(_)) => tokio::select! {
+                _ = life.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            },
+        }
+    }
+    let mut st = inner.lock();
+    if st.generation == generation {
+        st.kill();
+    }
+}
+
+async fn serve_conn(
+    inner: Arc<Inner>,
+    conn: u64,
+    stream: TcpStream,
+    token: CancellationToken,
+    rx: mpsc::Receiver<Bytes>,
+) {
+    let (read, write) = stream.into_split();
+    let reader = async {
+        read_loop(&inner, conn, read).await;
+        // Dropping the connection's sender lets the writer flush what is queued, then end.
+        inner.lock().drop_conn(conn);
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = write_loop(write, rx) => {}
+        _ = reader => {}
+    }
+    inner.lock().drop_conn(conn);
+}
+
+async fn read_loop(inner: &Arc<Inner>, conn: u64, read: OwnedReadHalf) {
+    let mut frames = FramedRead::new(read, FrameCodec::default());
+    while let Some(Ok(body)) = frames.next().await {
+        on_frame(inner, conn, &body);
+    }
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    let mut buf = BytesMut::new();
+    while let Some(body) = rx.recv().await {
+        encode_frame(&body, &mut buf);
+        while buf.len() < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(body) => encode_frame(&body, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
+
+#[derive(Deserialize)]
+struct ParamsOnly {
+    #[serde(default)]
+    params: Value,
+}
+
+fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
+    let env = match parse_envelope(body) {
+        Ok(env) => env,
+        Err(e) => {
+            let message = match &e {
+                _ if e.code() == INVALID_REQUEST => NOT_RECOGNIZABLE.to_owned(),
+                ParseError::Json(json) => json.to_string(),
+                other => other.to_string(),
+            };
+            let frame = error_response(None, e.code(), &message, None);
+            inner.lock().send(conn, frame);
+            return;
+        }
+    };
+    let (method, id) = match (env.kind, env.method.as_deref(), env.id) {
+        (MessageKind::Request, Some(method), Some(id)) => (method, id),
+        (MessageKind::Response, _, Some(id)) => return on_response(inner, conn, id, body),
+        _ => {
+            let frame = error_response(None, INVALID_REQUEST, NOT_RECOGNIZABLE, None);
+            inner.lock().send(conn, frame);
+            return;
+        }
+    };
+    inner.requests.fetch_add(1, Ordering::Relaxed);
+    let params = serde_json::from_slice::<ParamsOnly>(body)
+        .map(|p| p.params)
+        .unwrap_or(Value::Null);
+    let mut st = inner.lock();
+    let authed = st.conns.get(&conn).is_some_and(|c| c.authed);
+    if !authed && method != "connect" {
+        let frame = error_response(
+            Some(id),
+            AUTHENTICATION_REQUIRED,
+            "AUTHENTICATION_REQUIRED",
+            None,
+        );
+        return st.send(conn, frame);
+    }
+    let sid = params.get("sessionId").and_then(Value::as_str);
+    let hooks = params.get("hooks").and_then(Value::as_bool) == Some(true);
+    let reply = match (method, sid) {
+        ("connect", _) => connect(inner, &mut st, conn, &params),
+        ("ping", _) => Ok(ping(&params)),
+        ("status.get", _) => Ok(json!({"version": inner.version, "protocolVersion": PROTOCOL_VERSION})),
+        ("auth.getStatus", _) => {
+            Ok(json!({"isAuthenticated": false, "statusMessage": "Not authenticated"}))
+        }
+        ("models.list", _) => Err((
+            INTERNAL_ERROR,
+            "Request models.list failed with message: Not authenticated. Please authenticate first."
+                .to_owned(),
+        )),
+        ("session.getForeground", _) => Ok(json!({})),
+        ("session.getLastId", _) => Ok(match st.sorted_sessions().first() {
+            Some((id, _)) => json!({ "sessionId": id }),
+            None => json!({}),
+        }),
+        ("session.list", _) => Ok(st.list(&params)),
+        ("session.create", _) => match params.get("sessionId") {
+            None | Some(Value::Null) => {
+                return st.create(inner, conn, id, &uuid::Uuid::new_v4().to_string(), hooks)
+            }
+            Some(Value::String(sid)) => return st.create(inner, conn, id, sid, hooks),
+            Some(_) => Err((INVALID_PARAMS, "Invalid params: sessionId must be a string".into())),
+        },
+        (
+            "session.resume" | "session.send" | "session.getMessages" | "session.getMetadata"
+            | "session.delete" | "session.detach" | "session.abort",
+            None,
+        ) => Err((INVALID_PARAMS, "Invalid params: sessionId is required".into())),
+        ("session.resume", Some(sid)) => return st.resume(inner, conn, id, sid, hooks),
+        ("session.send", Some(sid)) => {
+            let prompt = params.get("prompt").and_then(Value::as_str).unwrap_or("");
+            return send_message(inner, &mut st, conn, id, sid, prompt);
+        }
+        ("session.getMessages", Some(sid)) => match st.loaded(sid) {
+            Some(s) => Ok(json!({ "events": s.events })),
+            None => Err(not_found("session.getMessages", sid)),
+        },
+        ("session.abort", Some(sid)) => match st.loaded(sid) {
+            Some(_) => Ok(json!({})),
+            None => Err(not_found_for("session.send", sid)),
+        },
+        ("session.getMetadata", Some(sid)) => Ok(match st.sessions.get(sid) {
+            Some(s) => json!({ "session": list_entry(sid, s) }),
+            None => json!({}),
+        }),
+        ("session.delete", Some(sid)) => Ok(match st.sessions.remove(sid) {
+            Some(_) => json!({"success": true}),
+            None => json!({"success": false, "error": format!("Session file not found for {sid}")}),
+        }),
+        ("session.detach", Some(sid)) => {
+            if let Some(s) = st.sessions.get_mut(sid) {
+                s.detach(conn);
+            }
+            Ok(json!({"success": true}))
+        }
+        (other, _) => Err((METHOD_NOT_FOUND, format!("Unhandled method {other}"))),
+    };
+    st.respond(conn, id, reply);
+}
+
+fn connect(inner: &Inner, st: &mut State, conn: u64, params: &Value) -> Reply {
+    if let Some(expected) = &inner.token {
+        if params.get("token").and_then(Value::as_str) != Some(expected.as_str()) {
+            return Err((AUTHENTICATION_FAILED, "AUTHENTICATION_FAILED".to_owned()));
+        }
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.authed = true;
+        }
+    }
+    Ok(json!({
+        "ok": true,
+        "protocolVersion": PROTOCOL_VERSION,
+        "version": inner.version,
+        "taskKinds": ["agent", "shell", "client"],
+    }))
+}
+
+fn ping(params: &Value) -> Value {
+    let message = match params.get("message") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    json!({
+        "message": format!("pong: {message}"),
+        "timestamp": humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+        "protocolVersion": PROTOCOL_VERSION,
+    })
+}
+
+/// `session.send`: answered at once, or — when a connection registered hooks for the session —
+/// after that connection answers the `hooks.invoke` request sent first.
+fn send_message(
+    inner: &Arc<Inner>,
+    st: &mut State,
+    conn: u64,
+    id: &RawValue,
+    sid: &str,
+    prompt: &str,
+) {
+    let Some(session) = st.loaded(sid) else {
+        return st.respond(conn, id, Err(not_found_for("session.send", sid)));
+    };
+    let Some(hook_conn) = session.hooks else {
+        return st.deliver(conn, id, sid, prompt);
+    };
+    let Some(c) = st.conns.get_mut(&hook_conn) else {
+        return st.deliver(conn, id, sid, prompt);
+    };
+    let server_id = c.next_server_id;
+    c.next_server_id += 1;
+    let request = json!({
+        "jsonrpc": "2.0",
+        "id": server_id,
+        "method": "hooks.invoke",
+        "params": {"sessionId": sid, "hookType": "userPromptSubmitted", "input": {"prompt": prompt}},
+    });
+    let (answered, wait) = oneshot::channel();
+    st.pending.insert((hook_conn, server_id), answered);
+    st.send(hook_conn, to_bytes(&request));
+    let (inner, id, sid, prompt) = (
+        inner.clone(),
+        id.to_owned(),
+        sid.to_owned(),
+        prompt.to_owned(),
+    );
+    tokio::spawn(async move {
+        let answered = wait.await.is_ok();
+        let mut st = inner.lock();
+        if answered {
+            st.deliver(conn, &id, &sid, &prompt);
+        } else {
+            let reason = "Request session.send failed with message: hooks.invoke was not answered";
+            st.respond(conn, &id, Err((INTERNAL_ERROR, reason.to_owned())));
+        }
+    });
+}
+
+/// A client's response: completes the matching server request, if any; stray ones are ignored.
+fn on_response(inner: &Inner, conn: u64, id: &RawValue, body: &[u8]) {
+    let Ok(server_id) = id.get().parse::<u64>() else {
+        return;
+    };
+    let mut st = inner.lock();
+    if let Some(waiting) = st.pending.remove(&(conn, server_id)) {
+        st.hook_answers
+            .push(serde_json::from_slice(body).unwrap_or(Value::Null));
+        let _ = waiting.send(());
+    }
+}
+
+impl State {
+    /// Queues a frame for `conn`; a connection whose queue is full is dropped.
+    fn send(&self, conn: u64, frame: Bytes) {
+        if let Some(c) = self.conns.get(&conn) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(frame) {
+                c.token.cancel();
+            }
+        }
+    }
+
+    fn respond(&self, conn: u64, id: &RawValue, reply: Reply) {
+        #[derive(Serialize)]
+        struct Success<'a> {
+            jsonrpc: &'static str,
+            id: &'a RawValue,
+            result: &'a Value,
+        }
+        let frame = match reply {
+            Ok(result) => match serde_json::to_vec(&Success {
+                jsonrpc: "2.0",
+                id,
+                result: &result,
+            }) {
+                Ok(v) => Bytes::from(v),
+                Err(_) => error_response(Some(id), INTERNAL_ERROR, "serialization failed", None),
+            },
+            Err((code, message)) => error_response(Some(id), code, &message, None),
+        };
+        self.send(conn, frame);
+    }
+
+    fn notify_all(&self, method: &str, params: Value) {
+        let frame = to_bytes(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+        for (&conn, c) in &self.conns {
+            if c.authed {
+                self.send(conn, frame.clone());
+            }
+        }
+    }
+
+    fn lifecycle(&self, kind: &str, sid: &str) {
+        if let Some(s) = self.sessions.get(sid) {
+            let params = json!({
+                "type": kind,
+                "sessionId": sid,
+                "metadata": {"startTime": ts(s.start), "modifiedTime": ts(s.modified)},
+            });
+            self.notify_all("session.lifecycle", params);
+        }
+    }
+
+    fn emit(&self, sid: &str, event: &Value, to: impl IntoIterator<Item = u64>) {
+        let params = json!({"sessionId": sid, "event": event});
+        let frame =
+            to_bytes(&json!({"jsonrpc": "2.0", "method": "session.event", "params": params}));
+        for conn in to {
+            self.send(conn, frame.clone());
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The session, if it exists and some connection holds it loaded.
+    fn loaded(&self, sid: &str) -> Option<&Session> {
+        self.sessions.get(sid).filter(|s| !s.attached.is_empty())
+    }
+
+    fn sorted_sessions(&self) -> Vec<(&String, &Session)> {
+        let mut all: Vec<_> = self.sessions.iter().collect();
+        all.sort_by(|a, b| (b.1.modified, b.1.seq).cmp(&(a.1.modified, a.1.seq)));
+        all
+    }
+
+    fn list(&self, params: &Value) -> Value {
+        let cwd = params.pointer("/filter/cwd").and_then(Value::as_str);
+        let sessions: Vec<Value> = match cwd {
+            Some(cwd) if cwd != CWD => Vec::new(),
+            _ => self
+                .sorted_sessions()
+                .into_iter()
+                .map(|(id, s)| list_entry(id, s))
+                .collect(),
+        };
+        json!({ "sessions": sessions })
+    }
+
+    /// `session.create`: a fresh session (an existing one with this id is reset, like the real
+    /// CLI), lifecycle before the response, `session.start` after it.
+    fn create(&mut self, inner: &Inner, conn: u64, id: &RawValue, sid: &str, hooks: bool) {
+        let now = SystemTime::now();
+        let seq = self.next_seq();
+        let (mut attached, old_hooks) = match self.sessions.remove(sid) {
+            Some(old) => (old.attached, old.hooks),
+            None => (BTreeSet::new(), None),
+        };
+        attached.insert(conn);
+        let mut session = Session {
+            start: now,
+            modified: now,
+            seq,
+            summary: String::new(),
+            events: Vec::new(),
+            attached,
+            hooks: if hooks {
+                Some(conn)
+            } else {
+                old_hooks.filter(|&h| h != conn)
+            },
+        };
+        let start = session.record(
+            "session.start",
+            json!({
+                "sessionId": sid,
+                "version": 1,
+                "producer": "copilot-agent",
+                "copilotVersion": inner.version,
+                "startTime": ts(now),
+                "contextTier": null,
+                "context": {"cwd": CWD},
+                "remoteSteerable": false,
+                "alreadyInUse": false,
+            }),
+            false,
+        );
+        let result = session_result(inner, sid, &session);
+        let to: Vec<u64> = session.attached.iter().copied().collect();
+        self.sessions.insert(sid.to_owned(), session);
+        self.lifecycle("session.created", sid);
+        self.respond(conn, id, Ok(result));
+        self.emit(sid, &start, to);
+    }
+
+    /// `session.resume`: attach `conn`; `session.resume` goes to the connections already attached,
+    /// then the response, then the same event to the resuming connection.
+    fn resume(&mut self, inner: &Inner, conn: u64, id: &RawValue, sid: &str, hooks: bool) {
+        let seq = self.next_seq();
+        let Some(session) = self.sessions.get_mut(sid) else {
+            let message = format!(
+                "Request session.resume failed with message: Failed to load session events: \
+                 Session not found: {sid}"
+            );
+            return self.respond(conn, id, Err((INTERNAL_ERROR, message)));
+        };
+        let was_active = !session.attached.is_empty();
+        let others: Vec<u64> = session
+            .attached
+            .iter()
+            .copied()
+            .filter(|&c| c != conn)
+            .collect();
+        let events_bytes: usize = session.events.iter().map(|e| e.to_string().len() + 1).sum();
+        let event_count = session.events.len();
+        let now = SystemTime::now();
+        let event = session.record(
+            "session.resume",
+            json!({
+                "resumeTime": ts(now),
+                "contextTier": null,
+                "sessionLimits": null,
+                "context": {"cwd": CWD},
+                "remoteSteerable": false,
+                "eventsFileSizeBytes": events_bytes,
+                "eventCount": event_count,
+                "alreadyInUse": false,
+                "sessionWasActive": was_active,
+            }),
+            false,
+        );
+        session.seq = seq;
+        session.attached.insert(conn);
+        if hooks {
+            session.hooks = Some(conn);
+        }
+        let result = session_result(inner, sid, session);
+        self.emit(sid, &event, others);
+        self.lifecycle("session.updated", sid);
+        self.respond(conn, id, Ok(result));
+        self.emit(sid, &event, [conn]);
+    }
+
+    /// The unauthenticated turn: `{messageId}`, then `user.message`, `session.error` and
+    /// `session.idle` to the attached connections, then lifecycle `session.updated` to all.
+    fn deliver(&mut self, conn: u64, id: &RawValue, sid: &str, prompt: &str) {
+        let seq = self.next_seq();
+        let Some(session) = self
+            .sessions
+            .get_mut(sid)
+            .filter(|s| !s.attached.is_empty())
+        else {
+            return self.respond(conn, id, Err(not_found_for("session.send", sid)));
+        };
+        session.seq = seq;
+        if session.summary.is_empty() {
+            session.summary = prompt.chars().take(80).collect();
+        }
+        let events = [
+            session.record("user.message", json!({ "content": prompt }), false),
+            session.record(
+                "session.error",
+                json!({"errorType": "query", "message": "mock: no model"}),
+                false,
+            ),
+            session.record("session.idle", json!({}), true),
+        ];
+        let to: Vec<u64> = session.attached.iter().copied().collect();
+        let message_id = uuid::Uuid::new_v4().to_string();
+        self.respond(conn, id, Ok(json!({ "messageId": message_id })));
+        for event in &events {
+            self.emit(sid, event, to.iter().copied());
+        }
+        self.lifecycle("session.updated", sid);
+    }
+
+    /// Closes a connection's bookkeeping: no longer attached anywhere (sessions it alone held are
+    /// unloaded), its pending server requests abandoned.
+    fn drop_conn(&mut self, conn: u64) {
+        if let Some(c) = self.conns.remove(&conn) {
+            c.token.cancel();
+        }
+        for session in self.sessions.values_mut() {
+            session.detach(conn);
+        }
+        self.pending.retain(|&(c, _), _| c != conn);
+    }
+
+    /// The process "dies": the listener is closed now, every connection is cancelled, every
+    /// session unloaded.
+    fn kill(&mut self) {
+        if let Some(life) = self.life.take() {
+            life.cancel();
+        }
+        self.listener = None;
+        for (_, c) in self.conns.drain() {
+            c.token.cancel();
+        }
+        self.pending.clear();
+        for session in self.sessions.values_mut() {
+            session.attached.clear();
+            session.hooks = None;
+        }
+    }
+}
+
+impl Session {
+    /// Builds an event (persisted unless `ephemeral`, which also bumps `modifiedTime`).
+    fn record(&mut self, kind: &str, data: Value, ephemeral: bool) -> Value {
+        let now = SystemTime::now();
+        let parent = self
+            .events
+            .last()
+            .and_then(|e| e.get("id"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let mut event = json!({
+            "type": kind,
+            "data": data,
+            "id": uuid::Uuid::new_v4().to_string(),
+            "timestamp": ts(now),
+            "parentId": parent,
+        });
+        if ephemeral {
+            event["ephemeral"] = Value::Bool(true);
+        } else {
+            self.events.push(event.clone());
+            self.modified = self.modified.max(now);
+        }
+        event
+    }
+
+    fn detach(&mut self, conn: u64) {
+        self.attached.remove(&conn);
+        if self.hooks == Some(conn) {
+            self.hooks = None;
+        }
+    }
+}
+
+fn session_result(inner: &Inner, sid: &str, s: &Session) -> Value {
+    json!({
+        "sessionId": sid,
+        "nativeSessionId": sid,
+        "startTime": ts(s.start),
+        "isRemote": false,
+        "mode": "interactive",
+        "workspacePath": format!("/mock/{}/session-state/{sid}", inner.name),
+        "capabilities": {
+            "ui": {"elicitation": false, "mcpApps": false, "canvases": false},
+            "extensions": false,
+        },
+        "modelState": {},
+    })
+}
+
+fn list_entry(sid: &str, s: &Session) -> Value {
+    json!({
+        "sessionId": sid,
+        "startTime": ts(s.start),
+        "modifiedTime": ts(s.modified),
+        "isRemote": false,
+        "isDetached": false,
+        "summary": s.summary,
+        "name": s.summary,
+        "clientName": "sdk",
+        "context": {"cwd": CWD},
+    })
+}
+
+fn not_found(method: &str, sid: &str) -> (i64, String) {
+    (
+        INTERNAL_ERROR,
+        format!("Request {method} failed with message: Session not found: {sid}"),
+    )
+}
+
+fn not_found_for(method: &str, sid: &str) -> (i64, String) {
+    (
+        INTERNAL_ERROR,
+        format!("Request {method} failed with message: Session not found for sessionId: {sid}"),
+    )
+}
+
+/// ISO-8601 UTC with milliseconds and `Z`, like the CLI's `startTime` / `modifiedTime`.
+fn ts(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}

@@ -1,0 +1,142 @@
+//! Session pins: where each JSON-RPC session lives. A pin is learned when a node answers
+//! `session.create` or `session.resume`, and then beats the ring, so scale-out never moves a live
+//! session. It is a cache, never the source of truth: pins expire after `session_idle_ttl`
+//! without traffic, the table is bounded (least recently used evicted), and a session the
+//! table does not know is found by asking the fleet (owner discovery).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+/// The node a session lives on. The address is kept with the name so that a session pinned to
+/// an upstream a reload removed can still be reached while it drains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub upstream: Arc<str>,
+    pub addr: Arc<str>,
+}
+
+/// The pin table of one pool, shared by every listener and connection using the pool, and
+/// carried across reloads.
+#[derive(Clone)]
+pub struct SessionPins {
+    cache: Cache<Arc<str>, Pin>,
+    ttl: Duration,
+    capacity: u64,
+}
+
+impl std::fmt::Debug for SessionPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPins")
+            .field("entries", &self.cache.entry_count())
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl SessionPins {
+    pub fn new(ttl: Duration, capacity: u64) -> SessionPins {
+        SessionPins {
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(ttl)
+                .build(),
+            ttl,
+            capacity,
+        }
+    }
+
+    /// The same table if the policy is unchanged, else a new table holding the same pins.
+    pub fn with_policy(&self, ttl: Duration, capacity: u64) -> SessionPins {
+        if ttl == self.ttl && capacity == self.capacity {
+            return self.clone();
+        }
+        let next = SessionPins::new(ttl, capacity);
+        for (session, pin) in self.cache.iter() {
+            next.cache.insert((*session).clone(), pin);
+        }
+        next
+    }
+
+    /// Where `session` lives, refreshing its idle timer.
+    pub fn get(&self, session: &str) -> Option<Pin> {
+        self.cache.get(session)
+    }
+
+    pub fn pin(&self, session: &str, pin: Pin) {
+        self.cache.insert(Arc::from(session), pin);
+    }
+
+    pub fn unpin(&self, session: &str) {
+        self.cache.invalidate(session);
+    }
+
+    /// Approximate number of pins (maintenance is lazy).
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many pins point at `upstream` (a scan: for admin and reload reports, not the data path).
+    pub fn count_on(&self, upstream: &str) -> usize {
+        self.cache
+            .iter()
+            .filter(|(_, pin)| &*pin.upstream == upstream)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(name: &str) -> Pin {
+        Pin {
+            upstream: Arc::from(name),
+            addr: Arc::from("127.0.0.1:1"),
+        }
+    }
+
+    #[test]
+    fn pins_are_found_moved_and_dropped() {
+        let pins = SessionPins::new(Duration::from_secs(60), 100);
+        assert_eq!(pins.get("s1"), None);
+        pins.pin("s1", pin("a"));
+        assert_eq!(pins.get("s1"), Some(pin("a")));
+        pins.pin("s1", pin("b"));
+        assert_eq!(pins.get("s1").unwrap().upstream.as_ref(), "b");
+        pins.unpin("s1");
+        assert_eq!(pins.get("s1"), None);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let pins = SessionPins::new(Duration::from_secs(60), 50);
+        for i in 0..1_000 {
+            pins.pin(&format!("s{i}"), pin("a"));
+        }
+        assert!(pins.len() <= 50, "{} pins kept", pins.len());
+    }
+
+    #[test]
+    fn policy_change_keeps_pins() {
+        let pins = SessionPins::new(Duration::from_secs(60), 100);
+        pins.pin("s1", pin("a"));
+        let same = pins.with_policy(Duration::from_secs(60), 100);
+        same.pin("s2", pin("b"));
+        assert_eq!(
+            pins.get("s2"),
+            Some(pin("b")),
+            "unchanged policy shares the table"
+        );
+        let changed = pins.with_policy(Duration::from_secs(10), 100);
+        assert_eq!(changed.get("s1"), Some(pin("a")));
+        assert_eq!(changed.count_on("b"), 1);
+    }
+}
