@@ -64,6 +64,27 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         (&Method::GET, "/readyz") => readyz(server),
         (&Method::GET, "/admin/route") => route_lookup(server, &query),
         (&Method::GET, "/admin/ring") => ring(server, &query),
+        (&Method::GET, "/admin/upstreams") => upstreams(server),
+        (&Method::POST, path) if path.starts_with("/admin/upstreams/") => {
+            drain(server, path, &query)
+        }
+        (&Method::POST, "/admin/reload")
+            if query
+                .get("dry_run")
+                .is_some_and(|v| v == "true" || v == "1") =>
+        {
+            let body = match read_body(req).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
+            };
+            let report = server.dry_run((!body.trim().is_empty()).then_some(body.as_str()));
+            let status = if report.valid {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            json_response(status, &serde_json::to_value(&report).unwrap_or_default())
+        }
         (&Method::POST, "/admin/reload") => match server.reload().await {
             Ok(report) => json_response(
                 StatusCode::OK,
@@ -141,7 +162,7 @@ fn ring(server: &Server, query: &HashMap<String, String>) -> AdminResponse {
                 "addr": u.addr(),
                 "weight": u.config.weight,
                 "share": share,
-                "healthy": u.state.is_healthy(),
+                "healthy": u.state.is_available(),
                 "draining": u.state.is_draining(),
             })
         })
@@ -149,6 +170,105 @@ fn ring(server: &Server, query: &HashMap<String, String>) -> AdminResponse {
     json_response(
         StatusCode::OK,
         &json!({ "pool": pool, "vnodes": p.config.vnodes, "version": snapshot.version, "upstreams": upstreams }),
+    )
+}
+
+/// The request body as text, at most 1 MiB (a config file).
+async fn read_body(req: Request<Incoming>) -> Result<String, AdminResponse> {
+    use http_body_util::{BodyExt, Limited};
+    let collected = Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("cannot read body: {e}"),
+            )
+        })?;
+    String::from_utf8(collected.to_bytes().to_vec())
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "body is not UTF-8"))
+}
+
+/// Every upstream: health, drain, ejection, live sessions, open connections, last probe.
+fn upstreams(server: &Server) -> AdminResponse {
+    let snapshot = server.snapshot();
+    let metrics = server.metrics();
+    let mut pools: Vec<_> = snapshot.pools().collect();
+    pools.sort_by(|a, b| a.name().cmp(b.name()));
+    let list: Vec<_> = pools
+        .iter()
+        .flat_map(|p| p.upstreams.iter().map(move |u| (p, u)))
+        .map(|(p, u)| {
+            json!({
+                "pool": p.name(),
+                "name": u.name(),
+                "addr": u.addr(),
+                "weight": u.config.weight,
+                "healthy": u.state.is_healthy(),
+                "ejected": u.state.is_ejected(),
+                "draining": u.state.is_draining(),
+                "accepts_new_work": u.state.accepts_new_work(),
+                "live_sessions": p.pins.count_on(u.name()),
+                "open_connections": metrics.upstream_connections_active.with_label_values(&[p.name(), u.name()]).get(),
+                "last_probe": u.state.last_probe(),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "version": snapshot.version, "upstreams": list }),
+    )
+}
+
+/// `POST /admin/upstreams/{name}/drain` or `/undrain`, optionally `?pool=P` when names repeat.
+fn drain(server: &Server, path: &str, query: &HashMap<String, String>) -> AdminResponse {
+    let rest = &path["/admin/upstreams/".len()..];
+    let (name, drain) = match rest.rsplit_once('/') {
+        Some((name, "drain")) => (name, true),
+        Some((name, "undrain")) => (name, false),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "usage: POST /admin/upstreams/{name}/drain or /undrain",
+            )
+        }
+    };
+    let snapshot = server.snapshot();
+    let matches: Vec<_> = snapshot
+        .pools()
+        .filter(|p| query.get("pool").is_none_or(|want| want == p.name()))
+        .filter_map(|p| p.upstream(name).map(|u| (p, u)))
+        .collect();
+    let (pool, up) = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no upstream named {name:?}"),
+            )
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("{name:?} is in several pools; add ?pool=P"),
+            )
+        }
+    };
+    up.state.set_admin_drain(drain);
+    server
+        .metrics()
+        .upstream_draining
+        .with_label_values(&[pool.name(), up.name()])
+        .set(up.state.is_draining() as i64);
+    tracing::info!(
+        pool = pool.name(),
+        upstream = up.name(),
+        drain,
+        "admin drain changed"
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({ "pool": pool.name(), "upstream": up.name(), "draining": up.state.is_draining() }),
     )
 }
 

@@ -48,7 +48,12 @@ enum Command {
     /// Serve the configuration (the default).
     Run,
     /// Validate the configuration and print a summary; exit 2 if it is invalid.
-    Check,
+    Check {
+        /// Also ask a running sessiongate (its admin URL, e.g. http://127.0.0.1:9901) what
+        /// applying this file would do: keyspace moved per upstream, pinned sessions at stake.
+        #[arg(long, value_name = "ADMIN_URL")]
+        against: Option<String>,
+    },
     /// Print the upstream each key maps to, offline, with the proxy's own ring code.
     Route {
         /// The pool whose ring to use.
@@ -67,7 +72,13 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => load(&cli.config).and_then(|c| serve(c, &cli.config, None)),
-        Command::Check => load(&cli.config).map(|c| check(&c, &cli.config)),
+        Command::Check { against } => load(&cli.config).and_then(|c| {
+            check(&c, &cli.config);
+            match against {
+                Some(url) => dry_run_against(&url, &cli.config),
+                None => Ok(()),
+            }
+        }),
         Command::Route { pool, keys } => {
             load(&cli.config).and_then(|c| route(c, &cli.config, &pool, &keys))
         }
@@ -146,6 +157,46 @@ fn check(config: &Config, path: &Path) {
         for u in &p.upstreams {
             println!("  upstream {} {} weight {}", u.name, u.addr, u.weight);
         }
+    }
+}
+
+/// POST the file to a running proxy's dry-run endpoint and print its prediction.
+fn dry_run_against(url: &str, path: &Path) -> Result<(), Failure> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let authority = url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("--against takes an http:// admin URL, got {url:?}"))?
+        .to_owned();
+    let rt = runtime(Some(1))?;
+    let (status, body) = rt.block_on(async move {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::post("/admin/reload?dry_run=true")
+            .header(http::header::HOST, &authority)
+            .header(http::header::CONTENT_TYPE, "application/yaml")
+            .body(http_body_util::Full::new(bytes::Bytes::from(text)))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    })?;
+    println!(
+        "\ndry run against {url}:\n{}",
+        String::from_utf8_lossy(&body)
+    );
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(Failure::Invalid(anyhow::anyhow!(
+            "the running proxy refused this configuration ({status})"
+        )))
     }
 }
 

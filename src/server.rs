@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Context;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Shared, Snapshot};
+use crate::upstream::prober::HealthSupervisor;
 
 /// A listener the server is accepting on.
 pub(crate) struct Running {
@@ -32,6 +33,7 @@ pub struct Server {
     pub(crate) ctx: Context,
     pub(crate) listeners: Mutex<HashMap<String, Running>>,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    pub(crate) health: HealthSupervisor,
     admin_addr: SocketAddr,
 }
 
@@ -71,8 +73,11 @@ impl Server {
             bound.push((l.name.clone(), l.listen, tcp));
         }
         metrics.config_version.set(snapshot.version as i64);
+        let health = HealthSupervisor::new(metrics.clone(), shutdown.token.clone());
+        health.sync(&snapshot);
         let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
         let server = Arc::new(Server {
+            health,
             ctx: Context {
                 shared,
                 metrics,

@@ -83,6 +83,20 @@ impl SessionPins {
         self.len() == 0
     }
 
+    /// Forget every pin on `upstream`; returns how many there were.
+    pub fn unpin_all_on(&self, upstream: &str) -> usize {
+        let keys: Vec<Arc<str>> = self
+            .cache
+            .iter()
+            .filter(|(_, pin)| &*pin.upstream == upstream)
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        for k in &keys {
+            self.cache.invalidate(k);
+        }
+        keys.len()
+    }
+
     /// How many pins point at `upstream` (a scan: for admin and reload reports, not the data path).
     pub fn count_on(&self, upstream: &str) -> usize {
         self.cache

@@ -137,7 +137,19 @@ pub struct PoolConfig {
     pub on_owner_down: OnOwnerDown,
     /// JSON-RPC: how long a fan-out (`session.list`, owner discovery) waits for each node.
     pub fanout_timeout: Duration,
+    /// Live-traffic failures that eject an upstream; `None` when disabled.
+    pub passive: Option<PassiveConfig>,
+    /// How long an upstream removed by a reload keeps serving its pinned sessions.
+    pub drain_timeout: Duration,
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Passive ejection: `consecutive_failures` connect errors, resets or timeouts on live traffic
+/// take an upstream out for at least `eject_for`; active probes bring it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveConfig {
+    pub consecutive_failures: u32,
+    pub eject_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +167,10 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// `http` probes: the one status that counts as healthy; default any 2xx or 3xx.
+    pub expect_status: Option<u16>,
+    /// State of an upstream before its first probes have decided.
+    pub initial_healthy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +182,8 @@ pub struct UpstreamConfig {
     pub weight: u32,
     /// The CLI connection token for this upstream, read from `token_env` at load time.
     pub token: Option<Secret>,
+    /// Drained by config: no new keys or sessions are placed here.
+    pub drain: bool,
 }
 
 /// A credential: compared and cloned like a string, never printed.

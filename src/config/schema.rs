@@ -93,6 +93,8 @@ pub struct RawPool {
     pub max_pinned_sessions: Option<u64>,
     pub on_owner_down: Option<String>,
     pub fanout_timeout: Option<String>,
+    pub passive: Option<RawPassive>,
+    pub drain_timeout: Option<String>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
 }
@@ -112,6 +114,15 @@ pub struct RawHealth {
     pub timeout: Option<String>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    pub expect_status: Option<u16>,
+    pub initial: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub consecutive_failures: Option<u32>,
+    pub eject_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,4 +132,5 @@ pub struct RawUpstream {
     pub name: Option<String>,
     pub weight: Option<u32>,
     pub token_env: Option<String>,
+    pub drain: Option<bool>,
 }

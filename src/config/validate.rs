@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::schema::{RawConfig, RawHealth, RawKeySource, RawListener, RawPool, RawUpstream};
+use super::schema::{
+    RawConfig, RawHealth, RawKeySource, RawListener, RawPassive, RawPool, RawUpstream,
+};
 use super::*;
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -444,8 +446,31 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             p.fanout_timeout.as_deref(),
             Duration::from_secs(5),
         ),
+        passive: passive_config(errs, &format!("{path}.passive"), p.passive),
+        drain_timeout: errs.duration(
+            &format!("{path}.drain_timeout"),
+            p.drain_timeout.as_deref(),
+            Duration::from_secs(600),
+        ),
         upstreams,
     }
+}
+
+fn passive_config(errs: &mut Errors, path: &str, raw: Option<RawPassive>) -> Option<PassiveConfig> {
+    let raw = raw.unwrap_or_default();
+    let consecutive_failures = raw.consecutive_failures.unwrap_or(5);
+    if consecutive_failures == 0 {
+        // 0 turns passive ejection off.
+        return None;
+    }
+    Some(PassiveConfig {
+        consecutive_failures,
+        eject_for: errs.duration(
+            &format!("{path}.eject_for"),
+            raw.eject_for.as_deref(),
+            Duration::from_secs(10),
+        ),
+    })
 }
 
 fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
@@ -485,6 +510,27 @@ fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
         timeout,
         rise: errs.at_least(&format!("{path}.rise"), h.rise, 2, 1),
         fall: errs.at_least(&format!("{path}.fall"), h.fall, 3, 1),
+        expect_status: match h.expect_status {
+            Some(code) if !(100..=599).contains(&code) => {
+                errs.push(
+                    format!("{path}.expect_status"),
+                    "must be an HTTP status code (100-599)",
+                );
+                None
+            }
+            other => other,
+        },
+        initial_healthy: match h.initial.as_deref() {
+            None | Some("healthy") => true,
+            Some("unhealthy") => false,
+            Some(other) => {
+                errs.push(
+                    format!("{path}.initial"),
+                    format!("unknown value {other:?}; expected healthy or unhealthy"),
+                );
+                true
+            }
+        },
     }
 }
 
@@ -527,6 +573,7 @@ fn upstream_config(
         addr: u.addr,
         weight,
         token,
+        drain: u.drain.unwrap_or(false),
     }
 }
 

@@ -26,6 +26,12 @@ pub mod names {
     pub const OWNER_DISCOVERY_TOTAL: &str = "sessiongate_owner_discovery_total";
     pub const FANOUT_SKIPPED_TOTAL: &str = "sessiongate_fanout_skipped_total";
     pub const UPSTREAM_LINK_FAILURES_TOTAL: &str = "sessiongate_upstream_link_failures_total";
+    pub const UPSTREAM_HEALTHY: &str = "sessiongate_upstream_healthy";
+    pub const UPSTREAM_DRAINING: &str = "sessiongate_upstream_draining";
+    pub const UPSTREAM_PROBE_DURATION: &str = "sessiongate_upstream_probe_duration_seconds";
+    pub const UPSTREAM_HEALTH_TRANSITIONS_TOTAL: &str =
+        "sessiongate_upstream_health_transitions_total";
+    pub const UPSTREAM_EJECTIONS_TOTAL: &str = "sessiongate_upstream_ejections_total";
 }
 
 /// Latency buckets from 100 µs to 60 s: proxies add microseconds, CLI turns take seconds.
@@ -51,6 +57,11 @@ pub struct Metrics {
     pub owner_discovery_total: IntCounterVec,
     pub fanout_skipped_total: IntCounterVec,
     pub upstream_link_failures_total: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub upstream_draining: IntGaugeVec,
+    pub upstream_probe_duration: HistogramVec,
+    pub upstream_health_transitions_total: IntCounterVec,
+    pub upstream_ejections_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -149,6 +160,44 @@ impl Metrics {
             &["pool", "upstream", "kind"],
         )?;
 
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                UPSTREAM_HEALTHY,
+                "1 if the upstream passes its probes and is not ejected.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let upstream_draining = IntGaugeVec::new(
+            Opts::new(
+                UPSTREAM_DRAINING,
+                "1 if the upstream takes no new keys or sessions.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let upstream_probe_duration = HistogramVec::new(
+            HistogramOpts::new(UPSTREAM_PROBE_DURATION, "Duration of active health probes.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["pool", "upstream"],
+        )?;
+        let upstream_health_transitions_total = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_HEALTH_TRANSITIONS_TOTAL,
+                "Upstream health flips, by new state.",
+            ),
+            &["pool", "upstream", "to"],
+        )?;
+        let upstream_ejections_total = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_EJECTIONS_TOTAL,
+                "Passive ejections after live-traffic failures.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
+        registry.register(Box::new(upstream_draining.clone()))?;
+        registry.register(Box::new(upstream_probe_duration.clone()))?;
+        registry.register(Box::new(upstream_health_transitions_total.clone()))?;
+        registry.register(Box::new(upstream_ejections_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
@@ -184,6 +233,11 @@ impl Metrics {
             owner_discovery_total,
             fanout_skipped_total,
             upstream_link_failures_total,
+            upstream_healthy,
+            upstream_draining,
+            upstream_probe_duration,
+            upstream_health_transitions_total,
+            upstream_ejections_total,
         })
     }
 

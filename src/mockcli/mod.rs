@@ -634,7 +634,7 @@ impl State {
 
     fn sorted_sessions(&self) -> Vec<(&String, &Session)> {
         let mut all: Vec<_> = self.sessions.iter().collect();
-        all.sort_by(|a, b| (b.1.modified, b.1.seq).cmp(&(a.1.modified, a.1.seq)));
+        all.sort_by_key(|(_, s)| std::cmp::Reverse((s.modified, s.seq)));
         all
     }
 

@@ -352,7 +352,7 @@ async fn not_found_errors_are_exact() {
     assert!(cli.session_ids().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn send_with_hooks_holds_the_response_until_the_hook_is_answered() {
     let cli = mock("a", None).await;
     let mut c = Client::connect(&cli).await;
@@ -406,7 +406,7 @@ async fn send_with_hooks_holds_the_response_until_the_hook_is_answered() {
     assert_eq!(cli.hook_answers().len(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hooked_send_from_another_connection_asks_the_hook_owner() {
     let cli = mock("a", None).await;
     let mut owner = Client::connect(&cli).await;
@@ -434,7 +434,7 @@ async fn hooked_send_from_another_connection_asks_the_hook_owner() {
     assert_eq!(resp["error"]["code"], -32603, "{resp}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_go_to_attached_connections_lifecycle_to_all() {
     let cli = mock("a", None).await;
     let mut a = Client::connect(&cli).await;
@@ -467,7 +467,7 @@ async fn events_go_to_attached_connections_lifecycle_to_all() {
         .all(|m| lifecycle_type(m).is_some() || event_type(m).is_some()));
 
     // A send from the observer (not attached) works, but its events go to a and the resumer only.
-    let (_, resp) = observer
+    let (mut observed, resp) = observer
         .call("session.send", json!({"sessionId": SID, "prompt": "hello"}))
         .await;
     assert!(resp["result"]["messageId"].is_string());
@@ -483,8 +483,13 @@ async fn events_go_to_attached_connections_lifecycle_to_all() {
     }
     // Everything the send caused is queued for the observer before this ping's response.
     let (before, _) = observer.call("ping", json!({})).await;
-    assert!(before.iter().all(|m| event_type(m).is_none()), "{before:?}");
-    let lifecycles: Vec<_> = before.iter().filter_map(lifecycle_type).collect();
+    observed.extend(before);
+    assert!(
+        observed.iter().all(|m| event_type(m).is_none()),
+        "{observed:?}"
+    );
+    let lifecycles: Vec<_> = observed.iter().filter_map(lifecycle_type).collect();
+    // One from the resume, one from the send.
     assert_eq!(lifecycles, ["session.updated", "session.updated"]);
 
     let events = a
@@ -655,7 +660,7 @@ async fn token_required_failed_and_ok() {
     assert_eq!(cli.requests_served(), 8);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_closes_and_refuses_revive_keeps_the_disk() {
     let cli = mock("k", None).await;
     let addr = cli.addr();

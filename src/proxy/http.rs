@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::Context;
 use crate::config::NoKey;
 use crate::key::http::RequestHead;
-use crate::upstream::Upstream;
+use crate::upstream::{prober, Upstream};
 
 /// Response bodies: the upstream's, streamed, or a short local one (errors).
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -130,14 +130,19 @@ impl Conn {
             return self.finish(started, pool.name(), upstream.name(), resp);
         }
         let timeout = pool.config.request_timeout;
+        let passive = pool.config.passive.as_ref();
+        let metrics = &self.ctx.metrics;
         let resp = match tokio::time::timeout(timeout, upstream.http.request(req)).await {
-            Err(_) => local(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "upstream {} did not answer within {timeout:?}",
-                    upstream.name()
-                ),
-            ),
+            Err(_) => {
+                prober::passive_failure(metrics, &upstream, passive, "timeout");
+                local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "upstream {} did not answer within {timeout:?}",
+                        upstream.name()
+                    ),
+                )
+            }
             Ok(Err(e)) => {
                 let what = if e.is_connect() {
                     "connect failed"
@@ -145,12 +150,14 @@ impl Conn {
                     "request failed"
                 };
                 warn!(upstream = upstream.name(), error = %e, "upstream {what}");
+                prober::passive_failure(metrics, &upstream, passive, what);
                 local(
                     StatusCode::BAD_GATEWAY,
                     format!("upstream {} {what}", upstream.name()),
                 )
             }
             Ok(Ok(mut resp)) => {
+                upstream.state.record_passive_success();
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
                         tunnel(client_side, hyper::upgrade::on(&mut resp), &self.ctx);

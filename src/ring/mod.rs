@@ -145,12 +145,30 @@ impl Ring {
     /// The share of the keyspace whose owner differs between `old` and `new`, comparing owners by
     /// name. Exact: it sweeps the union of both rings' points.
     pub fn moved_share(old: &Ring, old_names: &[&str], new: &Ring, new_names: &[&str]) -> f64 {
-        if old.positions.is_empty() || new.positions.is_empty() {
-            return if old.positions.is_empty() && new.positions.is_empty() {
-                0.0
-            } else {
-                1.0
-            };
+        Ring::movement(old, old_names, new, new_names).total
+    }
+
+    /// Where the keyspace goes between `old` and `new`: in total, and per upstream the share it
+    /// loses (indexed like `old_names`) and gains (indexed like `new_names`).
+    pub fn movement(old: &Ring, old_names: &[&str], new: &Ring, new_names: &[&str]) -> Movement {
+        let mut m = Movement {
+            total: 0.0,
+            lost: vec![0.0; old_names.len()],
+            gained: vec![0.0; new_names.len()],
+        };
+        match (old.positions.is_empty(), new.positions.is_empty()) {
+            (true, true) => return m,
+            (false, true) => {
+                m.total = 1.0;
+                m.lost = old.shares();
+                return m;
+            }
+            (true, false) => {
+                m.total = 1.0;
+                m.gained = new.shares();
+                return m;
+            }
+            (false, false) => {}
         }
         let mut bounds: Vec<u64> = old
             .positions
@@ -164,25 +182,34 @@ impl Ring {
             let i = ring.positions.partition_point(|&p| p < h);
             ring.order[if i == ring.positions.len() { 0 } else { i }] as usize
         };
-        let mut moved = 0.0;
         let n = bounds.len();
         for i in 0..n {
             let prev = if i == 0 { bounds[n - 1] } else { bounds[i - 1] };
             // Every hash in (prev, bounds[i]] has the same owner in both rings.
             let h = bounds[i];
-            let a = old_names[owner(old, h)];
-            let b = new_names[owner(new, h)];
-            if a != b {
+            let (a, b) = (owner(old, h), owner(new, h));
+            if old_names[a] != new_names[b] {
                 let arc = if n == 1 {
                     u64::MAX
                 } else {
                     h.wrapping_sub(prev)
                 };
-                moved += arc as f64 / 2f64.powi(64);
+                let share = arc as f64 / 2f64.powi(64);
+                m.total += share;
+                m.lost[a] += share;
+                m.gained[b] += share;
             }
         }
-        moved
+        m
     }
+}
+
+/// The result of [`Ring::movement`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Movement {
+    pub total: f64,
+    pub lost: Vec<f64>,
+    pub gained: Vec<f64>,
 }
 
 #[cfg(test)]

@@ -1,50 +1,18 @@
 //! Upstreams: one [`Upstream`] per configured server, carrying its HTTP connection pool and the
 //! state that must survive reloads (health, drain), and the connector that counts connections.
 
+pub mod health;
 pub mod pool;
+pub mod prober;
+pub mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::{PoolConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 
 pub use pool::{HttpClient, UpstreamConnector};
-
-/// State of an upstream that outlives any one snapshot: carried across reloads by name.
-#[derive(Debug)]
-pub struct UpstreamState {
-    healthy: AtomicBool,
-    draining: AtomicBool,
-}
-
-impl Default for UpstreamState {
-    fn default() -> Self {
-        UpstreamState {
-            healthy: AtomicBool::new(true),
-            draining: AtomicBool::new(false),
-        }
-    }
-}
-
-impl UpstreamState {
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-    pub fn set_healthy(&self, up: bool) -> bool {
-        self.healthy.swap(up, Ordering::Relaxed)
-    }
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-    pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed)
-    }
-    /// May new keys or sessions be placed here?
-    pub fn accepts_new_work(&self) -> bool {
-        self.is_healthy() && !self.is_draining()
-    }
-}
+pub use state::UpstreamState;
 
 /// One upstream server of a pool.
 #[derive(Debug)]
@@ -67,7 +35,12 @@ impl Upstream {
         metrics: &Metrics,
         previous_pool: Option<&PoolConfig>,
     ) -> Arc<Upstream> {
-        let state = previous.map(|p| p.state.clone()).unwrap_or_default();
+        // Health and drain state follow the upstream's name, unless it now points elsewhere.
+        let state = match previous {
+            Some(p) if p.config.addr == config.addr => p.state.clone(),
+            _ => Arc::new(UpstreamState::new(pool.health.initial_healthy)),
+        };
+        state.set_config_drain(config.drain);
         let same_pool_settings = previous_pool.is_some_and(|old| {
             old.connect_timeout == pool.connect_timeout
                 && old.pool_max_idle_per_upstream == pool.pool_max_idle_per_upstream

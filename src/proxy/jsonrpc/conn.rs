@@ -331,7 +331,7 @@ impl Conn {
                 match pool.pins.get(sid) {
                     Some(pin) => match pool.upstream(&pin.upstream) {
                         Some(u)
-                            if !u.state.is_healthy()
+                            if !u.state.is_available()
                                 && pool.config.on_owner_down == OnOwnerDown::Error =>
                         {
                             let msg = format!(
@@ -340,7 +340,7 @@ impl Conn {
                             );
                             return self.fail(id, slot, &msg, Some(&pin.upstream)).await;
                         }
-                        Some(u) if !u.state.is_healthy() => {
+                        Some(u) if !u.state.is_available() => {
                             // Failover (shared storage): re-place on the ring.
                             pool.pins.unpin(sid);
                             pool.route(sid.as_bytes())

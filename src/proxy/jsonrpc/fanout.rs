@@ -71,7 +71,7 @@ pub(super) async fn list_sessions(
     let targets: Vec<Endpoint> = pool
         .upstreams
         .iter()
-        .filter(|u| u.state.is_healthy())
+        .filter(|u| u.state.is_available())
         .map(|u| Endpoint::from_upstream(u))
         .collect();
     let answers = ask_all(&conn, &pool, &targets, &body).await;
@@ -154,7 +154,7 @@ pub(super) async fn discover_owner(
     let targets: Vec<Endpoint> = pool
         .upstreams
         .iter()
-        .filter(|u| u.state.is_healthy() && u.name() != &*missed_on)
+        .filter(|u| u.state.is_available() && u.name() != &*missed_on)
         .map(|u| Endpoint::from_upstream(u))
         .collect();
     let probe = json!({

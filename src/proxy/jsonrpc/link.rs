@@ -18,6 +18,7 @@ use super::codec::FrameCodec;
 use super::conn::{write_frames, Conn, Endpoint, ServerRequest};
 use super::message::{self, parse_envelope, MessageKind};
 use super::route::Tracked;
+use crate::upstream::prober;
 
 /// Frames queued for one link before the client loop waits.
 const LINK_QUEUE: usize = 256;
@@ -157,11 +158,16 @@ async fn run(
 
 async fn failed(conn: &Conn, target: &Endpoint, generation: u64, kind: &str, why: &str) {
     warn!(upstream = %target.name, addr = %target.addr, error = why, "upstream link {kind} failed");
-    conn.ctx
-        .metrics
+    let metrics = &conn.ctx.metrics;
+    metrics
         .upstream_link_failures_total
         .with_label_values(&[&conn.pool_name, &target.name, kind])
         .inc();
+    if let Some(pool) = conn.ctx.shared.load().pool(&conn.pool_name) {
+        if let Some(up) = pool.upstream(&target.name) {
+            prober::passive_failure(metrics, up, pool.config.passive.as_ref(), why);
+        }
+    }
     conn.link_failed(&target.name, generation, why).await;
 }
 

@@ -1,8 +1,10 @@
 //! Reload: re-read the config file, validate it fully, build a new snapshot off the data path,
 //! bind any new listeners, and only then swap the snapshot in. Any failure leaves the old
-//! snapshot serving. The diff (upstreams added and removed, keyspace moved) is logged.
+//! snapshot serving. The diff (upstreams added and removed, keyspace moved) is logged; [`plan`]
+//! computes it, and the dry run that predicts a reload without applying it.
 
-use std::collections::BTreeSet;
+pub mod plan;
+
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -11,9 +13,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::error::ReloadError;
 use crate::listener;
-use crate::ring::Ring;
 use crate::server::Server;
 use crate::snapshot::Snapshot;
+
+pub use plan::{diff, DryRun, PoolDiff};
 
 /// What a reload changed, per pool and listener.
 #[derive(Debug, Serialize)]
@@ -22,45 +25,6 @@ pub struct ReloadReport {
     pub pools: Vec<PoolDiff>,
     pub listeners_added: Vec<String>,
     pub listeners_removed: Vec<String>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct PoolDiff {
-    pub pool: String,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// Share of the keyspace (0..=1) whose owner changed.
-    pub moved_share: f64,
-}
-
-/// Compare two snapshots pool by pool; pools only in `new` count as all-moved.
-pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PoolDiff> {
-    let mut out = Vec::new();
-    for pool in new.pools() {
-        let new_names = pool.upstream_names();
-        let Some(prev) = old.pool(pool.name()) else {
-            out.push(PoolDiff {
-                pool: pool.name().to_owned(),
-                added: new_names.iter().map(|s| s.to_string()).collect(),
-                removed: vec![],
-                moved_share: 1.0,
-            });
-            continue;
-        };
-        let old_names = prev.upstream_names();
-        let (a, b): (BTreeSet<&str>, BTreeSet<&str>) = (
-            old_names.iter().copied().collect(),
-            new_names.iter().copied().collect(),
-        );
-        out.push(PoolDiff {
-            pool: pool.name().to_owned(),
-            added: b.difference(&a).map(|s| s.to_string()).collect(),
-            removed: a.difference(&b).map(|s| s.to_string()).collect(),
-            moved_share: Ring::moved_share(&prev.ring, &old_names, &pool.ring, &new_names),
-        });
-    }
-    out.sort_by(|x, y| x.pool.cmp(&y.pool));
-    out
 }
 
 impl Server {
@@ -96,6 +60,61 @@ impl Server {
             Err(e) => warn!(error = %e, "reload refused; the previous configuration keeps serving"),
         }
         result
+    }
+
+    /// Validate a configuration and predict what applying it would do, without applying it.
+    /// `text` is the new file's content; `None` re-reads the file the server runs from.
+    pub fn dry_run(&self, text: Option<&str>) -> DryRun {
+        let current = self.ctx.shared.load_full();
+        let loaded = match text {
+            Some(text) => Config::parse(text, &current.source),
+            None => Config::load(&current.source),
+        };
+        let config = match loaded {
+            Ok(c) => c,
+            Err(e) => return DryRun::invalid(e.to_string()),
+        };
+        // TLS files are part of validity: check them the way a reload would load them.
+        for (i, l) in config.listeners.iter().enumerate() {
+            if let Some(files) = &l.tls {
+                if let Err((field, message)) = crate::listener::tls::acceptor(files, &[]) {
+                    return DryRun::invalid(format!("listeners[{i}].tls.{field}: {message}"));
+                }
+            }
+        }
+        plan::dry_run(&current, &config)
+    }
+
+    /// Upstreams a reload removed keep serving their pinned sessions (pins hold the address)
+    /// until the sessions idle out or the pool's `drain_timeout` passes; then their pins go.
+    fn retire_removed(&self, previous: &Snapshot, diffs: &[PoolDiff]) {
+        for diff in diffs {
+            let Some(old_pool) = previous.pool(&diff.pool) else {
+                continue;
+            };
+            for name in &diff.removed {
+                let pinned = old_pool.pins.count_on(name);
+                let timeout = old_pool.config.drain_timeout;
+                info!(pool = %diff.pool, upstream = %name, pinned, "upstream removed: draining its pinned sessions for up to {timeout:?}");
+                let (shared, pool_name, name) =
+                    (self.ctx.shared.clone(), diff.pool.clone(), name.clone());
+                let token = self.ctx.shutdown.token.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(timeout) => {}
+                    }
+                    let snapshot = shared.load();
+                    let Some(pool) = snapshot.pool(&pool_name) else {
+                        return;
+                    };
+                    if pool.upstream(&name).is_none() {
+                        let dropped = pool.pins.unpin_all_on(&name);
+                        info!(pool = %pool_name, upstream = %name, dropped, "drain_timeout passed: pins of removed upstream dropped");
+                    }
+                });
+            }
+        }
     }
 
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
@@ -136,12 +155,15 @@ impl Server {
             .collect();
 
         let version = next.version;
-        self.ctx.shared.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.ctx.shared.store(next.clone());
+        self.health.sync(&next);
 
         let listeners_added = to_bind.iter().map(|(n, _, _)| n.clone()).collect();
         for (name, configured, tcp) in to_bind {
             self.run_listener(name, configured, tcp);
         }
+        self.retire_removed(&current, &pools);
         let mut map = self.lock_listeners();
         for name in &removed {
             if let Some(r) = map.remove(name) {
