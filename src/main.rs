@@ -230,9 +230,11 @@ fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
         .context("starting the tokio runtime")
 }
 
-/// The demo's upstreams, started inside the runtime before the proxy.
+/// The demo's upstreams, started inside the runtime before the proxy: HTTP servers for pools
+/// behind HTTP listeners, mock CLI servers for pools behind JSON-RPC listeners.
 struct DemoFleet {
-    upstreams: Vec<(String, std::net::SocketAddr)>,
+    http: Vec<(String, std::net::SocketAddr)>,
+    cli: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// Run the proxy until SIGTERM or SIGINT; SIGHUP reloads.
@@ -241,15 +243,21 @@ fn serve(config: Config, path: &Path, demo: Option<DemoFleet>) -> Result<(), Fai
     rt.block_on(async move {
         if let Some(fleet) = &demo {
             let stop = tokio_util::sync::CancellationToken::new();
-            sessiongate::demo::start_http_upstreams(&fleet.upstreams, &stop)
+            sessiongate::demo::start_http_upstreams(&fleet.http, &stop)
                 .await
-                .context("starting the demo upstreams")?;
+                .context("starting the demo HTTP upstreams")?;
+            for (name, addr) in &fleet.cli {
+                let opts = sessiongate::mockcli::MockCliOptions {
+                    name: name.clone(),
+                    token: None,
+                };
+                sessiongate::mockcli::MockCli::start(*addr, opts, stop.clone())
+                    .await
+                    .with_context(|| format!("starting demo CLI {name} on {addr}"))?;
+            }
         }
-        let web = config
-            .listeners
-            .iter()
-            .find(|l| l.name == "web")
-            .map(|l| l.listen);
+        let find = |name: &str| config.listeners.iter().find(|l| l.name == name).map(|l| l.listen);
+        let (web, cli) = (find("web"), find("cli"));
         let admin = config.admin_listen;
         let metrics = Metrics::new(prometheus::Registry::new()).map_err(anyhow::Error::from)?;
         let server = match Server::start_with(config, path, metrics, Shutdown::new()).await {
@@ -260,7 +268,7 @@ fn serve(config: Config, path: &Path, demo: Option<DemoFleet>) -> Result<(), Fai
             Err(e) => return Err(Failure::Other(e.into())),
         };
         if demo.is_some() {
-            print_demo_help(web, admin);
+            print_demo_help(web, cli, admin);
         }
         wait_for_signals(&server).await.map_err(Failure::Other)?;
         let abandoned = server.shutdown().await;
@@ -305,17 +313,30 @@ fn demo() -> Result<(), Failure> {
         file
     };
     let config = load(&path)?;
-    let upstreams = config
-        .pools
-        .values()
-        .flat_map(|p| p.upstreams.iter())
-        .filter_map(|u| u.addr.parse().ok().map(|a| (u.name.clone(), a)))
-        .collect();
-    serve(config, &path, Some(DemoFleet { upstreams }))
+    let mut fleet = DemoFleet { http: vec![], cli: vec![] };
+    for pool in config.pools.values() {
+        let jsonrpc = config
+            .listeners
+            .iter()
+            .any(|l| l.pool == pool.name && l.protocol == sessiongate::config::Protocol::JsonRpc);
+        let list = if jsonrpc { &mut fleet.cli } else { &mut fleet.http };
+        list.extend(pool.upstreams.iter().filter_map(|u| u.addr.parse().ok().map(|a| (u.name.clone(), a))));
+    }
+    serve(config, &path, Some(fleet))
 }
 
-fn print_demo_help(web: Option<std::net::SocketAddr>, admin: std::net::SocketAddr) {
+fn print_demo_help(web: Option<std::net::SocketAddr>, cli: Option<std::net::SocketAddr>, admin: std::net::SocketAddr) {
     let Some(web) = web else { return };
+    let cli = cli.map_or_else(String::new, |cli| {
+        format!(
+            "\n  JSON-RPC (three mock Copilot CLI servers behind {cli}); with the Copilot SDK:\
+             \n    new CopilotClient({{ connection: RuntimeConnection.forUri(\"{cli}\") }})\
+             \n  or by hand, in bash:\
+             \n    exec 3<>/dev/tcp/{}/{}; printf 'Content-Length: 40\\r\\n\\r\\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}}' >&3; timeout 1 cat <&3\n",
+            cli.ip(),
+            cli.port()
+        )
+    });
     println!(
         "\nsessiongate demo is up. Try:\n\
          \n  curl -s -H 'X-Session-Id: alice' http://{web}/hello     # always the same upstream\
@@ -325,6 +346,6 @@ fn print_demo_help(web: Option<std::net::SocketAddr>, admin: std::net::SocketAdd
          \n  curl -s 'http://{admin}/admin/ring?pool=web'\
          \n  curl -s http://{admin}/metrics | grep sessiongate_requests_total\
          \n  kill -HUP $(pgrep -f 'sessiongate demo')                  # reload config/demo.yaml\
-         \n\nCtrl-C stops it.\n"
+         \n{cli}\nCtrl-C stops it.\n"
     );
 }

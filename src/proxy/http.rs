@@ -126,7 +126,8 @@ impl Conn {
 
         let client_upgrade =
             is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-        if let Err(resp) = self.rewrite_request(&mut req, &upstream, client_upgrade.is_some()) {
+        if let Err(why) = self.rewrite_request(&mut req, &upstream, client_upgrade.is_some()) {
+            let resp = local(StatusCode::BAD_REQUEST, why);
             return self.finish(started, pool.name(), upstream.name(), resp);
         }
         let timeout = pool.config.request_timeout;
@@ -178,7 +179,7 @@ impl Conn {
         req: &mut Request<Incoming>,
         upstream: &Upstream,
         upgrade: bool,
-    ) -> Result<(), Response<ProxyBody>> {
+    ) -> Result<(), &'static str> {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         if !req.headers().contains_key(header::HOST) {
             // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
@@ -195,12 +196,7 @@ impl Conn {
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| {
-            local(
-                StatusCode::BAD_REQUEST,
-                "request target cannot be forwarded",
-            )
-        })?;
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| "request target cannot be forwarded")?;
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();

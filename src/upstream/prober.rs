@@ -143,14 +143,9 @@ pub async fn run_prober(
         {
             report_flip(&metrics, &up.pool, up.name(), &flip);
         }
-        let jitter = health
-            .interval
-            .mul_f64(rand::thread_rng().gen_range(-0.1..=0.1));
-        next = started
-            + health
-                .interval
-                .saturating_add(jitter)
-                .max(Duration::from_millis(1));
+        // ±10% jitter keeps a fleet's probes from synchronising.
+        let factor = rand::thread_rng().gen_range(0.9..=1.1);
+        next = started + health.interval.mul_f64(factor).max(Duration::from_millis(1));
     }
 }
 
