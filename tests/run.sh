@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: unit + integration tests (cargo test), then the interop suite that drives
+# the real Copilot SDK against real headless Copilot CLI servers through a release build.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+tests/tools.sh
+export PATH="$PWD/target/tools:$PATH"
+cargo test --locked
+cargo build --release --locked
+SESSIONGATE_BIN="$PWD/target/release/sessiongate" tests/interop/run.sh
