@@ -15,6 +15,14 @@ use sessiongate::snapshot::Snapshot;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
+/// `println!` that ignores a closed stdout (`sessiongate check | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "sessiongate",
@@ -87,11 +95,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Invalid(e)) => {
-            eprintln!("{e}");
+            eoutln!("{e}");
             ExitCode::from(2)
         }
         Err(Failure::Other(e)) => {
-            eprintln!("sessiongate: {e:#}");
+            eoutln!("sessiongate: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -126,12 +134,12 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn check(config: &Config, path: &Path) {
-    println!("{}: ok", path.display());
-    println!("admin: {}", config.admin_listen);
+    outln!("{}: ok", path.display());
+    outln!("admin: {}", config.admin_listen);
     for l in &config.listeners {
         let tls = if l.tls.is_some() { " tls" } else { "" };
         let keys: Vec<String> = l.key.iter().map(|k| k.to_string()).collect();
-        println!(
+        outln!(
             "listener {}: {} {}{} -> pool {} (keys: {})",
             l.name,
             l.listen,
@@ -146,7 +154,7 @@ fn check(config: &Config, path: &Path) {
         );
     }
     for p in config.pools.values() {
-        println!(
+        outln!(
             "pool {}: {} upstream(s), {} vnodes per weight, health {:?} every {:?}",
             p.name,
             p.upstreams.len(),
@@ -155,7 +163,7 @@ fn check(config: &Config, path: &Path) {
             p.health.interval
         );
         for u in &p.upstreams {
-            println!("  upstream {} {} weight {}", u.name, u.addr, u.weight);
+            outln!("  upstream {} {} weight {}", u.name, u.addr, u.weight);
         }
     }
 }
@@ -187,7 +195,7 @@ fn dry_run_against(url: &str, path: &Path) -> Result<(), Failure> {
         let body = resp.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, body))
     })?;
-    println!(
+    outln!(
         "\ndry run against {url}:\n{}",
         String::from_utf8_lossy(&body)
     );
@@ -212,8 +220,8 @@ fn route(config: Config, path: &Path, pool: &str, keys: &[String]) -> Result<(),
     })?;
     for key in keys {
         match p.owner(key.as_bytes()) {
-            Some(u) => println!("{key}\t{}\t{}", u.name(), u.addr()),
-            None => println!("{key}\t-\t-"),
+            Some(u) => outln!("{key}\t{}\t{}", u.name(), u.addr()),
+            None => outln!("{key}\t-\t-"),
         }
     }
     Ok(())
@@ -337,7 +345,7 @@ fn print_demo_help(web: Option<std::net::SocketAddr>, cli: Option<std::net::Sock
             cli.port()
         )
     });
-    println!(
+    outln!(
         "\nsessiongate demo is up. Try:\n\
          \n  curl -s -H 'X-Session-Id: alice' http://{web}/hello     # always the same upstream\
          \n  curl -s -H 'X-Session-Id: bob'   http://{web}/hello\
