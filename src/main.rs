@@ -95,11 +95,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Invalid(e)) => {
-            eoutln!("{e}");
+            eprintln!("{e}");
             ExitCode::from(2)
         }
         Err(Failure::Other(e)) => {
-            eoutln!("sessiongate: {e:#}");
+            eprintln!("sessiongate: {e:#}");
             ExitCode::FAILURE
         }
     }
