@@ -19,7 +19,7 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
@@ -435,6 +435,32 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
       for (const other of elsewhere) await resumeAndRead(c, other);
     } finally {
       await closeClient(c);
+    }
+  }));
+
+  it('a killed CLI node is marked unhealthy and new sessions are created on the others', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
+    const upstreams = async () => JSON.parse((await adminGet(gate, '/admin/upstreams')).text).upstreams;
+    await until('the killed node to be marked unhealthy', async () => (await upstreams()).some((u) => !u.healthy), { timeoutMs: 10_000, everyMs: 200 });
+    const dead = (await upstreams()).filter((u) => !u.healthy).map((u) => u.name);
+    assert.equal(dead.length, 1, `exactly the killed node is down: ${dead}`);
+    // Pick new ids whose ring owner (health ignored, offline `sessiongate route`) is the dead
+    // node, plus some that are not: both kinds must be created without error on live nodes.
+    const candidates = Array.from({ length: 64 }, (_, i) => `5e55c0de-0099-4000-8000-${String(i).padStart(12, '0')}`);
+    const routed = execFileSync(SG_BIN, ['route', '--config', configPath, '--pool', POOL, ...candidates], { encoding: 'utf8' })
+      .trim().split('\n').map((line) => line.split('\t'));
+    const ownedByDead = routed.filter(([, name]) => name === dead[0]).map(([id]) => id).slice(0, 4);
+    const others = routed.filter(([, name]) => name !== dead[0]).map(([id]) => id).slice(0, 4);
+    assert.ok(ownedByDead.length > 0, 'some candidate ids hash onto the dead node');
+    const c = await newClient(target);
+    try {
+      for (const id of [...ownedByDead, ...others]) await createAndSend(c, id);
+    } finally {
+      await closeClient(c);
+    }
+    for (const id of [...ownedByDead, ...others]) {
+      const owners = ownersOf(id, clis);
+      assert.equal(owners.length, 1, `${id} lives on exactly one node: ${owners}`);
+      assert.notEqual(owners[0], dead[0], `${id} was placed on the dead node`);
     }
   }));
 });
