@@ -264,9 +264,16 @@ fn serve(config: Config, path: &Path, demo: Option<DemoFleet>) -> Result<(), Fai
                     .with_context(|| format!("starting demo CLI {name} on {addr}"))?;
             }
         }
-        let find = |name: &str| config.listeners.iter().find(|l| l.name == name).map(|l| l.listen);
+        let find = |name: &str| {
+            config
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.listen)
+        };
         let (web, cli) = (find("web"), find("cli"));
         let admin = config.admin_listen;
+        let signals = Signals::install()?;
         let metrics = Metrics::new(prometheus::Registry::new()).map_err(anyhow::Error::from)?;
         let server = match Server::start_with(config, path, metrics, Shutdown::new()).await {
             Ok(s) => s,
@@ -278,7 +285,9 @@ fn serve(config: Config, path: &Path, demo: Option<DemoFleet>) -> Result<(), Fai
         if demo.is_some() {
             print_demo_help(web, cli, admin);
         }
-        wait_for_signals(&server).await.map_err(Failure::Other)?;
+        wait_for_signals(&server, signals)
+            .await
+            .map_err(Failure::Other)?;
         let abandoned = server.shutdown().await;
         if abandoned > 0 {
             error!(
@@ -291,10 +300,30 @@ fn serve(config: Config, path: &Path, demo: Option<DemoFleet>) -> Result<(), Fai
     })
 }
 
-async fn wait_for_signals(server: &Arc<Server>) -> anyhow::Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+/// The signals the proxy acts on, installed before anything serves so that a SIGHUP or SIGTERM
+/// arriving during start-up is handled rather than killing the process.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
+    }
+}
+
+async fn wait_for_signals(server: &Arc<Server>, signals: Signals) -> anyhow::Result<()> {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -321,19 +350,34 @@ fn demo() -> Result<(), Failure> {
         file
     };
     let config = load(&path)?;
-    let mut fleet = DemoFleet { http: vec![], cli: vec![] };
+    let mut fleet = DemoFleet {
+        http: vec![],
+        cli: vec![],
+    };
     for pool in config.pools.values() {
         let jsonrpc = config
             .listeners
             .iter()
             .any(|l| l.pool == pool.name && l.protocol == sessiongate::config::Protocol::JsonRpc);
-        let list = if jsonrpc { &mut fleet.cli } else { &mut fleet.http };
-        list.extend(pool.upstreams.iter().filter_map(|u| u.addr.parse().ok().map(|a| (u.name.clone(), a))));
+        let list = if jsonrpc {
+            &mut fleet.cli
+        } else {
+            &mut fleet.http
+        };
+        list.extend(
+            pool.upstreams
+                .iter()
+                .filter_map(|u| u.addr.parse().ok().map(|a| (u.name.clone(), a))),
+        );
     }
     serve(config, &path, Some(fleet))
 }
 
-fn print_demo_help(web: Option<std::net::SocketAddr>, cli: Option<std::net::SocketAddr>, admin: std::net::SocketAddr) {
+fn print_demo_help(
+    web: Option<std::net::SocketAddr>,
+    cli: Option<std::net::SocketAddr>,
+    admin: std::net::SocketAddr,
+) {
     let Some(web) = web else { return };
     let cli = cli.map_or_else(String::new, |cli| {
         format!(

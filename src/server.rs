@@ -153,6 +153,7 @@ impl Server {
         for running in self.lock_listeners().values() {
             running.stop.cancel();
         }
+        info!(grace = ?grace, "stopped accepting; draining connections");
         self.ctx.shutdown.drain(grace).await
     }
 }

@@ -70,6 +70,8 @@ pub async fn accept_loop(
             }
         }
         let (stream, peer) = tokio::select! {
+            // Checked first: once stopped, a connection already in the backlog is not accepted.
+            biased;
             _ = stop.cancelled() => return,
             _ = ctx.shutdown.token.cancelled() => return,
             accepted = listener.accept() => match accepted {

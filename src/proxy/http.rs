@@ -196,7 +196,8 @@ impl Conn {
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| "request target cannot be forwarded")?;
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|_| "request target cannot be forwarded")?;
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();

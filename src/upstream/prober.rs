@@ -145,7 +145,11 @@ pub async fn run_prober(
         }
         // ±10% jitter keeps a fleet's probes from synchronising.
         let factor = rand::thread_rng().gen_range(0.9..=1.1);
-        next = started + health.interval.mul_f64(factor).max(Duration::from_millis(1));
+        next = started
+            + health
+                .interval
+                .mul_f64(factor)
+                .max(Duration::from_millis(1));
     }
 }
 
