@@ -54,6 +54,26 @@ impl Errors {
         })
     }
 
+    /// One of a fixed set of words; the first choice is the default when `raw` is absent.
+    fn choice<T: Copy>(&mut self, path: &str, raw: Option<&str>, choices: &[(&str, T)]) -> T {
+        let default = choices[0].1;
+        let Some(raw) = raw else { return default };
+        match choices.iter().find(|(word, _)| *word == raw) {
+            Some((_, value)) => *value,
+            None => {
+                let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+                self.push(
+                    path,
+                    format!(
+                        "unknown value {raw:?}; expected one of {}",
+                        words.join(", ")
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     fn at_least(&mut self, path: &str, value: Option<u32>, default: u32, min: u32) -> u32 {
         let v = value.unwrap_or(default);
         if v < min {
@@ -157,18 +177,15 @@ fn listener_config(
     pools: &BTreeMap<String, PoolConfig>,
 ) -> ListenerConfig {
     let listen = errs.socket_addr(&format!("{path}.listen"), &l.listen);
-    let protocol = match l.protocol.as_str() {
-        "http" => Protocol::Http,
-        "tcp" => Protocol::Tcp,
-        "jsonrpc" => Protocol::JsonRpc,
-        other => {
-            errs.push(
-                format!("{path}.protocol"),
-                format!("unknown protocol {other:?}; expected http, tcp or jsonrpc"),
-            );
-            Protocol::Http
-        }
-    };
+    let protocol = errs.choice(
+        &format!("{path}.protocol"),
+        Some(&l.protocol),
+        &[
+            ("http", Protocol::Http),
+            ("tcp", Protocol::Tcp),
+            ("jsonrpc", Protocol::JsonRpc),
+        ],
+    );
     if !pools.contains_key(&l.pool) {
         errs.push(
             format!("{path}.pool"),
@@ -202,17 +219,11 @@ fn listener_config(
         .filter_map(|(i, k)| key_source(errs, &format!("{path}.key[{i}]"), protocol, k))
         .collect();
 
-    let no_key = match l.no_key.as_deref() {
-        None | Some("random") => NoKey::Random,
-        Some("reject") => NoKey::Reject,
-        Some(other) => {
-            errs.push(
-                format!("{path}.no_key"),
-                format!("unknown value {other:?}; expected random or reject"),
-            );
-            NoKey::Random
-        }
-    };
+    let no_key = errs.choice(
+        &format!("{path}.no_key"),
+        l.no_key.as_deref(),
+        &[("random", NoKey::Random), ("reject", NoKey::Reject)],
+    );
     let max_connections = l.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         errs.push(format!("{path}.max_connections"), "must be >= 1");
@@ -399,17 +410,14 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         })
         .collect();
     let pool_max_idle_per_upstream = p.pool_max_idle_per_upstream.unwrap_or(64);
-    let on_owner_down = match p.on_owner_down.as_deref() {
-        None | Some("error") => OnOwnerDown::Error,
-        Some("failover") => OnOwnerDown::Failover,
-        Some(other) => {
-            errs.push(
-                format!("{path}.on_owner_down"),
-                format!("unknown value {other:?}; expected error or failover"),
-            );
-            OnOwnerDown::Error
-        }
-    };
+    let on_owner_down = errs.choice(
+        &format!("{path}.on_owner_down"),
+        p.on_owner_down.as_deref(),
+        &[
+            ("error", OnOwnerDown::Error),
+            ("failover", OnOwnerDown::Failover),
+        ],
+    );
     let max_pinned_sessions = p.max_pinned_sessions.unwrap_or(1_000_000);
     if max_pinned_sessions == 0 {
         errs.push(format!("{path}.max_pinned_sessions"), "must be >= 1");
@@ -474,18 +482,15 @@ fn passive_config(errs: &mut Errors, path: &str, raw: Option<RawPassive>) -> Opt
 }
 
 fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
-    let probe = match h.probe.as_deref() {
-        None | Some("tcp") => ProbeKind::Tcp,
-        Some("http") => ProbeKind::Http,
-        Some("jsonrpc") => ProbeKind::JsonRpc,
-        Some(other) => {
-            errs.push(
-                format!("{path}.probe"),
-                format!("unknown probe {other:?}; expected tcp, http or jsonrpc"),
-            );
-            ProbeKind::Tcp
-        }
-    };
+    let probe = errs.choice(
+        &format!("{path}.probe"),
+        h.probe.as_deref(),
+        &[
+            ("tcp", ProbeKind::Tcp),
+            ("http", ProbeKind::Http),
+            ("jsonrpc", ProbeKind::JsonRpc),
+        ],
+    );
     let probe_path = h.path.unwrap_or_else(|| "/healthz".to_owned());
     if !probe_path.starts_with('/') {
         errs.push(format!("{path}.path"), "must start with /");
@@ -520,17 +525,11 @@ fn health_config(errs: &mut Errors, path: &str, h: RawHealth) -> HealthConfig {
             }
             other => other,
         },
-        initial_healthy: match h.initial.as_deref() {
-            None | Some("healthy") => true,
-            Some("unhealthy") => false,
-            Some(other) => {
-                errs.push(
-                    format!("{path}.initial"),
-                    format!("unknown value {other:?}; expected healthy or unhealthy"),
-                );
-                true
-            }
-        },
+        initial_healthy: errs.choice(
+            &format!("{path}.initial"),
+            h.initial.as_deref(),
+            &[("healthy", true), ("unhealthy", false)],
+        ),
     }
 }
 
