@@ -4,10 +4,13 @@
 //! without traffic, the table is bounded (least recently used evicted), and a session the
 //! table does not know is found by asking the fleet (owner discovery).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::sync::Cache;
+
+use crate::config::Secret;
 
 /// The node a session lives on. The address is kept with the name so that a session pinned to
 /// an upstream a reload removed can still be reached while it drains.
@@ -24,6 +27,9 @@ pub struct SessionPins {
     cache: Cache<Arc<str>, Pin>,
     ttl: Duration,
     capacity: u64,
+    /// Connection tokens of upstreams a reload removed, while their pinned sessions drain: a
+    /// new link to such a node still needs its token. Shared by every copy of the table.
+    retired: Arc<Mutex<HashMap<Arc<str>, Secret>>>,
 }
 
 impl std::fmt::Debug for SessionPins {
@@ -45,6 +51,7 @@ impl SessionPins {
                 .build(),
             ttl,
             capacity,
+            retired: Arc::default(),
         }
     }
 
@@ -53,7 +60,8 @@ impl SessionPins {
         if ttl == self.ttl && capacity == self.capacity {
             return self.clone();
         }
-        let next = SessionPins::new(ttl, capacity);
+        let mut next = SessionPins::new(ttl, capacity);
+        next.retired = self.retired.clone();
         for (session, pin) in self.cache.iter() {
             next.cache.insert((*session).clone(), pin);
         }
@@ -95,6 +103,27 @@ impl SessionPins {
             self.cache.invalidate(k);
         }
         keys.len()
+    }
+
+    /// Keep the token of `upstream`, removed by a reload, while its pinned sessions drain.
+    pub fn retire(&self, upstream: &str, token: Option<Secret>) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        match token {
+            Some(token) => retired.insert(Arc::from(upstream), token),
+            None => retired.remove(upstream),
+        };
+    }
+
+    /// The token of `upstream` if a reload removed it and it is still draining.
+    pub fn retired_token(&self, upstream: &str) -> Option<String> {
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.get(upstream).map(|t| t.0.clone())
+    }
+
+    /// `upstream` finished draining: forget its token.
+    pub fn forget_retired(&self, upstream: &str) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.remove(upstream);
     }
 
     /// How many pins point at `upstream` (a scan: for admin and reload reports, not the data path).
@@ -152,5 +181,15 @@ mod tests {
         let changed = pins.with_policy(Duration::from_secs(10), 100);
         assert_eq!(changed.get("s1"), Some(pin("a")));
         assert_eq!(changed.count_on("b"), 1);
+    }
+
+    #[test]
+    fn retired_tokens_are_shared_across_policy_changes_until_forgotten() {
+        let pins = SessionPins::new(Duration::from_secs(60), 100);
+        let changed = pins.with_policy(Duration::from_secs(10), 100);
+        pins.retire("a", Some(Secret("t".into())));
+        assert_eq!(changed.retired_token("a").as_deref(), Some("t"));
+        changed.forget_retired("a");
+        assert_eq!(pins.retired_token("a"), None);
     }
 }

@@ -93,6 +93,9 @@ impl Server {
                 continue;
             };
             for name in &diff.removed {
+                // A new link to it (another client resuming a pinned session) needs its token.
+                let token = old_pool.upstream(name).and_then(|u| u.config.token.clone());
+                old_pool.pins.retire(name, token);
                 let pinned = old_pool.pins.count_on(name);
                 let timeout = old_pool.config.drain_timeout;
                 info!(pool = %diff.pool, upstream = %name, pinned, "upstream removed: draining its pinned sessions for up to {timeout:?}");
@@ -109,6 +112,7 @@ impl Server {
                         return;
                     };
                     if pool.upstream(&name).is_none() {
+                        pool.pins.forget_retired(&name);
                         let dropped = pool.pins.unpin_all_on(&name);
                         info!(pool = %pool_name, upstream = %name, dropped, "drain_timeout passed: pins of removed upstream dropped");
                     }

@@ -34,6 +34,8 @@ use crate::snapshot::{ListenerRuntime, Pool};
 /// Frames waiting for the client writer; bounded so a slow client slows its upstreams down
 /// instead of growing memory.
 const CLIENT_QUEUE: usize = 256;
+/// Distinct setup methods remembered per connection; more are forwarded but not replayed.
+const MAX_SETUP_CALLS: usize = 32;
 /// How long a client is told to wait before retrying when its session's node is unavailable.
 const RETRY_AFTER_MS: u64 = 1000;
 
@@ -53,7 +55,7 @@ impl Endpoint {
             None => Endpoint {
                 name: pin.upstream.clone(),
                 addr: pin.addr.clone(),
-                token: None,
+                token: pool.pins.retired_token(&pin.upstream),
             },
         }
     }
@@ -97,6 +99,8 @@ pub(super) struct ServerRequest {
 pub(super) struct LinkHandle {
     pub tx: mpsc::Sender<Bytes>,
     pub generation: u64,
+    /// The node's connection token, for setup `connect`s forwarded to this link.
+    pub token: Option<String>,
 }
 
 #[derive(Default)]
@@ -107,8 +111,10 @@ pub(super) struct ConnState {
     /// Requests the proxy itself sent (setup replay, fan-outs): internal id → (node, reply).
     pub internal: HashMap<u64, (Arc<str>, oneshot::Sender<Bytes>)>,
     pub links: HashMap<Arc<str>, LinkHandle>,
-    /// Connection-scoped setup calls, in order, to replay on each new link.
-    pub setup: Vec<Bytes>,
+    /// Connection-scoped setup calls, in order, to replay on each new link: as the client sent
+    /// them, so each link puts its own node's token into `connect`. One per method (the latest
+    /// call replaces an earlier one in place), at most [`MAX_SETUP_CALLS`].
+    pub setup: Vec<(Option<String>, Bytes)>,
 }
 
 /// Everything one client connection shares with its links and fan-out tasks.
@@ -388,6 +394,9 @@ impl Conn {
             };
             return self.fail(id, slot, &msg, None).await;
         };
+        // Recorded as the client sent it: another node must never get this node's token.
+        // Only requests are replayed: a notification has no answer for the proxy to consume.
+        let setup = (dest == Destination::Setup && id.is_some()).then(|| body.clone());
         if method == "connect" {
             body = link::with_token(&body, target.token.as_deref());
         }
@@ -403,48 +412,65 @@ impl Conn {
             };
             self.lock().pending.insert(Box::from(id), pending);
         }
-        self.send(&target, body, dest == Destination::Setup).await;
+        self.send(&target, body, setup).await;
     }
 
-    /// Send `body` to `target`, opening a link if needed. A setup call is recorded and also
-    /// sent, with a proxy id, to the other links already open.
-    pub(super) async fn send(self: &Arc<Self>, target: &Endpoint, body: Bytes, record_setup: bool) {
+    /// Send `body` to `target`, opening a link if needed. `setup` is the client's setup call
+    /// (before any token was put in): it is recorded, and also sent, with a proxy id and each
+    /// node's own token, to the other links already open.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        target: &Endpoint,
+        body: Bytes,
+        setup: Option<Bytes>,
+    ) {
         let (tx, others) = {
             let mut state = self.lock();
             let tx = match state.links.get(&target.name) {
                 Some(link) => link.tx.clone(),
                 None => {
                     let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    let replay = state.setup.clone();
+                    let replay = state.setup.iter().map(|(_, call)| call.clone()).collect();
                     let tx = link::open(self.clone(), target.clone(), replay, generation);
                     state.links.insert(
                         target.name.clone(),
                         LinkHandle {
                             tx: tx.clone(),
                             generation,
+                            token: target.token.clone(),
                         },
                     );
                     tx
                 }
             };
             let mut others = Vec::new();
-            if record_setup {
-                state.setup.push(body.clone());
+            if let Some(call) = &setup {
+                record_setup(&mut state.setup, method_of(call), call.clone());
                 for (name, link) in &state.links {
                     if *name != target.name {
-                        others.push((name.clone(), link.tx.clone()));
+                        others.push((name.clone(), link.tx.clone(), link.token.clone()));
                     }
                 }
             }
             (tx, others)
         };
-        let _ = tx.send(body.clone()).await;
-        for (name, tx) in others {
+        let _ = tx.send(body).await;
+        let Some(call) = setup.filter(|_| !others.is_empty()) else {
+            return;
+        };
+        let is_connect =
+            parse_envelope(&call).is_ok_and(|e| e.method.as_deref() == Some("connect"));
+        for (name, tx, token) in others {
             // The reply is the proxy's to consume: register it and let it drop.
             let internal = self.next_internal_id();
             let (reply_tx, _) = oneshot::channel();
             self.lock().internal.insert(internal, (name, reply_tx));
-            if let Ok(rewritten) = message::with_id(&body, &link::internal_id(internal)) {
+            let call = if is_connect {
+                link::with_token(&call, token.as_deref())
+            } else {
+                call.clone()
+            };
+            if let Ok(rewritten) = message::with_id(&call, &link::internal_id(internal)) {
                 let _ = tx.send(rewritten).await;
             }
         }
@@ -612,6 +638,25 @@ impl Conn {
     }
 }
 
+fn method_of(body: &[u8]) -> Option<String> {
+    parse_envelope(body).ok()?.method.map(|m| m.into_owned())
+}
+
+/// Remember a setup call for replay: a repeated method replaces its earlier call (the node's
+/// setting is what the latest call said), and the list is bounded.
+fn record_setup(setup: &mut Vec<(Option<String>, Bytes)>, method: Option<String>, call: Bytes) {
+    if let Some(slot) = setup.iter_mut().find(|(m, _)| *m == method) {
+        slot.1 = call;
+    } else if setup.len() < MAX_SETUP_CALLS {
+        setup.push((method, call));
+    } else {
+        debug!(
+            ?method,
+            "too many distinct setup calls; this one is not replayed on new links"
+        );
+    }
+}
+
 /// Collects the answers of one client batch.
 pub(super) struct Batch {
     slots: Mutex<(Vec<Option<Bytes>>, usize)>,
@@ -653,5 +698,34 @@ impl BatchSlot {
         }
         out.extend_from_slice(b"]");
         Some(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_calls_are_one_per_method_in_first_seen_order_and_bounded() {
+        let mut setup = Vec::new();
+        let call = |m: &str, n: u32| Bytes::from(format!(r#"{{"id":{n},"method":"{m}"}}"#));
+        record_setup(&mut setup, Some("connect".into()), call("connect", 0));
+        record_setup(
+            &mut setup,
+            Some("sessionFs.setProvider".into()),
+            call("sessionFs.setProvider", 1),
+        );
+        record_setup(&mut setup, Some("connect".into()), call("connect", 2));
+        let methods: Vec<_> = setup.iter().map(|(m, _)| m.clone().unwrap()).collect();
+        assert_eq!(methods, ["connect", "sessionFs.setProvider"]);
+        assert_eq!(
+            setup[0].1,
+            call("connect", 2),
+            "the latest connect replaces the first"
+        );
+        for i in 0..100 {
+            record_setup(&mut setup, Some(format!("m{i}")), call("m", i));
+        }
+        assert_eq!(setup.len(), MAX_SETUP_CALLS);
     }
 }

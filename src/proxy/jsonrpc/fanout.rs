@@ -23,7 +23,7 @@ async fn ask(conn: &Arc<Conn>, target: &Endpoint, body: &[u8], timeout: Duration
     let (tx, rx) = oneshot::channel();
     conn.lock().internal.insert(n, (target.name.clone(), tx));
     let body = message::with_id(body, &internal_id(n)).ok()?;
-    conn.send(target, body, false).await;
+    conn.send(target, body, None).await;
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(answer)) => Some(answer),
         _ => {
@@ -188,7 +188,7 @@ pub(super) async fn discover_owner(
             pool.pins.pin(&session, owner.pin());
             pending.upstream = owner.name.clone();
             conn.lock().pending.insert(id, pending);
-            conn.send(&owner, resume, false).await;
+            conn.send(&owner, resume, None).await;
         }
         None => {
             counter("not_found");

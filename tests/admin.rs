@@ -1,0 +1,106 @@
+//! The admin listener after real traffic: the metric families and their labels, `/healthz`,
+//! `/readyz`, and `/admin/ring`.
+
+mod support;
+
+use support::upstream::Fleet;
+use support::{metric_value, web_config, within, Proxy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints_after_traffic() {
+    within(30, async {
+        let fleet = Fleet::start(&["u1", "u2", "u3"]).await;
+        let proxy =
+            Proxy::start_yaml(&web_config(&fleet.members, "    no_key: reject\n", "")).await;
+        let mut client = proxy.client("web").await;
+        let mut per_upstream = std::collections::HashMap::<String, u32>::new();
+        for i in 0..30 {
+            let key = format!("m{i}");
+            let reply = client.get("/", &[("x-session-id", &key)]).await;
+            assert_eq!(reply.status, 200);
+            *per_upstream.entry(reply.upstream().to_owned()).or_default() += 1;
+        }
+        assert_eq!(client.get("/", &[]).await.status, 400);
+
+        let text = proxy.metrics_text().await;
+        for (upstream, n) in &per_upstream {
+            let web = [("listener", "web"), ("pool", "api"), ("upstream", upstream)];
+            let ok = [web.as_slice(), &[("code", "200")]].concat();
+            assert_eq!(
+                metric_value(&text, "sessiongate_requests_total", &ok),
+                Some(f64::from(*n)),
+                "{upstream}\n{text}"
+            );
+            assert_eq!(
+                metric_value(&text, "sessiongate_request_duration_seconds_count", &web),
+                Some(f64::from(*n)),
+                "{upstream}"
+            );
+        }
+        let rejected = [("listener", "web"), ("upstream", "none"), ("code", "400")];
+        assert_eq!(
+            metric_value(&text, "sessiongate_requests_total", &rejected),
+            Some(1.0)
+        );
+        assert!(text.contains("# TYPE sessiongate_request_duration_seconds histogram"));
+        // Our keep-alive client is the listener's one open connection.
+        assert_eq!(
+            metric_value(
+                &text,
+                "sessiongate_connections_active",
+                &[("listener", "web")]
+            ),
+            Some(1.0)
+        );
+        // The proxy keeps its upstream connections alive in its pool after the requests.
+        let upstream_open: f64 = fleet
+            .names()
+            .iter()
+            .map(|u| {
+                metric_value(
+                    &text,
+                    "sessiongate_upstream_connections_active",
+                    &[("pool", "api"), ("upstream", u)],
+                )
+                .unwrap_or_else(|| panic!("upstream_connections_active for {u}"))
+            })
+            .sum();
+        assert!(
+            upstream_open >= 3.0,
+            "pooled upstream connections: {upstream_open}"
+        );
+        for result in ["success", "failure"] {
+            assert_eq!(
+                metric_value(
+                    &text,
+                    "sessiongate_config_reloads_total",
+                    &[("result", result)]
+                ),
+                Some(0.0)
+            );
+        }
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            metric_value(&text, "sessiongate_build_info", &[("version", version)]),
+            Some(1.0)
+        );
+
+        let admin = proxy.admin();
+        let healthz = support::client::get(admin, "/healthz", &[]).await;
+        assert_eq!(healthz.status, 200);
+        let readyz = support::client::get(admin, "/readyz", &[]).await;
+        assert_eq!(readyz.status, 200, "{}", readyz.body);
+
+        let ring = support::client::get(admin, "/admin/ring?pool=api", &[]).await;
+        assert_eq!(ring.status, 200);
+        let ring: serde_json::Value = serde_json::from_str(&ring.body).unwrap();
+        let shares: f64 = ring["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["share"].as_f64().unwrap())
+            .sum();
+        assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
+    })
+    .await
+}
