@@ -115,9 +115,9 @@ impl SessionPins {
     }
 
     /// The token of `upstream` if a reload removed it and it is still draining.
-    pub fn retired_token(&self, upstream: &str) -> Option<String> {
+    pub fn retired_token(&self, upstream: &str) -> Option<Secret> {
         let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.get(upstream).map(|t| t.0.clone())
+        retired.get(upstream).cloned()
     }
 
     /// `upstream` finished draining: forget its token.
@@ -188,7 +188,10 @@ mod tests {
         let pins = SessionPins::new(Duration::from_secs(60), 100);
         let changed = pins.with_policy(Duration::from_secs(10), 100);
         pins.retire("a", Some(Secret("t".into())));
-        assert_eq!(changed.retired_token("a").as_deref(), Some("t"));
+        assert_eq!(
+            changed.retired_token("a").as_ref().map(Secret::expose),
+            Some("t")
+        );
         changed.forget_retired("a");
         assert_eq!(pins.retired_token("a"), None);
     }

@@ -186,9 +186,15 @@ pub struct UpstreamConfig {
     pub drain: bool,
 }
 
-/// A credential: compared and cloned like a string, never printed.
+/// A credential: compared and cloned (cheaply) like a string, never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
+pub struct Secret(pub std::sync::Arc<str>);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -556,7 +556,7 @@ fn upstream_config(
     let token = match u.token_env.as_deref().or(pool_token_env) {
         None => None,
         Some(var) => match std::env::var(var) {
-            Ok(value) if !value.is_empty() => Some(Secret(value)),
+            Ok(value) if !value.is_empty() => Some(Secret(value.into())),
             _ => {
                 let field = match (&u.token_env, path.rsplit_once(".upstreams")) {
                     (None, Some((pool, _))) => format!("{pool}.token_env"),

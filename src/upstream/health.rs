@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use crate::config::{HealthConfig, ProbeKind};
+use crate::config::{HealthConfig, ProbeKind, Secret};
 use crate::proxy::jsonrpc::codec::FrameCodec;
 use crate::proxy::jsonrpc::message::{parse_envelope, MessageKind};
 
@@ -28,7 +28,7 @@ pub trait HealthCheck: Send + Sync {
 pub fn for_config(
     addr: &str,
     config: &HealthConfig,
-    token: Option<String>,
+    token: Option<Secret>,
 ) -> Box<dyn HealthCheck> {
     let addr = addr.to_owned();
     match config.probe {
@@ -113,7 +113,7 @@ impl HealthCheck for HttpCheck {
 
 struct JsonRpcCheck {
     addr: String,
-    token: Option<String>,
+    token: Option<Secret>,
     link: tokio::sync::Mutex<Option<Framed<TcpStream, FrameCodec>>>,
     next_id: AtomicU64,
 }
@@ -168,7 +168,7 @@ impl HealthCheck for JsonRpcCheck {
                         .map_err(|e| format!("connect: {e}"))?;
                     let mut link = Framed::new(stream, FrameCodec::default());
                     let params = match &self.token {
-                        Some(t) => json!({ "token": t }),
+                        Some(t) => json!({ "token": t.expose() }),
                         None => json!({}),
                     };
                     self.call(&mut link, "connect", params).await?;

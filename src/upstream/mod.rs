@@ -8,17 +8,27 @@ pub mod state;
 
 use std::sync::Arc;
 
-use crate::config::{PoolConfig, UpstreamConfig};
+use crate::config::{PoolConfig, Secret, UpstreamConfig};
 use crate::metrics::Metrics;
 
 pub use pool::{HttpClient, UpstreamConnector};
 pub use state::UpstreamState;
+
+/// Where a connection to an upstream goes: shared handles, cloned without allocating on the
+/// data path.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: Arc<str>,
+    pub addr: Arc<str>,
+    pub token: Option<Secret>,
+}
 
 /// One upstream server of a pool.
 #[derive(Debug)]
 pub struct Upstream {
     pub pool: String,
     pub config: UpstreamConfig,
+    pub endpoint: Endpoint,
     pub state: Arc<UpstreamState>,
     pub http: HttpClient,
     /// `addr` as a URI authority, to build upstream request URIs without allocating.
@@ -53,6 +63,11 @@ impl Upstream {
         Arc::new(Upstream {
             pool: pool.name.clone(),
             config: config.clone(),
+            endpoint: Endpoint {
+                name: Arc::from(config.name.as_str()),
+                addr: Arc::from(config.addr.as_str()),
+                token: config.token.clone(),
+            },
             state,
             http,
             // Validation checked `addr` is host:port, which is always a valid authority.

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::health::{self, HealthCheck};
 use super::state::{Flip, ProbeRecord, UpstreamState};
 use super::Upstream;
-use crate::config::HealthConfig;
+use crate::config::{HealthConfig, Secret};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -23,7 +23,7 @@ use crate::snapshot::Snapshot;
 struct Signature {
     addr: String,
     health: HealthConfig,
-    token: Option<String>,
+    token: Option<Secret>,
     state: Arc<UpstreamState>,
 }
 
@@ -75,7 +75,7 @@ impl HealthSupervisor {
                 let signature = Signature {
                     addr: up.addr().to_owned(),
                     health: pool.config.health.clone(),
-                    token: up.config.token.as_ref().map(|t| t.0.clone()),
+                    token: up.config.token.clone(),
                     state: up.state.clone(),
                 };
                 wanted.insert(key, (signature, up.clone()));

@@ -26,7 +26,7 @@ use super::codec::{encode_frame, FrameCodec, FrameError};
 use super::message::{self, parse_envelope, MessageKind, INVALID_REQUEST, SERVER_UNAVAILABLE};
 use super::route::{destination, method_label, tracked, Destination, Tracked};
 use super::{fanout, link};
-use crate::config::{KeySource, OnOwnerDown};
+use crate::config::{KeySource, OnOwnerDown, Secret};
 use crate::proxy::Context;
 use crate::sessions::Pin;
 use crate::snapshot::{ListenerRuntime, Pool};
@@ -40,31 +40,19 @@ const MAX_SETUP_CALLS: usize = 32;
 const RETRY_AFTER_MS: u64 = 1000;
 
 /// A node a link goes to.
-#[derive(Debug, Clone)]
-pub(super) struct Endpoint {
-    pub name: Arc<str>,
-    pub addr: Arc<str>,
-    pub token: Option<String>,
-}
+pub(super) use crate::upstream::Endpoint;
 
 impl Endpoint {
+    /// The node `pin` points at: the pool's upstream of that name, or, for one a reload removed
+    /// and that still drains, its pinned address with the token it had.
     fn of(pool: &Pool, pin: &Pin) -> Endpoint {
         match pool.upstream(&pin.upstream) {
-            Some(u) => Endpoint::from_upstream(u),
-            // Removed by a reload: still reachable at its pinned address while it drains.
+            Some(u) => u.endpoint.clone(),
             None => Endpoint {
                 name: pin.upstream.clone(),
                 addr: pin.addr.clone(),
                 token: pool.pins.retired_token(&pin.upstream),
             },
-        }
-    }
-
-    pub fn from_upstream(u: &crate::upstream::Upstream) -> Endpoint {
-        Endpoint {
-            name: Arc::from(u.name()),
-            addr: Arc::from(u.addr()),
-            token: u.config.token.as_ref().map(|t| t.0.clone()),
         }
     }
 
@@ -79,7 +67,8 @@ impl Endpoint {
 /// A client request waiting for its answer.
 pub(super) struct Pending {
     pub upstream: Arc<str>,
-    pub method: Arc<str>,
+    /// The method's metric label (`other` for unknown methods): no allocation per request.
+    pub method: &'static str,
     pub tracked: Tracked,
     pub session: Option<Arc<str>>,
     pub started: Instant,
@@ -100,7 +89,7 @@ pub(super) struct LinkHandle {
     pub tx: mpsc::Sender<Bytes>,
     pub generation: u64,
     /// The node's connection token, for setup `connect`s forwarded to this link.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 }
 
 #[derive(Default)]
@@ -349,8 +338,7 @@ impl Conn {
                         Some(u) if !u.state.is_available() => {
                             // Failover (shared storage): re-place on the ring.
                             pool.pins.unpin(sid);
-                            pool.route(sid.as_bytes())
-                                .map(|u| Endpoint::from_upstream(u))
+                            pool.route(sid.as_bytes()).map(|u| u.endpoint.clone())
                         }
                         _ => Some(Endpoint::of(&pool, &pin)),
                     },
@@ -358,8 +346,7 @@ impl Conn {
                         if method == "session.resume" && pool.upstreams.len() > 1 {
                             resend = Some(body.clone());
                         }
-                        pool.route(sid.as_bytes())
-                            .map(|u| Endpoint::from_upstream(u))
+                        pool.route(sid.as_bytes()).map(|u| u.endpoint.clone())
                     }
                 }
             }
@@ -369,9 +356,7 @@ impl Conn {
                     Ok(rewritten) => body = rewritten,
                     Err(e) => return self.fail_with(id, slot, e.code(), &e.to_string()).await,
                 }
-                let target = pool
-                    .route(sid.as_bytes())
-                    .map(|u| Endpoint::from_upstream(u));
+                let target = pool.route(sid.as_bytes()).map(|u| u.endpoint.clone());
                 session = Some(Arc::from(sid));
                 target
             }
@@ -383,9 +368,9 @@ impl Conn {
                 );
                 return;
             }
-            Destination::Global | Destination::Setup => pool
-                .route(&self.home_key)
-                .map(|u| Endpoint::from_upstream(u)),
+            Destination::Global | Destination::Setup => {
+                pool.route(&self.home_key).map(|u| u.endpoint.clone())
+            }
         };
         let Some(target) = target else {
             let msg = match &session {
@@ -398,12 +383,12 @@ impl Conn {
         // Only requests are replayed: a notification has no answer for the proxy to consume.
         let setup = (dest == Destination::Setup && id.is_some()).then(|| body.clone());
         if method == "connect" {
-            body = link::with_token(&body, target.token.as_deref());
+            body = link::with_token(&body, target.token.as_ref());
         }
         if let Some(id) = id {
             let pending = Pending {
                 upstream: target.name.clone(),
-                method: Arc::from(method),
+                method: method_label(method),
                 tracked: tracked(method),
                 session,
                 started: Instant::now(),
@@ -466,7 +451,7 @@ impl Conn {
             let (reply_tx, _) = oneshot::channel();
             self.lock().internal.insert(internal, (name, reply_tx));
             let call = if is_connect {
-                link::with_token(&call, token.as_deref())
+                link::with_token(&call, token.as_ref())
             } else {
                 call.clone()
             };
@@ -630,7 +615,7 @@ impl Conn {
             .with_label_values(&[&self.listener, &self.pool_name, &pending.upstream])
             .observe(secs);
         m.jsonrpc_request_duration
-            .with_label_values(&[&self.pool_name, method_label(&pending.method)])
+            .with_label_values(&[&self.pool_name, pending.method])
             .observe(secs);
         if let Some(session) = &pending.session {
             m.sessions.observe(&self.pool_name, session, secs);

@@ -72,7 +72,7 @@ pub(super) async fn list_sessions(
         .upstreams
         .iter()
         .filter(|u| u.state.is_available())
-        .map(|u| Endpoint::from_upstream(u))
+        .map(|u| u.endpoint.clone())
         .collect();
     let answers = ask_all(&conn, &pool, &targets, &body).await;
     let answered = answers
@@ -155,7 +155,7 @@ pub(super) async fn discover_owner(
         .upstreams
         .iter()
         .filter(|u| u.state.is_available() && u.name() != &*missed_on)
-        .map(|u| Endpoint::from_upstream(u))
+        .map(|u| u.endpoint.clone())
         .collect();
     let probe = json!({
         "jsonrpc": "2.0",

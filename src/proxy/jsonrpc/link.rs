@@ -18,6 +18,7 @@ use super::codec::FrameCodec;
 use super::conn::{write_frames, Conn, Endpoint, ServerRequest};
 use super::message::{self, parse_envelope, MessageKind};
 use super::route::Tracked;
+use crate::config::Secret;
 use crate::upstream::prober;
 
 /// Frames queued for one link before the client loop waits.
@@ -40,10 +41,10 @@ fn parse_internal_id(raw: &str) -> Option<u64> {
 }
 
 /// Put the node's connection token into `connect`'s `params.token` (clients never see it).
-pub(super) fn with_token(body: &Bytes, token: Option<&str>) -> Bytes {
+pub(super) fn with_token(body: &Bytes, token: Option<&Secret>) -> Bytes {
     match token {
         None => body.clone(),
-        Some(t) => message::with_param(body, "token", Value::String(t.to_owned()))
+        Some(t) => message::with_param(body, "token", Value::String(t.expose().to_owned()))
             .unwrap_or_else(|_| body.clone()),
     }
 }
@@ -118,7 +119,7 @@ async fn run(
             continue;
         };
         if parse_envelope(&body).is_ok_and(|e| e.method.as_deref() == Some("connect")) {
-            body = with_token(&body, target.token.as_deref());
+            body = with_token(&body, target.token.as_ref());
         }
         if out_tx.send(body).await.is_err() {
             break;
@@ -268,7 +269,8 @@ pub(super) fn learn(
     let Some(session) = &pending.session else {
         return;
     };
-    if failed {
+    // Most answers teach nothing: skip the snapshot load for them.
+    if failed || pending.tracked == Tracked::Other {
         return;
     }
     let snapshot = conn.ctx.shared.load();
@@ -328,7 +330,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":0,"method":"connect","params":{"token":"client"}}"#,
         );
-        let out = with_token(&body, Some("node-secret"));
+        let out = with_token(&body, Some(&Secret("node-secret".into())));
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["params"]["token"], "node-secret");
         assert_eq!(with_token(&body, None), body);

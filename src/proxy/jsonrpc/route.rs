@@ -76,7 +76,7 @@ pub(super) fn tracked(method: &str) -> Tracked {
 }
 
 /// The `method` label for latency metrics.
-pub(super) fn method_label(method: &str) -> &str {
+pub(super) fn method_label(method: &str) -> &'static str {
     KNOWN_METHODS
         .iter()
         .find(|m| **m == method)
