@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig, PoolConfig, Protocol};
@@ -46,6 +47,16 @@ pub struct ListenerRuntime {
     pub pool: Arc<Pool>,
     pub http_keys: HttpKeys,
     pub tls: Option<TlsAcceptor>,
+    /// Metric handles per upstream of `pool` (same index), resolved once per snapshot so the
+    /// data path does not hash label values per request.
+    pub stats: Vec<UpstreamStats>,
+}
+
+/// The per-request metric series of one listener × upstream.
+pub struct UpstreamStats {
+    pub duration: Histogram,
+    /// `requests_total` with code 200, by far the most common series.
+    pub ok: IntCounter,
 }
 
 impl Pool {
@@ -83,16 +94,24 @@ impl Pool {
     /// The upstream that should take new work for `key`: its ring owner, or the next upstream
     /// clockwise that is healthy and not draining. `None` when no upstream can take work.
     pub fn route(&self, key: &[u8]) -> Option<&Arc<Upstream>> {
-        FirstUsable
-            .select(&self.ring, key, &|i| {
-                self.upstreams[i].state.accepts_new_work()
-            })
-            .map(|i| &self.upstreams[i])
+        self.route_index(key).map(|i| &self.upstreams[i])
+    }
+
+    /// Like [`Pool::route`], as an index into `upstreams`.
+    pub fn route_index(&self, key: &[u8]) -> Option<usize> {
+        FirstUsable.select(&self.ring, key, &|i| {
+            self.upstreams[i].state.accepts_new_work()
+        })
     }
 
     /// Route a request that carries no key: a uniformly random point on the ring.
     pub fn route_random(&self) -> Option<&Arc<Upstream>> {
         self.route(&rand::random::<u64>().to_le_bytes())
+    }
+
+    /// Like [`Pool::route_random`], as an index into `upstreams`.
+    pub fn route_random_index(&self) -> Option<usize> {
+        self.route_index(&rand::random::<u64>().to_le_bytes())
     }
 
     /// The ring owner of `key`, ignoring health and drain.
@@ -153,12 +172,27 @@ impl Snapshot {
                     })?)
                 }
             };
+            // Validation guarantees the pool exists.
+            let pool = pools[&l.pool].clone();
+            let stats = pool
+                .upstreams
+                .iter()
+                .map(|u| {
+                    let labels = [l.name.as_str(), pool.name(), u.name()];
+                    UpstreamStats {
+                        duration: metrics.request_duration.with_label_values(&labels),
+                        ok: metrics
+                            .requests_total
+                            .with_label_values(&[labels[0], labels[1], labels[2], "200"]),
+                    }
+                })
+                .collect();
             let runtime = ListenerRuntime {
                 config: l.clone(),
-                // Validation guarantees the pool exists.
-                pool: pools[&l.pool].clone(),
+                pool,
                 http_keys: HttpKeys::from_config(&l.key),
                 tls,
+                stats,
             };
             listeners.insert(l.name.clone(), Arc::new(runtime));
         }

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use super::Context;
 use crate::config::NoKey;
 use crate::key::http::RequestHead;
+use crate::snapshot::ListenerRuntime;
 use crate::upstream::{prober, Upstream};
 
 /// Response bodies: the upstream's, streamed, or a short local one (errors).
@@ -37,6 +38,8 @@ struct Conn {
     ctx: Context,
     listener: Arc<str>,
     peer: SocketAddr,
+    /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
+    peer_ip: HeaderValue,
     tls: bool,
 }
 
@@ -50,10 +53,13 @@ where
         .load()
         .listener(&listener)
         .map(|l| l.config.header_read_timeout);
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let conn = Arc::new(Conn {
         ctx: ctx.clone(),
         listener,
         peer,
+        peer_ip,
         tls,
     });
     let service = hyper::service::service_fn(move |req| {
@@ -98,44 +104,37 @@ impl Conn {
             headers: req.headers(),
             peer: self.peer.ip(),
         };
-        let upstream = match listener.http_keys.extract(&head) {
-            Some(key) => key.with(|k| pool.route(k).cloned()),
+        let index = match listener.http_keys.extract(&head) {
+            Some(key) => key.with(|k| pool.route_index(k)),
             None if listener.config.no_key == NoKey::Reject => {
                 let msg = format!(
                     "no session key in request; expected one of: {}",
                     listener.http_keys.described
                 );
-                return self.finish(
-                    started,
-                    pool.name(),
-                    "none",
-                    local(StatusCode::BAD_REQUEST, msg),
-                );
+                let resp = local(StatusCode::BAD_REQUEST, msg);
+                return self.finish(started, &listener, None, resp);
             }
-            None => pool.route_random().cloned(),
+            None => pool.route_random_index(),
         };
-        let Some(upstream) = upstream else {
+        let Some(index) = index else {
             let msg = format!("no upstream available in pool {}", pool.name());
-            return self.finish(
-                started,
-                pool.name(),
-                "none",
-                local(StatusCode::SERVICE_UNAVAILABLE, msg),
-            );
+            let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
+            return self.finish(started, &listener, None, resp);
         };
+        let upstream = &pool.upstreams[index];
 
         let client_upgrade =
             is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-        if let Err(why) = self.rewrite_request(&mut req, &upstream, client_upgrade.is_some()) {
+        if let Err(why) = self.rewrite_request(&mut req, upstream, client_upgrade.is_some()) {
             let resp = local(StatusCode::BAD_REQUEST, why);
-            return self.finish(started, pool.name(), upstream.name(), resp);
+            return self.finish(started, &listener, Some(index), resp);
         }
         let timeout = pool.config.request_timeout;
         let passive = pool.config.passive.as_ref();
         let metrics = &self.ctx.metrics;
         let resp = match tokio::time::timeout(timeout, upstream.http.request(req)).await {
             Err(_) => {
-                prober::passive_failure(metrics, &upstream, passive, "timeout");
+                prober::passive_failure(metrics, upstream, passive, "timeout");
                 local(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -151,7 +150,7 @@ impl Conn {
                     "request failed"
                 };
                 warn!(upstream = upstream.name(), error = %e, "upstream {what}");
-                prober::passive_failure(metrics, &upstream, passive, what);
+                prober::passive_failure(metrics, upstream, passive, what);
                 local(
                     StatusCode::BAD_GATEWAY,
                     format!("upstream {} {what}", upstream.name()),
@@ -169,7 +168,7 @@ impl Conn {
                 resp.map(Either::Left)
             }
         };
-        self.finish(started, pool.name(), upstream.name(), resp)
+        self.finish(started, &listener, Some(index), resp)
     }
 
     /// Turn the client's request into the upstream's: absolute URI on the upstream, HTTP/1.1,
@@ -211,7 +210,7 @@ impl Conn {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto);
         }
-        append_forwarded_for(headers, self.peer);
+        append_forwarded_for(headers, &self.peer_ip);
         headers.insert(
             &X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.tls { "https" } else { "http" }),
@@ -219,21 +218,49 @@ impl Conn {
         Ok(())
     }
 
+    /// Count the request and its duration; `index` is the upstream's place in the pool, when
+    /// one was chosen.
     fn finish(
         &self,
         started: Instant,
-        pool: &str,
-        upstream: &str,
+        listener: &ListenerRuntime,
+        index: Option<usize>,
         resp: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
-        let m = &self.ctx.metrics;
-        m.requests_total
-            .with_label_values(&[&self.listener, pool, upstream, resp.status().as_str()])
-            .inc();
-        m.request_duration
-            .with_label_values(&[&self.listener, pool, upstream])
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        match index.and_then(|i| listener.stats.get(i).map(|s| (i, s))) {
+            Some((_, stats)) if resp.status() == StatusCode::OK => {
+                stats.ok.inc();
+                stats.duration.observe(elapsed);
+            }
+            Some((i, stats)) => {
+                stats.duration.observe(elapsed);
+                let upstream = listener.pool.upstreams[i].name();
+                self.count(listener, upstream, resp.status());
+            }
+            None => {
+                let m = &self.ctx.metrics;
+                let labels = [&*self.listener, listener.pool.name(), "none"];
+                m.request_duration
+                    .with_label_values(&labels)
+                    .observe(elapsed);
+                self.count(listener, "none", resp.status());
+            }
+        }
         resp
+    }
+
+    fn count(&self, listener: &ListenerRuntime, upstream: &str, status: StatusCode) {
+        self.ctx
+            .metrics
+            .requests_total
+            .with_label_values(&[
+                &self.listener,
+                listener.pool.name(),
+                upstream,
+                status.as_str(),
+            ])
+            .inc();
     }
 }
 
@@ -288,15 +315,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
+fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) if !prior.is_empty() => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + peer_ip.len());
+            joined.extend_from_slice(prior);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer_ip.as_bytes());
+            match HeaderValue::from_bytes(&joined) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+        _ => peer_ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
+    headers.insert(&X_FORWARDED_FOR, value);
 }
 
 /// After both sides agree to switch protocols, copy bytes both ways until either side closes.
@@ -336,10 +369,9 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        let peer: SocketAddr = "10.0.0.9:5555".parse().unwrap();
-        append_forwarded_for(&mut h, peer);
+        append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.9"));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
-        append_forwarded_for(&mut h, "127.0.0.1:1".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9, 127.0.0.1");
     }
 
