@@ -112,14 +112,14 @@ impl Conn {
                     listener.http_keys.described
                 );
                 let resp = local(StatusCode::BAD_REQUEST, msg);
-                return self.finish(started, &listener, None, resp);
+                return self.finish(started, listener, None, resp);
             }
             None => pool.route_random_index(),
         };
         let Some(index) = index else {
             let msg = format!("no upstream available in pool {}", pool.name());
             let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
-            return self.finish(started, &listener, None, resp);
+            return self.finish(started, listener, None, resp);
         };
         let upstream = &pool.upstreams[index];
 
@@ -127,7 +127,7 @@ impl Conn {
             is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         if let Err(why) = self.rewrite_request(&mut req, upstream, client_upgrade.is_some()) {
             let resp = local(StatusCode::BAD_REQUEST, why);
-            return self.finish(started, &listener, Some(index), resp);
+            return self.finish(started, listener, Some(index), resp);
         }
         let timeout = pool.config.request_timeout;
         let passive = pool.config.passive.as_ref();
@@ -168,7 +168,7 @@ impl Conn {
                 resp.map(Either::Left)
             }
         };
-        self.finish(started, &listener, Some(index), resp)
+        self.finish(started, listener, Some(index), resp)
     }
 
     /// Turn the client's request into the upstream's: absolute URI on the upstream, HTTP/1.1,
