@@ -1,0 +1,296 @@
+//! `jsonrpc-load`: a pipelined JSON-RPC client speaking LSP framing. Each connection first creates
+//! its sessions (`session.create` with explicit ids, so a proxy pins them), then all connections
+//! start together and keep `--depth` session-routed requests in flight each (round-robin over
+//! their sessions) for `--secs`. Prints `START` and `STOP` at the edges of the measured window
+//! (the harness samples proxy CPU there) and a final `RESULT {json}`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::{BufMut, BytesMut};
+use futures_util::StreamExt;
+use sessiongate::proxy::jsonrpc::codec::{parse_frame, FrameCodec, FrameStatus};
+use sessiongate::proxy::jsonrpc::message::{parse_envelope, MessageKind};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+use tokio_util::codec::FramedRead;
+
+use crate::{loopback, percentiles, say};
+
+/// Ids at or above this are setup requests (`session.create`).
+const SETUP_ID: u64 = 1 << 40;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Target(s), comma-separated; connection i goes to target i % n (direct mode uses one
+    /// address per mock; through the proxy, one address).
+    #[arg(long, value_delimiter = ',', required = true)]
+    addr: Vec<String>,
+    /// Client connections.
+    #[arg(long, default_value_t = 10)]
+    conns: usize,
+    /// Sessions each connection creates and then addresses round-robin.
+    #[arg(long, default_value_t = 10)]
+    sessions: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 32)]
+    depth: usize,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Method of the measured requests: session-scoped ones carry `params.sessionId`.
+    #[arg(long, default_value = "session.getMetadata")]
+    method: String,
+    /// Extra bytes of payload per request (a `pad` string in params), to vary frame size.
+    #[arg(long, default_value_t = 0)]
+    pad: usize,
+    /// Prefix of the session ids, so runs against a long-lived fleet do not collide.
+    #[arg(long, default_value = "bench")]
+    run_id: String,
+    /// Hard cap on measured requests across all connections.
+    #[arg(long, default_value_t = 50_000_000)]
+    max_requests: u64,
+    /// Give up if setup (connect + creating sessions) takes longer than this.
+    #[arg(long, default_value_t = 120)]
+    setup_timeout_secs: u64,
+}
+
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    answered: AtomicU64,
+    errors: AtomicU64,
+    notifications: AtomicU64,
+    create_errors: AtomicU64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let targets = args
+        .addr
+        .iter()
+        .map(|a| loopback(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(args.conns > 0 && args.depth > 0 && args.sessions > 0);
+    let args = Arc::new(args);
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(args.conns + 1));
+    let setup_started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.conns {
+        let target = targets[i % targets.len()];
+        let (args, totals, stop, barrier) =
+            (args.clone(), totals.clone(), stop.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = connection(i, target, &args, &totals, &stop, &barrier).await;
+            if result.is_err() {
+                // Don't leave the others waiting at the barrier for a connection that died.
+                stop.store(true, Ordering::Relaxed);
+            }
+            result
+        }));
+    }
+    let waited =
+        tokio::time::timeout(Duration::from_secs(args.setup_timeout_secs), barrier.wait()).await;
+    anyhow::ensure!(waited.is_ok(), "setup did not finish in time");
+    let setup_secs = setup_started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    say("START");
+    tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    say("STOP");
+    let answered_in_window = totals.answered.load(Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(sample)) => latencies.extend(sample),
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let mut result = serde_json::json!({
+        "conns": args.conns,
+        "sessions": args.conns * args.sessions,
+        "depth": args.depth,
+        "method": args.method,
+        "setup_secs": setup_secs,
+        "secs": elapsed,
+        "sent": totals.sent.load(Ordering::Relaxed),
+        "answered": answered_in_window,
+        "answered_total": totals.answered.load(Ordering::Relaxed),
+        "errors": totals.errors.load(Ordering::Relaxed),
+        "create_errors": totals.create_errors.load(Ordering::Relaxed),
+        "notifications": totals.notifications.load(Ordering::Relaxed),
+        "rate": answered_in_window as f64 / elapsed,
+        "failures": failures,
+    });
+    let p = percentiles(&mut latencies);
+    result
+        .as_object_mut()
+        .unwrap()
+        .extend(p.as_object().unwrap().clone());
+    say(format_args!("RESULT {result}"));
+    Ok(())
+}
+
+fn session_id(args: &Args, conn: usize, s: usize) -> String {
+    format!("{}-c{conn}-s{s}", args.run_id)
+}
+
+/// One client connection: create sessions, wait for everyone, then the measured loop. Returns the
+/// latencies (µs) of the requests answered inside the window.
+async fn connection(
+    index: usize,
+    target: std::net::SocketAddr,
+    args: &Args,
+    totals: &Totals,
+    stop: &AtomicBool,
+    barrier: &Barrier,
+) -> anyhow::Result<Vec<u32>> {
+    let stream = TcpStream::connect(target)
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(read, FrameCodec::default(), 64 * 1024);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+
+    // Setup: create every session, pipelined, and wait for all the answers.
+    for s in 0..args.sessions {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"session.create","params":{{"sessionId":"{}"}}}}"#,
+            SETUP_ID + s as u64,
+            session_id(args, index, s)
+        );
+        frame(&mut out, body.as_bytes());
+    }
+    write.write_all(&out).await?;
+    out.clear();
+    let mut created = 0;
+    while created < args.sessions {
+        let body = frames
+            .next()
+            .await
+            .context("connection closed during setup")??;
+        match classify(&body) {
+            Some((id, failed)) if id >= SETUP_ID => {
+                created += 1;
+                if failed {
+                    totals.create_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(_) => {}
+            None => {
+                totals.notifications.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    // Request templates: everything up to the id, which goes last.
+    let pad = "x".repeat(args.pad);
+    let templates: Vec<Vec<u8>> = (0..args.sessions)
+        .map(|s| {
+            let sid = session_id(args, index, s);
+            let params = if args.method.starts_with("session.") {
+                format!(r#"{{"sessionId":"{sid}","pad":"{pad}"}}"#)
+            } else {
+                format!(r#"{{"message":"{sid}","pad":"{pad}"}}"#)
+            };
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"{}","params":{params},"id":"#,
+                args.method
+            )
+            .into_bytes()
+        })
+        .collect();
+    barrier.wait().await;
+    if stop.load(Ordering::Relaxed) {
+        return Ok(Vec::new());
+    }
+
+    // Measured loop: ids are in-flight slots 0..depth; a slot is reused only once answered.
+    let mut sent_at = vec![Instant::now(); args.depth];
+    let mut next_session = 0usize;
+    let mut latencies = Vec::with_capacity(1 << 16);
+    let mut in_flight = 0usize;
+    let mut send = |slot: usize, out: &mut BytesMut, sent_at: &mut [Instant]| {
+        let template = &templates[next_session % templates.len()];
+        next_session += 1;
+        let id = slot.to_string();
+        let len = template.len() + id.len() + 1;
+        out.put_slice(b"Content-Length: ");
+        out.put_slice(len.to_string().as_bytes());
+        out.put_slice(b"\r\n\r\n");
+        out.put_slice(template);
+        out.put_slice(id.as_bytes());
+        out.put_slice(b"}");
+        sent_at[slot] = Instant::now();
+    };
+    for slot in 0..args.depth {
+        send(slot, &mut out, &mut sent_at);
+    }
+    in_flight += args.depth;
+    totals.sent.fetch_add(args.depth as u64, Ordering::Relaxed);
+    write.write_all(&out).await?;
+    out.clear();
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.secs + 5.0);
+    while in_flight > 0 {
+        let body = match tokio::time::timeout_at(drain_deadline, frames.next()).await {
+            Err(_) => break, // answers still missing long after the window: stop waiting
+            Ok(None) => anyhow::bail!("connection closed by the server"),
+            Ok(Some(body)) => body?,
+        };
+        let Some((id, failed)) = classify(&body) else {
+            totals.notifications.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let slot = id as usize;
+        if slot >= args.depth {
+            continue;
+        }
+        in_flight -= 1;
+        if failed {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if stop.load(Ordering::Relaxed) {
+            continue;
+        }
+        totals.answered.fetch_add(1, Ordering::Relaxed);
+        latencies.push(sent_at[slot].elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if totals.sent.fetch_add(1, Ordering::Relaxed) < args.max_requests {
+            send(slot, &mut out, &mut sent_at);
+            in_flight += 1;
+        }
+        // Write what we have once no further whole frame is waiting in the read buffer.
+        let more = matches!(
+            parse_frame(frames.read_buffer(), usize::MAX),
+            Ok(FrameStatus::Complete { .. })
+        );
+        if !out.is_empty() && (!more || out.len() >= 32 * 1024) {
+            write.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if !out.is_empty() {
+        write.write_all(&out).await?;
+    }
+    Ok(latencies)
+}
+
+fn frame(out: &mut BytesMut, body: &[u8]) {
+    sessiongate::proxy::jsonrpc::codec::encode_frame(body, out);
+}
+
+/// `Some((id, is_error))` for a response with a numeric id; `None` for anything else.
+fn classify(body: &[u8]) -> Option<(u64, bool)> {
+    let env = parse_envelope(body).ok()?;
+    if env.kind != MessageKind::Response {
+        return None;
+    }
+    let id = env.id?.get().parse().ok()?;
+    Some((id, env.has_error))
+}
