@@ -295,22 +295,29 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1): the fixed set plus any named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in [
+    const FIXED: [&HeaderName; 6] = [
         &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
-    ] {
+    ];
+    if headers.contains_key(header::CONNECTION) {
+        // `Connection: keep-alive` / `close` is the common case: only options naming other
+        // headers need a list (and an allocation) of their own.
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !FIXED.iter().any(|f| t.eq_ignore_ascii_case(f.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in FIXED {
         headers.remove(name);
     }
 }

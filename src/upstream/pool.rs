@@ -82,7 +82,9 @@ impl Drop for CountedIo {
 
 impl Connection for CountedIo {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        // Plain HTTP/1 over TCP: nothing to negotiate. The inner connector's version would attach
+        // the socket addresses to every response (an allocation per request nobody reads).
+        Connected::new()
     }
 }
 
