@@ -4,8 +4,9 @@
 //!
 //! `cargo bench --bench jsonrpc` (about a minute). Target for the whole proxy: ≤ 5 µs CPU per frame.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -108,10 +109,7 @@ fn codec_and_parse(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(40);
+    config = common::config();
     targets = codec_and_parse
 }
 criterion_main!(benches);

@@ -3,9 +3,10 @@
 //!
 //! `cargo bench --bench keys` (well under a minute).
 
+mod common;
+
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -123,10 +124,7 @@ fn extraction(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::config();
     targets = extraction
 }
 criterion_main!(benches);

@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench pins` (about a minute).
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,10 +81,7 @@ fn pins(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::config();
     targets = pins
 }
 criterion_main!(benches);

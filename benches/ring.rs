@@ -3,8 +3,9 @@
 //!
 //! `cargo bench --bench ring` (about a minute). Target: lookup ≤ 50 ns.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sessiongate::ring::{FirstUsable, Ring, RingSelection};
@@ -131,10 +132,7 @@ fn build(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::config();
     targets = lookup, lookup_sketch, build
 }
 criterion_main!(benches);
