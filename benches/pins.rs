@@ -16,15 +16,7 @@ use sessiongate::sessions::{Pin, SessionPins};
 const ENTRIES: usize = 1_000_000;
 
 fn sid(i: usize) -> String {
-    let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        x >> 32,
-        (x >> 16) & 0xffff,
-        x & 0xfff,
-        (x >> 20) & 0xfff,
-        x & 0xffff_ffff_ffff
-    )
+    common::session_id(i as u64)
 }
 
 fn pins(c: &mut Criterion) {

@@ -17,20 +17,8 @@ fn names(n: usize) -> Vec<String> {
 }
 
 /// UUID-shaped session ids (36 bytes), like the ones Copilot CLI sessions carry.
-pub fn session_ids(n: usize) -> Vec<String> {
-    (0..n as u64)
-        .map(|i| {
-            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            format!(
-                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                x >> 32,
-                (x >> 16) & 0xffff,
-                x & 0xfff,
-                (x >> 20) & 0xfff,
-                x & 0xffff_ffff_ffff
-            )
-        })
-        .collect()
+fn session_ids(n: usize) -> Vec<String> {
+    (0..n as u64).map(common::session_id).collect()
 }
 
 fn lookup(c: &mut Criterion) {

@@ -43,19 +43,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::jsonrpc::codec::{encode_frame, FrameCodec};
+use crate::proxy::jsonrpc::codec::{write_frames, FrameCodec};
 use crate::proxy::jsonrpc::message::{
     error_response, parse_envelope, MessageKind, ParseError, INTERNAL_ERROR, INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -70,8 +69,6 @@ const AUTHENTICATION_REQUIRED: i64 = -32001;
 const AUTHENTICATION_FAILED: i64 = -32002;
 const INVALID_PARAMS: i64 = -32602;
 const NOT_RECOGNIZABLE: &str = "not a recognizable JSON-RPC request, notification, or response";
-/// Writes are coalesced up to about this many bytes, like the CLI packing frames per segment.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// How to run one mock server.
 #[derive(Debug, Clone, Default)]
@@ -333,7 +330,7 @@ async fn serve_conn(
     };
     tokio::select! {
         _ = token.cancelled() => {}
-        _ = write_loop(write, rx) => {}
+        _ = write_frames(write, rx) => {}
         _ = reader => {}
     }
     inner.lock().drop_conn(conn);
@@ -343,23 +340,6 @@ async fn read_loop(inner: &Arc<Inner>, conn: u64, read: OwnedReadHalf) {
     let mut frames = FramedRead::new(read, FrameCodec::default());
     while let Some(Ok(body)) = frames.next().await {
         on_frame(inner, conn, &body);
-    }
-}
-
-async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
-    let mut buf = BytesMut::new();
-    while let Some(body) = rx.recv().await {
-        encode_frame(&body, &mut buf);
-        while buf.len() < WRITE_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(body) => encode_frame(&body, &mut buf),
-                Err(_) => break,
-            }
-        }
-        if write.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
     }
 }
 

@@ -5,6 +5,8 @@
 //! [`encode_frame`]. It knows nothing about JSON-RPC; see `super::message` for that.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Default cap on one frame's body (64 MiB).
@@ -239,6 +241,33 @@ impl Encoder<&[u8]> for FrameCodec {
         encode_frame(body, dst);
         Ok(())
     }
+}
+
+/// What a writer coalesces into one write at most.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Encode and write frames from `rx`, coalescing what is queued into one write; shut the
+/// write side down when `rx` closes.
+pub async fn write_frames<W: AsyncWrite + Unpin>(mut out: W, mut rx: mpsc::Receiver<Bytes>) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    while let Some(body) = rx.recv().await {
+        encode_frame(&body, &mut buf);
+        while buf.len() < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(more) => encode_frame(&more, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if out.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 1 << 20 {
+            // Don't keep a large frame's buffer for the life of the connection.
+            buf = BytesMut::with_capacity(8 * 1024);
+        }
+    }
+    let _ = out.shutdown().await;
 }
 
 #[cfg(test)]

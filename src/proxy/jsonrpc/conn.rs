@@ -14,15 +14,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::codec::{encode_frame, FrameCodec, FrameError};
+use super::codec::{write_frames, FrameCodec, FrameError};
 use super::message::{self, parse_envelope, MessageKind, INVALID_REQUEST, SERVER_UNAVAILABLE};
 use super::route::{destination, method_label, tracked, Destination, Tracked};
 use super::{fanout, link};
@@ -157,29 +155,6 @@ pub async fn serve(
     conn.closing.cancel();
     drop(conn);
     let _ = writer.await;
-}
-
-/// Encode and write frames from `rx`, coalescing what is queued into one write.
-pub(super) async fn write_frames(mut out: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    while let Some(body) = rx.recv().await {
-        encode_frame(&body, &mut buf);
-        while buf.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => encode_frame(&more, &mut buf),
-                Err(_) => break,
-            }
-        }
-        if out.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > 1 << 20 {
-            // Don't keep a large frame's buffer for the life of the connection.
-            buf = BytesMut::with_capacity(8 * 1024);
-        }
-    }
-    let _ = out.shutdown().await;
 }
 
 impl Conn {

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
-use super::codec::FrameCodec;
-use super::conn::{write_frames, Conn, Endpoint, ServerRequest};
+use super::codec::{write_frames, FrameCodec};
+use super::conn::{Conn, Endpoint, ServerRequest};
 use super::message::{self, parse_envelope, MessageKind};
 use super::route::Tracked;
 use crate::config::Secret;
