@@ -17,6 +17,8 @@
 //! - [`metrics`]: every metric name and the registry-passing `Metrics` handle.
 //! - [`mockcli`]: an in-process mock Copilot CLI server (JSON-RPC) for tests, benches and the demo.
 //! - [`proxy`]: the data path per protocol: HTTP, TCP passthrough, JSON-RPC.
+//! - [`proxy::idle`]: idle HTTP/1 keep-alive connections parked between requests, holding only
+//!   their socket.
 //! - [`reload`]: rebuild and swap the snapshot on SIGHUP or `POST /admin/reload`; the diff.
 //! - [`ring`]: the hashring-based consistent-hash ring and clockwise selection.
 //! - [`server`]: the running proxy: shared snapshot, listeners, start and shutdown.

@@ -329,7 +329,7 @@ async fn a_nodes_token_is_never_replayed_to_another_node() {
     let fleet = CliFleet::start_with_token(1, Some(TOKEN)).await;
     let recorder = Recorder::start().await;
     // Name the token-less node so that the client's home (ring owner of its IP) is cli-0.
-    let other = (0..1000)
+    let other = (0..50_000)
         .map(|i| format!("rec-{i}"))
         .find(|name| {
             let ring = Ring::build([("cli-0", 1), (name.as_str(), 1)], 160);

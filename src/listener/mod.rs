@@ -4,11 +4,14 @@
 
 pub mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -105,32 +108,44 @@ pub async fn accept_loop(
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context, name: Arc<str>) {
+/// The connection's work, by listener protocol.
+///
+/// Not an `async fn`, and every path but plain HTTP is boxed: a task's future is as large as its
+/// largest await plus an async fn's arguments, and an idle plain-HTTP connection parks in this
+/// task for as long as the client keeps it open.
+fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Context,
+    name: Arc<str>,
+) -> Either<impl Future<Output = ()> + Send, Pin<Box<dyn Future<Output = ()> + Send>>> {
     let _ = stream.set_nodelay(true);
     let Some(runtime) = ctx.shared.load_full().listener(&name).cloned() else {
-        return;
+        return Either::Right(Box::pin(std::future::ready(())));
     };
     match runtime.config.protocol {
         Protocol::Http => match &runtime.tls {
-            None => proxy::http::serve(stream, ctx, name, peer, false).await,
+            None => Either::Left(proxy::http::serve_tcp(stream, ctx, name, peer)),
             Some(acceptor) => {
+                let acceptor = acceptor.clone();
                 let timeout = runtime
                     .config
                     .tls
                     .as_ref()
                     .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        drop(runtime);
-                        proxy::http::serve(tls, ctx, name, peer, true).await
+                Either::Right(Box::pin(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => proxy::http::serve(tls, ctx, name, peer, true).await,
+                        Ok(Err(e)) => tls_failed(&ctx, &name, &e.to_string()),
+                        Err(_) => tls_failed(&ctx, &name, "handshake timed out"),
                     }
-                    Ok(Err(e)) => tls_failed(&ctx, &name, &e.to_string()),
-                    Err(_) => tls_failed(&ctx, &name, "handshake timed out"),
-                }
+                }))
             }
         },
-        Protocol::Tcp => proxy::tcp::serve(stream, ctx, name, peer).await,
-        Protocol::JsonRpc => proxy::jsonrpc::serve(stream, ctx, name, peer, runtime).await,
+        Protocol::Tcp => Either::Right(Box::pin(proxy::tcp::serve(stream, ctx, name, peer))),
+        Protocol::JsonRpc => Either::Right(Box::pin(proxy::jsonrpc::serve(
+            stream, ctx, name, peer, runtime,
+        ))),
     }
 }
 

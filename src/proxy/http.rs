@@ -4,29 +4,32 @@
 //! ways. `Upgrade` requests (WebSocket) become a byte tunnel after the upstream's 101.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Scheme, Uri};
+use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use super::idle::{self, Opening};
 use super::Context;
 use crate::config::NoKey;
 use crate::key::http::RequestHead;
 use crate::snapshot::ListenerRuntime;
-use crate::upstream::{prober, Upstream};
+use crate::upstream::{prober, PooledBody};
 
 /// Response bodies: the upstream's, streamed, or a short local one (errors).
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -53,19 +56,71 @@ where
         .load()
         .listener(&listener)
         .map(|l| l.config.header_read_timeout);
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-    let conn = Arc::new(Conn {
-        ctx: ctx.clone(),
-        listener,
-        peer,
-        peer_ip,
-        tls,
-    });
-    let service = hyper::service::service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
+    let shutdown = ctx.shutdown.token.clone();
+    let service = conn_service(ctx, listener, peer, tls);
+    serve_auto(TokioIo::new(io), service, header_read_timeout, shutdown).await;
+}
+
+/// Serve one plain-TCP client connection. HTTP/1.1 runs through [`idle`]: between requests the
+/// connection holds only its socket, not hyper's buffers. h2c (prior knowledge) is served as
+/// [`serve`] serves it, as are TLS connections.
+///
+/// Not an `async fn`: an async fn keeps its arguments in its future for as long as it runs,
+/// and this future is what an idle connection's task holds; the context moves into the service's
+/// shared state here instead.
+pub fn serve_tcp(
+    stream: TcpStream,
+    ctx: Context,
+    listener: Arc<str>,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let header_read_timeout = ctx
+        .shared
+        .load()
+        .listener(&listener)
+        .map(|l| l.config.header_read_timeout);
+    let shutdown = ctx.shutdown.token.clone();
+    let service = conn_service(ctx, listener, peer, false);
+    let mut conn = header_read_timeout.map(|t| idle::Http1::new(stream, service, t));
+    async move {
+        let Some(conn) = conn.as_mut() else {
+            return; // the listener was removed meanwhile
+        };
+        // Boxed, like every path but the parked one: the task's future is as large as its
+        // largest await.
+        match Box::pin(conn.opening(&shutdown)).await {
+            Opening::Http1 => conn.serve(&shutdown).await,
+            Opening::MaybeH2c => {
+                let header_read_timeout = Some(conn.header_read_timeout());
+                let Some((stream, service)) = conn.take() else {
+                    return;
+                };
+                let io = TokioIo::new(stream);
+                Box::pin(serve_auto(io, service, header_read_timeout, shutdown)).await
+            }
+            Opening::Closed => {}
+        }
+    }
+}
+
+/// Serve a connection with hyper-util's auto builder (HTTP/1.1 or HTTP/2, upgrades on) until it
+/// closes or `shutdown` asks it to finish.
+async fn serve_auto<IO, S>(
+    io: TokioIo<IO>,
+    service: S,
+    header_read_timeout: Option<std::time::Duration>,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -73,16 +128,46 @@ where
         .header_read_timeout(header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
         res = connection.as_mut() => log_conn_end(res),
-        _ = ctx.shutdown.token.cancelled() => {
+        _ = shutdown.cancelled() => {
             // Finish in-flight requests, refuse new ones, then close.
             connection.as_mut().graceful_shutdown();
             log_conn_end(connection.await);
         }
     }
+}
+
+/// The hyper service for one client connection: [`Conn::handle`] for each request.
+fn conn_service(
+    ctx: Context,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    tls: bool,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let conn = Arc::new(Conn {
+        ctx,
+        listener,
+        peer,
+        peer_ip,
+        tls,
+    });
+    hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    })
 }
 
 fn log_conn_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
@@ -125,7 +210,7 @@ impl Conn {
 
         let client_upgrade =
             is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-        if let Err(why) = self.rewrite_request(&mut req, upstream, client_upgrade.is_some()) {
+        if let Err(why) = self.rewrite_request(&mut req, client_upgrade.is_some()) {
             let resp = local(StatusCode::BAD_REQUEST, why);
             return self.finish(started, listener, Some(index), resp);
         }
@@ -171,32 +256,37 @@ impl Conn {
         self.finish(started, listener, Some(index), resp)
     }
 
-    /// Turn the client's request into the upstream's: absolute URI on the upstream, HTTP/1.1,
-    /// hop-by-hop headers removed (kept for upgrades), forwarding headers added.
+    /// Turn the client's request into the upstream's: origin-form URI, HTTP/1.1, hop-by-hop
+    /// headers removed (kept for upgrades), forwarding headers added.
     fn rewrite_request(
         &self,
         req: &mut Request<Incoming>,
-        upstream: &Upstream,
         upgrade: bool,
     ) -> Result<(), &'static str> {
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        let uri = std::mem::take(req.uri_mut());
         if !req.headers().contains_key(header::HOST) {
             // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
-            if let Some(value) = parts
-                .authority
-                .as_ref()
+            if let Some(value) = uri
+                .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
                 req.headers_mut().insert(header::HOST, value);
             }
         }
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(upstream.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        // Usually already origin-form (`/path?query`); absolute-form and h2 requests carry a
+        // scheme and authority the upstream must not see in the request line.
+        *req.uri_mut() = if uri.scheme().is_none() && uri.authority().is_none() {
+            uri
+        } else {
+            let path = uri
+                .into_parts()
+                .path_and_query
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            Uri::from(path)
+        };
+        if req.uri().path().is_empty() {
+            return Err("request target cannot be forwarded");
         }
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|_| "request target cannot be forwarded")?;
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
@@ -303,7 +393,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
     ];
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names first: most messages carry none of these or only `Connection`,
+    // and every `HeaderMap::remove` hashes its name, so only names seen are removed.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = FIXED.iter().position(|f| *f == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
         // `Connection: keep-alive` / `close` is the common case: only options naming other
         // headers need a list (and an allocation) of their own.
         let named: Vec<HeaderName> = connection_tokens(headers)
@@ -317,8 +418,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in FIXED {
-        headers.remove(name);
+    for (i, name) in FIXED.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 

@@ -2,24 +2,24 @@
 //! hash; when the owner cannot take work (down, ejected, draining), selection walks on clockwise
 //! so that only that upstream's keys move, and they come back when it recovers.
 
-use super::Ring;
+use super::{Point, Ring};
 
 /// Upstream indices met walking clockwise from a key's position. Consecutive points of one
 /// upstream are folded; an upstream can still reappear later in the walk, which is harmless for
 /// "first usable" searches. The walk ends after one full turn.
 pub struct Candidates<'a> {
-    order: &'a [u32],
+    points: &'a [Point],
     next: usize,
     left: usize,
     last: Option<u32>,
 }
 
 impl<'a> Candidates<'a> {
-    pub(super) fn new(order: &'a [u32], start: usize) -> Self {
+    pub(super) fn new(points: &'a [Point], start: usize) -> Self {
         Candidates {
-            order,
+            points,
             next: start,
-            left: order.len(),
+            left: points.len(),
             last: None,
         }
     }
@@ -30,8 +30,12 @@ impl Iterator for Candidates<'_> {
 
     fn next(&mut self) -> Option<usize> {
         while self.left > 0 {
-            let up = self.order[self.next];
-            self.next = (self.next + 1) % self.order.len();
+            let up = self.points[self.next].upstream;
+            // Wrap by comparison: a `%` would cost a division per step on the data path.
+            self.next += 1;
+            if self.next == self.points.len() {
+                self.next = 0;
+            }
             self.left -= 1;
             if self.last != Some(up) {
                 self.last = Some(up);

@@ -1,5 +1,5 @@
 //! Upstreams: one [`Upstream`] per configured server, carrying its HTTP connection pool and the
-//! state that must survive reloads (health, drain), and the connector that counts connections.
+//! state that must survive reloads (health, drain).
 
 pub mod health;
 pub mod pool;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::{PoolConfig, Secret, UpstreamConfig};
 use crate::metrics::Metrics;
 
-pub use pool::{HttpClient, UpstreamConnector};
+pub use pool::{HttpPool, PooledBody, UpstreamError};
 pub use state::UpstreamState;
 
 /// Where a connection to an upstream goes: shared handles, cloned without allocating on the
@@ -30,9 +30,7 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub endpoint: Endpoint,
     pub state: Arc<UpstreamState>,
-    pub http: HttpClient,
-    /// `addr` as a URI authority, to build upstream request URIs without allocating.
-    pub authority: http::uri::Authority,
+    pub http: HttpPool,
 }
 
 impl Upstream {
@@ -58,7 +56,7 @@ impl Upstream {
         });
         let http = match previous {
             Some(p) if p.config.addr == config.addr && same_pool_settings => p.http.clone(),
-            _ => pool::http_client(pool, &config.name, metrics),
+            _ => HttpPool::new(pool, config, metrics),
         };
         Arc::new(Upstream {
             pool: pool.name.clone(),
@@ -70,11 +68,6 @@ impl Upstream {
             },
             state,
             http,
-            // Validation checked `addr` is host:port, which is always a valid authority.
-            authority: config
-                .addr
-                .parse()
-                .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
         })
     }
 
