@@ -270,7 +270,8 @@ async fn a_client_sending_back_to_back_keeps_its_round() {
 #[tokio::test]
 async fn a_busy_client_is_parked_once_it_pauses_for_the_busy_delay() {
     within(30, async {
-        let delay = Duration::from_millis(500);
+        // Long enough that back-to-back requests stay "busy" even on a loaded CI machine.
+        let delay = Duration::from_secs(3);
         let (addr, server) = parked_server(delay).await;
         let mut client = Client::h1(addr).await;
         for path in ["/a", "/b", "/c"] {
