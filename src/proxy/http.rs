@@ -46,16 +46,20 @@ struct Conn {
     tls: bool,
 }
 
+/// The listener's `header_read_timeout`; `None` once the listener has been removed.
+fn header_read_timeout(ctx: &Context, listener: &str) -> Option<std::time::Duration> {
+    ctx.shared
+        .load()
+        .listener(listener)
+        .map(|l| l.config.header_read_timeout)
+}
+
 /// Serve one client connection until it closes or shutdown asks it to finish.
 pub async fn serve<IO>(io: IO, ctx: Context, listener: Arc<str>, peer: SocketAddr, tls: bool)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_read_timeout = ctx
-        .shared
-        .load()
-        .listener(&listener)
-        .map(|l| l.config.header_read_timeout);
+    let header_read_timeout = header_read_timeout(&ctx, &listener);
     let shutdown = ctx.shutdown.token.clone();
     let service = conn_service(ctx, listener, peer, tls);
     serve_auto(TokioIo::new(io), service, header_read_timeout, shutdown).await;
@@ -74,11 +78,7 @@ pub fn serve_tcp(
     listener: Arc<str>,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let header_read_timeout = ctx
-        .shared
-        .load()
-        .listener(&listener)
-        .map(|l| l.config.header_read_timeout);
+    let header_read_timeout = header_read_timeout(&ctx, &listener);
     let shutdown = ctx.shutdown.token.clone();
     let service = conn_service(ctx, listener, peer, false);
     let mut conn = header_read_timeout.map(|t| idle::Http1::new(stream, service, t));
