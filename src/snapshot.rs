@@ -104,6 +104,18 @@ impl Pool {
         })
     }
 
+    /// Like [`Pool::route`], passing over the upstreams named in `avoid` (ones that just
+    /// refused a connection, before health checks have noticed).
+    pub fn route_avoiding(&self, key: &[u8], avoid: &[Arc<str>]) -> Option<&Arc<Upstream>> {
+        let usable = |i: usize| {
+            let u = &self.upstreams[i];
+            u.state.accepts_new_work() && !avoid.iter().any(|name| **name == *u.name())
+        };
+        FirstUsable
+            .select(&self.ring, key, &usable)
+            .map(|i| &self.upstreams[i])
+    }
+
     /// Route a request that carries no key: a uniformly random point on the ring.
     pub fn route_random(&self) -> Option<&Arc<Upstream>> {
         self.route(&rand::random::<u64>().to_le_bytes())

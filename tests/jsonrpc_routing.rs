@@ -859,6 +859,97 @@ async fn a_dead_owner_gets_a_prompt_error_and_other_sessions_keep_working() {
     .await;
 }
 
+/// Probes too slow to notice a node dying during a test and no passive ejection: the proxy
+/// still believes a killed node is up, as it does in the moments before its probes catch up.
+const BLIND_HEALTH: &str = "    health:
+      probe: tcp
+      interval: 60s
+    passive:
+      consecutive_failures: 0
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_any_node_may_answer_move_on_when_their_node_refuses_the_link() {
+    let s = Setup::start(
+        3,
+        RpcYaml {
+            listener: "    key:\n      - client_ip: true\n",
+            pool: BLIND_HEALTH,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut admin = s.proxy.admin_client().await;
+    let home = admin_route(&mut admin, "fleet", "127.0.0.1").await;
+    let pool = s.pool();
+    // The home key's next owner clockwise once the dead home is passed over.
+    let next = pool
+        .route_avoiding(b"127.0.0.1", &[Arc::from(home.as_str())])
+        .expect("another node")
+        .name()
+        .to_owned();
+    let new_on_dead = id_on(&pool, &home);
+    let (old_on_dead, on_live) = {
+        let ids = ids_per_upstream(&pool, 1);
+        let dead = ids.iter().find(|(_, n)| *n == home).expect("an id on home");
+        let live = ids
+            .iter()
+            .find(|(_, n)| *n != home)
+            .expect("an id elsewhere");
+        (dead.0.clone(), live.clone())
+    };
+    within(20, async {
+        let mut c = s.client().await;
+        create(&mut c, &old_on_dead, json!({})).await;
+        create(&mut c, &on_live.0, json!({})).await;
+        s.fleet.get(&home).kill();
+
+        // A second client: its `connect` and global reads would go to the dead home node.
+        let mut c2 = s.client().await;
+        let connected = c2
+            .result("connect", json!({"supportedTaskKinds": ["agent"]}))
+            .await;
+        assert_eq!(connected["version"], format!("mock-{next}"));
+        let pong = c2.result("ping", json!({ "message": "1" })).await;
+        assert_eq!(pong["message"], "pong: 1");
+        // A new session whose ring owner is dead is created on a live node and stays there.
+        create(&mut c2, &new_on_dead, json!({})).await;
+        send(&mut c2, &new_on_dead).await;
+        let generated = c2.result("session.create", json!({})).await;
+        let generated = generated["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_owned();
+        send(&mut c2, &generated).await;
+        // A session that lives on the dead node is not moved: its state is on that disk.
+        let resp = c2
+            .call(
+                "session.send",
+                session_params(&old_on_dead, json!({"prompt": "x"})),
+            )
+            .await;
+        assert_unavailable(&resp, &old_on_dead);
+        // The client is not attached to this one; the answer is enough.
+        prompt(&mut c2, &on_live.0).await;
+        one_answer_per_request(&c2, 8);
+
+        for id in [&new_on_dead, &generated] {
+            let holders = s.fleet.holders(id);
+            assert_eq!(holders.len(), 1, "{id} on {holders:?}");
+            assert_ne!(holders[0], home, "{id} was placed on the dead node");
+        }
+    })
+    .await;
+    let metrics = s.proxy.metrics_text().await;
+    let moved = metric_value(
+        &metrics,
+        "sessiongate_redispatches_total",
+        &[("pool", "fleet"), ("upstream", &home)],
+    )
+    .unwrap_or(0.0);
+    assert!(moved >= 2.0, "connect and ping were redispatched: {moved}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_dropping_mid_request_fails_that_request_only() {
     let s = Setup::start(3, RpcYaml::default()).await;

@@ -26,6 +26,7 @@ pub mod names {
     pub const OWNER_DISCOVERY_TOTAL: &str = "sessiongate_owner_discovery_total";
     pub const FANOUT_SKIPPED_TOTAL: &str = "sessiongate_fanout_skipped_total";
     pub const UPSTREAM_LINK_FAILURES_TOTAL: &str = "sessiongate_upstream_link_failures_total";
+    pub const REDISPATCHES_TOTAL: &str = "sessiongate_redispatches_total";
     pub const UPSTREAM_HEALTHY: &str = "sessiongate_upstream_healthy";
     pub const UPSTREAM_DRAINING: &str = "sessiongate_upstream_draining";
     pub const UPSTREAM_PROBE_DURATION: &str = "sessiongate_upstream_probe_duration_seconds";
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub owner_discovery_total: IntCounterVec,
     pub fanout_skipped_total: IntCounterVec,
     pub upstream_link_failures_total: IntCounterVec,
+    pub redispatches_total: IntCounterVec,
     pub upstream_healthy: IntGaugeVec,
     pub upstream_draining: IntGaugeVec,
     pub upstream_probe_duration: HistogramVec,
@@ -159,6 +161,13 @@ impl Metrics {
             ),
             &["pool", "upstream", "kind"],
         )?;
+        let redispatches_total = IntCounterVec::new(
+            Opts::new(
+                REDISPATCHES_TOTAL,
+                "JSON-RPC requests sent to another upstream because `upstream` refused the link.",
+            ),
+            &["pool", "upstream"],
+        )?;
 
         let upstream_healthy = IntGaugeVec::new(
             Opts::new(
@@ -213,6 +222,7 @@ impl Metrics {
         registry.register(Box::new(owner_discovery_total.clone()))?;
         registry.register(Box::new(fanout_skipped_total.clone()))?;
         registry.register(Box::new(upstream_link_failures_total.clone()))?;
+        registry.register(Box::new(redispatches_total.clone()))?;
         // Export both reload outcomes from the start so rate() works before the first failure.
         for result in ["success", "failure"] {
             config_reloads_total.with_label_values(&[result]);
@@ -233,6 +243,7 @@ impl Metrics {
             owner_discovery_total,
             fanout_skipped_total,
             upstream_link_failures_total,
+            redispatches_total,
             upstream_healthy,
             upstream_draining,
             upstream_probe_duration,

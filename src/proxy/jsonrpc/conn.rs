@@ -74,6 +74,17 @@ pub(super) struct Pending {
     /// The request itself, kept for `session.resume` without a pin so owner discovery can send
     /// it again to the node that has the session.
     pub resend: Option<Bytes>,
+    /// Set when any node may answer: the request goes to another one if its node refuses the
+    /// link (HAProxy's `option redispatch`, for requests that are not bound to a session).
+    pub redispatch: Option<Redispatch>,
+}
+
+/// A request that may move to another node while no node has seen it yet.
+pub(super) struct Redispatch {
+    /// The request as the client sent it, before a node's token went into `connect`.
+    body: Bytes,
+    /// Nodes that refused the link for it, passed over when choosing the next one.
+    refused: Vec<Arc<str>>,
 }
 
 /// A request a node sent to the client, under the proxy id the client sees.
@@ -295,10 +306,13 @@ impl Conn {
         let mut resend = None;
         let mut session: Option<Arc<str>> = session.map(Arc::from);
         let dest = destination(method, session.is_some());
+        let mut pinned = false;
         let target = match dest {
             Destination::Session => {
                 let sid = session.as_deref().unwrap_or_default();
-                match pool.pins.get(sid) {
+                let pin = pool.pins.get(sid);
+                pinned = pin.is_some();
+                match pin {
                     Some(pin) => match pool.upstream(&pin.upstream) {
                         Some(u)
                             if !u.state.is_available()
@@ -357,6 +371,17 @@ impl Conn {
         // Recorded as the client sent it: another node must never get this node's token.
         // Only requests are replayed: a notification has no answer for the proxy to consume.
         let setup = (dest == Destination::Setup && id.is_some()).then(|| body.clone());
+        // Any node may take a global read, a setup call or a new session; a request for an
+        // existing session may not (its state lives on one node's disk).
+        let movable = match dest {
+            Destination::Global | Destination::Setup | Destination::CreateWithoutId => true,
+            Destination::Session => method == "session.create" && !pinned,
+            Destination::FanOutList => false,
+        };
+        let redispatch = movable.then(|| Redispatch {
+            body: body.clone(),
+            refused: Vec::new(),
+        });
         if method == "connect" {
             body = link::with_token(&body, target.token.as_ref());
         }
@@ -369,6 +394,7 @@ impl Conn {
                 started: Instant::now(),
                 slot,
                 resend,
+                redispatch,
             };
             self.lock().pending.insert(Box::from(id), pending);
         }
@@ -390,7 +416,15 @@ impl Conn {
                 Some(link) => link.tx.clone(),
                 None => {
                     let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    let replay = state.setup.iter().map(|(_, call)| call.clone()).collect();
+                    // A setup call being sent (first time, again, or redispatched) goes as
+                    // itself, so the replay leaves out the recorded call of its method.
+                    let method = method_of(&body);
+                    let replay = state
+                        .setup
+                        .iter()
+                        .filter(|(recorded, _)| recorded.is_none() || *recorded != method)
+                        .map(|(_, call)| call.clone())
+                        .collect();
                     let tx = link::open(self.clone(), target.clone(), replay, generation);
                     state.links.insert(
                         target.name.clone(),
@@ -544,8 +578,16 @@ impl Conn {
     }
 
     /// A link to `upstream` failed to connect or dropped: forget it and answer every request
-    /// still waiting on it, so the client sees an error instead of a hang.
-    pub(super) async fn link_failed(&self, upstream: &Arc<str>, generation: u64, why: &str) {
+    /// still waiting on it, so the client sees an error instead of a hang. When the node
+    /// refused the link (`refused`: nothing reached it), requests any node may answer go to the
+    /// next usable node instead.
+    pub(super) async fn link_failed(
+        self: &Arc<Self>,
+        upstream: &Arc<str>,
+        generation: u64,
+        refused: bool,
+        why: &str,
+    ) {
         let failed: Vec<(Box<str>, Pending)> = {
             let mut state = self.lock();
             if state
@@ -567,7 +609,24 @@ impl Conn {
                 .filter_map(|id| state.pending.remove_entry(&id))
                 .collect()
         };
-        for (id, pending) in failed {
+        for (id, mut pending) in failed {
+            if refused {
+                if let Some(r) = pending.redispatch.as_mut() {
+                    r.refused.push(upstream.clone());
+                }
+                if let Some((target, body)) = self.redispatch_target(&pending) {
+                    self.ctx
+                        .metrics
+                        .redispatches_total
+                        .with_label_values(&[&self.pool_name, upstream])
+                        .inc();
+                    debug!(from = %upstream, to = %target.name, "request redispatched");
+                    pending.upstream = target.name.clone();
+                    self.lock().pending.insert(id, pending);
+                    self.send(&target, body, None).await;
+                    continue;
+                }
+            }
             let msg = match &pending.session {
                 Some(s) => format!("session {s}: its server {upstream} is unavailable ({why})"),
                 None => format!("server {upstream} is unavailable ({why})"),
@@ -577,6 +636,30 @@ impl Conn {
                 .await;
         }
         self.drained.notify_one();
+    }
+
+    /// Where a request whose node refused the link goes next, with the body to send there;
+    /// `None` if it must fail instead (bound to a session, or no other node usable).
+    fn redispatch_target(&self, pending: &Pending) -> Option<(Endpoint, Bytes)> {
+        let r = pending.redispatch.as_ref()?;
+        let snapshot = self.ctx.shared.load();
+        let listener = snapshot.listener(&self.listener)?;
+        // The same key that placed it, so every client connection spreads the same way.
+        let key = pending
+            .session
+            .as_deref()
+            .map_or(&self.home_key[..], str::as_bytes);
+        let target = listener
+            .pool
+            .route_avoiding(key, &r.refused)?
+            .endpoint
+            .clone();
+        let body = if pending.method == "connect" {
+            link::with_token(&r.body, target.token.as_ref())
+        } else {
+            r.body.clone()
+        };
+        Some((target, body))
     }
 
     /// Record latency and outcome metrics for a finished request.

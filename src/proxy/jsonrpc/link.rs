@@ -84,13 +84,18 @@ async fn run(
             }),
         )
     };
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(&*target.addr))
-        .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return failed(&conn, &target, generation, "connect", &e.to_string()).await,
-        Err(_) => return failed(&conn, &target, generation, "connect", "connect timed out").await,
-    };
+    let stream =
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(&*target.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                let why = e.to_string();
+                return failed(&conn, &target, generation, LinkFailure::Connect, &why).await;
+            }
+            Err(_) => {
+                let why = "connect timed out";
+                return failed(&conn, &target, generation, LinkFailure::Connect, why).await;
+            }
+        };
     let _ = stream.set_nodelay(true);
     let open = conn
         .ctx
@@ -153,23 +158,49 @@ async fn run(
     let _ = writer.await;
     open.dec();
     if !why.is_empty() && !conn.closing.is_cancelled() {
-        failed(&conn, &target, generation, "dropped", why).await;
+        failed(&conn, &target, generation, LinkFailure::Dropped, why).await;
     }
 }
 
-async fn failed(conn: &Conn, target: &Endpoint, generation: u64, kind: &str, why: &str) {
-    warn!(upstream = %target.name, addr = %target.addr, error = why, "upstream link {kind} failed");
+/// How a link failed; the `kind` label of the link-failure metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkFailure {
+    /// The node refused or never answered the connection: it saw nothing.
+    Connect,
+    /// An open link closed or failed to write: the node may have seen requests.
+    Dropped,
+}
+
+impl LinkFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkFailure::Connect => "connect",
+            LinkFailure::Dropped => "dropped",
+        }
+    }
+}
+
+async fn failed(
+    conn: &Arc<Conn>,
+    target: &Endpoint,
+    generation: u64,
+    kind: LinkFailure,
+    why: &str,
+) {
+    let label = kind.as_str();
+    warn!(upstream = %target.name, addr = %target.addr, error = why, "upstream link {label} failed");
     let metrics = &conn.ctx.metrics;
     metrics
         .upstream_link_failures_total
-        .with_label_values(&[&conn.pool_name, &target.name, kind])
+        .with_label_values(&[&conn.pool_name, &target.name, label])
         .inc();
     if let Some(pool) = conn.ctx.shared.load().pool(&conn.pool_name) {
         if let Some(up) = pool.upstream(&target.name) {
             prober::passive_failure(metrics, up, pool.config.passive.as_ref(), why);
         }
     }
-    conn.link_failed(&target.name, generation, why).await;
+    conn.link_failed(&target.name, generation, kind == LinkFailure::Connect, why)
+        .await;
 }
 
 /// Read frames from a node until it closes, dispatching each.
