@@ -78,11 +78,7 @@ impl Server {
         let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
         let server = Arc::new(Server {
             health,
-            ctx: Context {
-                shared,
-                metrics,
-                shutdown,
-            },
+            ctx: Context::new(shared, metrics, shutdown),
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             admin_addr: admin.local_addr().map_err(|source| StartError::Bind {

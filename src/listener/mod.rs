@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::Either;
+use futures_util::FutureExt;
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -38,12 +40,18 @@ struct Occupancy {
     freed: Notify,
 }
 
-struct Slot(Arc<Occupancy>);
+/// One open connection's place in its listener's count and in the connections gauge, given
+/// back when the connection's task ends (or is dropped at shutdown).
+struct Slot {
+    occupancy: Arc<Occupancy>,
+    active: IntGauge,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
+        self.active.dec();
+        self.occupancy.open.fetch_sub(1, Ordering::AcqRel);
+        self.occupancy.freed.notify_one();
     }
 }
 
@@ -91,20 +99,21 @@ pub async fn accept_loop(
         };
         backoff = Duration::from_millis(5);
         occupancy.open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(occupancy.clone());
         total.inc();
         active.inc();
-        let active = active.clone();
+        let slot = Slot {
+            occupancy: occupancy.clone(),
+            active: active.clone(),
+        };
         let span = info_span!("conn", listener = %name, peer = %peer);
-        let (ctx2, name2) = (ctx.clone(), name.clone());
-        ctx.shutdown.tracker.spawn(
-            async move {
-                handle(stream, peer, ctx2, name2).await;
-                active.dec();
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        // The work future is made here and wrapped, not awaited in an `async` block: that
+        // block would keep its own dead copies of the socket, the address and the handles (or
+        // of the work future itself) beside the work, for as long as the client stays
+        // connected.
+        let work = span.in_scope(|| handle(stream, peer, ctx.clone(), name.clone()));
+        ctx.shutdown
+            .tracker
+            .spawn(work.map(move |()| drop(slot)).instrument(span));
     }
 }
 

@@ -126,7 +126,10 @@ async fn serve_auto<IO, S>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // One `write` of head and body together rather than a `writev` (TLS streams get this
+        // anyway: they do not take vectored writes).
+        .writev(false);
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
