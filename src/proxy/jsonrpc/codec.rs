@@ -247,8 +247,12 @@ impl Encoder<&[u8]> for FrameCodec {
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Encode and write frames from `rx`, coalescing what is queued into one write; shut the
-/// write side down when `rx` closes.
-pub async fn write_frames<W: AsyncWrite + Unpin>(mut out: W, mut rx: mpsc::Receiver<Bytes>) {
+/// write side down when `rx` closes. An error means a write failed (the frames not yet written
+/// are dropped).
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut out: W,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     while let Some(body) = rx.recv().await {
         encode_frame(&body, &mut buf);
@@ -258,16 +262,14 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(mut out: W, mut rx: mpsc::Recei
                 Err(_) => break,
             }
         }
-        if out.write_all(&buf).await.is_err() {
-            return;
-        }
+        out.write_all(&buf).await?;
         buf.clear();
         if buf.capacity() > 1 << 20 {
             // Don't keep a large frame's buffer for the life of the connection.
             buf = BytesMut::with_capacity(8 * 1024);
         }
     }
-    let _ = out.shutdown().await;
+    out.shutdown().await
 }
 
 #[cfg(test)]

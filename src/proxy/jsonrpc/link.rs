@@ -5,16 +5,17 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
-use super::codec::{write_frames, FrameCodec};
+use super::codec::{encode_frame, write_frames, FrameCodec};
 use super::conn::{Conn, Endpoint, ServerRequest};
 use super::message::{self, parse_envelope, MessageKind};
 use super::route::Tracked;
@@ -103,17 +104,18 @@ async fn run(
         .upstream_connections_active
         .with_label_values(&[&conn.pool_name, &target.name]);
     open.inc();
-    let (read, write) = stream.into_split();
-    let (out_tx, out_rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
-    let writer = tokio::spawn(write_frames(write, out_rx));
-    let reader = tokio::spawn(read_upstream(
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::spawn(read_upstream(
         conn.clone(),
         target.name.clone(),
         FramedRead::new(read, FrameCodec::new(max_frame)),
     ));
 
     // Replay the connection's setup so this node sees the same client, and wait for each
-    // answer: a node may refuse calls until `connect` has completed.
+    // answer: a node may refuse calls until `connect` has completed. Frames the client sends
+    // meanwhile wait in `rx`.
+    let mut why = "";
+    let mut frame = BytesMut::new();
     for call in replay {
         let n = conn.next_internal_id();
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -126,7 +128,10 @@ async fn run(
         if parse_envelope(&body).is_ok_and(|e| e.method.as_deref() == Some("connect")) {
             body = with_token(&body, target.token.as_ref());
         }
-        if out_tx.send(body).await.is_err() {
+        frame.clear();
+        encode_frame(&body, &mut frame);
+        if write.write_all(&frame).await.is_err() {
+            why = "write failed";
             break;
         }
         if tokio::time::timeout(fanout_timeout, reply_rx)
@@ -136,26 +141,17 @@ async fn run(
             warn!(upstream = %target.name, "setup replay got no answer in time; continuing");
         }
     }
+    drop(frame);
 
-    let mut rx = rx;
-    let reader_done = reader;
-    tokio::pin!(reader_done);
-    let why = loop {
-        tokio::select! {
-            body = rx.recv() => match body {
-                Some(body) => {
-                    if out_tx.send(body).await.is_err() {
-                        break "write failed";
-                    }
-                }
-                None => break "",
-            },
-            _ = &mut reader_done => break "connection lost",
-            _ = conn.closing.cancelled() => break "",
-        }
-    };
-    drop(out_tx);
-    let _ = writer.await;
+    if why.is_empty() {
+        // From here this task is the link's writer: frames go from the client loop's channel
+        // to the socket with no other task in between.
+        why = tokio::select! {
+            written = write_frames(write, rx) => if written.is_ok() { "" } else { "write failed" },
+            _ = &mut reader => "connection lost",
+            _ = conn.closing.cancelled() => "",
+        };
+    }
     open.dec();
     if !why.is_empty() && !conn.closing.is_cancelled() {
         failed(&conn, &target, generation, LinkFailure::Dropped, why).await;
