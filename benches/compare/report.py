@@ -4,7 +4,8 @@
     python3 benches/compare/report.py [benches/results/raw.json]
 
 Medians over rounds, the first round dropped when there are several. Criterion results are
-included when CRITERION_DIR (default: $CARGO_TARGET_DIR/criterion or target/criterion) has them.
+included when CRITERION_DIR (default: $CARGO_TARGET_DIR/criterion or target/criterion) has them
+(only those measured since CRITERION_SINCE, Unix seconds, when that is set).
 Python 3.11 standard library only.
 """
 
@@ -40,6 +41,14 @@ def fmt(x, digits=1, unit=""):
     if isinstance(x, float) and abs(x) >= 1000 and digits <= 1:
         return f"{x:,.0f}{unit}"
     return f"{x:.{digits}f}{unit}"
+
+
+def last_step_slope(points):
+    """Bytes of RSS per connection between the last two connection counts, or None."""
+    if len(points) < 2 or points[-1]["conns"] <= points[-2]["conns"]:
+        return None
+    return ((points[-1]["rss_kb"] - points[-2]["rss_kb"]) * 1024
+            / (points[-1]["conns"] - points[-2]["conns"]))
 
 
 def ratio(a, b):
@@ -84,8 +93,13 @@ def lc(target: str) -> str:
 def criterion_results() -> list[tuple[str, float, float]]:
     base = os.environ.get("CRITERION_DIR") or str(
         Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "criterion")
+    # Criterion keeps every benchmark it ever ran; with CRITERION_SINCE (Unix seconds, set by
+    # run.sh when its criterion run starts) results older than this run are left out.
+    since = float(os.environ.get("CRITERION_SINCE", "0") or 0)
     out = []
     for est in sorted(Path(base).glob("**/new/estimates.json")):
+        if est.stat().st_mtime < since:
+            continue
         bench = est.parent.parent.relative_to(base)
         if "report" in bench.parts:
             continue
@@ -167,7 +181,9 @@ def main() -> int:
     idle = {r["proxy"]: r for r in raw.get("idle", [])}
     if "sessiongate" in idle:
         b = idle["sessiongate"]["bytes_per_conn"]
-        summary.append(["idle RSS per connection", "≤ 1.0 kB", f"{b / 1000:.2f} kB",
+        slope = last_step_slope(idle["sessiongate"]["points"])
+        also = f" (last step {slope / 1000:.2f} kB)" if slope is not None else ""
+        summary.append(["idle RSS per connection", "≤ 1.0 kB", f"{b / 1000:.2f} kB{also}",
                         "✅" if b <= 1000 else "❌"])
     if rpc:
         sg = med(rpc, "rate", target="sessiongate")
@@ -286,15 +302,21 @@ def main() -> int:
     if idle:
         add("## Idle keep-alive connections\n")
         add("Each connection sent one request, read the answer, then stayed idle. RSS of the "
-            "proxy's processes (nginx: master + worker) from `/proc/PID/statm`.\n")
+            "proxy's processes (nginx: master + worker) from `/proc/PID/statm`. \"kB per idle "
+            "connection\" is the growth over the RSS before, divided by the connections; the "
+            "first connections reuse heap that the earlier phases' load left free, so the last "
+            "step's slope (the growth between the last two counts) is shown too.\n")
         rows = []
         for p, r in idle.items():
             pts = r["points"]
+            slope = last_step_slope(pts)
             rows.append([p, pts[-1]["conns"], fmt(pts[0]["rss_kb"] / 1024, 1),
                          fmt(pts[-1]["rss_kb"] / 1024, 1), fmt(r["bytes_per_conn"] / 1000, 2),
+                         fmt(slope / 1000, 2) if slope is not None else "–",
                          r["closed_while_idle"], r["failed_connects"]])
         add(table(["proxy", "connections", "RSS before MiB", "RSS after MiB",
-                   "kB per idle connection", "closed by the proxy", "failed connects"], rows)
+                   "kB per idle connection", "kB per connection, last step",
+                   "closed by the proxy", "failed connects"], rows)
             + "\n")
         add("![RSS vs connections](rss.png)\n")
         with open(out_dir / "idle.csv", "w", newline="") as f:
@@ -376,8 +398,6 @@ def main() -> int:
         newest = datetime.datetime.fromtimestamp(max(t for _, _, t in crit),
                                                  datetime.timezone.utc)
         add(f"## Criterion micro-benchmarks (median; measured {newest:%Y-%m-%d %H:%M} UTC)\n")
-        add("`sketch_*` rows are not sessiongate code: the same hash and ring positions searched "
-            "as a dense `u64` array, and the hash alone, to show where a lookup's time goes.\n")
         add(table(["benchmark", "time"], [[n, f"{ns:,.1f} ns" if ns < 1e5 else
                                            f"{ns / 1e6:,.2f} ms"] for n, ns, _ in crit]) + "\n")
 
