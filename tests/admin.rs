@@ -4,7 +4,7 @@
 mod support;
 
 use support::upstream::Fleet;
-use support::{metric_value, web_config, within, Proxy};
+use support::{metric_value, poll_until, web_config, within, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints_after_traffic() {
@@ -103,4 +103,37 @@ async fn metrics_and_health_endpoints_after_traffic() {
         assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connections_gauge_follows_clients_opening_and_closing() {
+    within(30, async {
+        let fleet = Fleet::start(&["u1"]).await;
+        let proxy = Proxy::start_yaml(&web_config(&fleet.members, "", "")).await;
+        let active = || async {
+            let text = proxy.metrics_text().await;
+            metric_value(
+                &text,
+                "sessiongate_connections_active",
+                &[("listener", "web")],
+            )
+        };
+        let mut a = proxy.client("web").await;
+        let mut b = proxy.client("web").await;
+        for client in [&mut a, &mut b] {
+            assert_eq!(client.get("/", &[("x-session-id", "k")]).await.status, 200);
+        }
+        assert_eq!(active().await, Some(2.0));
+        drop(a);
+        poll_until("one client connection left", 10, || async {
+            active().await == Some(1.0)
+        })
+        .await;
+        drop(b);
+        poll_until("no client connection left", 10, || async {
+            active().await == Some(0.0)
+        })
+        .await;
+    })
+    .await;
 }
