@@ -99,21 +99,21 @@ impl Pool {
 
     /// Like [`Pool::route`], as an index into `upstreams`.
     pub fn route_index(&self, key: &[u8]) -> Option<usize> {
-        FirstUsable.select(&self.ring, key, &|i| {
-            self.upstreams[i].state.accepts_new_work()
-        })
+        self.route_index_avoiding(key, &[])
     }
 
     /// Like [`Pool::route`], passing over the upstreams named in `avoid` (ones that just
     /// refused a connection, before health checks have noticed).
     pub fn route_avoiding(&self, key: &[u8], avoid: &[Arc<str>]) -> Option<&Arc<Upstream>> {
-        let usable = |i: usize| {
+        self.route_index_avoiding(key, avoid)
+            .map(|i| &self.upstreams[i])
+    }
+
+    fn route_index_avoiding(&self, key: &[u8], avoid: &[Arc<str>]) -> Option<usize> {
+        FirstUsable.select(&self.ring, key, &|i| {
             let u = &self.upstreams[i];
             u.state.accepts_new_work() && !avoid.iter().any(|name| **name == *u.name())
-        };
-        FirstUsable
-            .select(&self.ring, key, &usable)
-            .map(|i| &self.upstreams[i])
+        })
     }
 
     /// Route a request that carries no key: a uniformly random point on the ring.

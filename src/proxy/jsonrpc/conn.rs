@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::codec::{write_frames, FrameCodec, FrameError};
+use super::fanout;
+use super::link::{self, LinkFailure};
 use super::message::{self, parse_envelope, MessageKind, INVALID_REQUEST, SERVER_UNAVAILABLE};
 use super::route::{destination, method_label, tracked, Destination, Tracked};
-use super::{fanout, link};
 use crate::config::{KeySource, OnOwnerDown, Secret};
 use crate::proxy::Context;
 use crate::sessions::Pin;
@@ -579,13 +580,13 @@ impl Conn {
 
     /// A link to `upstream` failed to connect or dropped: forget it and answer every request
     /// still waiting on it, so the client sees an error instead of a hang. When the node
-    /// refused the link (`refused`: nothing reached it), requests any node may answer go to the
-    /// next usable node instead.
+    /// refused the link (nothing reached it), requests any node may answer go to the next
+    /// usable node instead.
     pub(super) async fn link_failed(
         self: &Arc<Self>,
         upstream: &Arc<str>,
         generation: u64,
-        refused: bool,
+        kind: LinkFailure,
         why: &str,
     ) {
         let failed: Vec<(Box<str>, Pending)> = {
@@ -610,7 +611,7 @@ impl Conn {
                 .collect()
         };
         for (id, mut pending) in failed {
-            if refused {
+            if kind == LinkFailure::Connect {
                 if let Some(r) = pending.redispatch.as_mut() {
                     r.refused.push(upstream.clone());
                 }

@@ -85,18 +85,15 @@ async fn run(
             }),
         )
     };
-    let stream =
+    let connected =
         match tokio::time::timeout(connect_timeout, TcpStream::connect(&*target.addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                let why = e.to_string();
-                return failed(&conn, &target, generation, LinkFailure::Connect, &why).await;
-            }
-            Err(_) => {
-                let why = "connect timed out";
-                return failed(&conn, &target, generation, LinkFailure::Connect, why).await;
-            }
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("connect timed out".to_owned()),
         };
+    let stream = match connected {
+        Ok(stream) => stream,
+        Err(why) => return failed(&conn, &target, generation, LinkFailure::Connect, &why).await,
+    };
     let _ = stream.set_nodelay(true);
     let open = conn
         .ctx
@@ -160,7 +157,7 @@ async fn run(
 
 /// How a link failed; the `kind` label of the link-failure metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LinkFailure {
+pub(super) enum LinkFailure {
     /// The node refused or never answered the connection: it saw nothing.
     Connect,
     /// An open link closed or failed to write: the node may have seen requests.
@@ -195,8 +192,7 @@ async fn failed(
             prober::passive_failure(metrics, up, pool.config.passive.as_ref(), why);
         }
     }
-    conn.link_failed(&target.name, generation, kind == LinkFailure::Connect, why)
-        .await;
+    conn.link_failed(&target.name, generation, kind, why).await;
 }
 
 /// Read frames from a node until it closes, dispatching each.
