@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sessiongate::proxy::jsonrpc::codec::{encode_frame, FrameCodec};
-use sessiongate::proxy::jsonrpc::message::parse_envelope;
+use sessiongate::wire::codec::{encode_frame, FrameCodec};
+use sessiongate::wire::message::parse_envelope;
 use tokio_util::codec::Decoder;
 
 const SID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";

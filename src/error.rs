@@ -1,46 +1,9 @@
-//! Library error types. Each subsystem has a `thiserror` enum carrying the context an operator
-//! needs (file, field path, upstream name); `anyhow` is confined to `main.rs`.
+//! Errors of the running proxy: why a reload was refused and why the proxy could not start.
+//! Each subsystem has a `thiserror` enum carrying the context an operator needs (file, field
+//! path, upstream name): [`ConfigError`] lives with the config; `anyhow` is confined to
+//! `main.rs`.
 
-use std::path::PathBuf;
-
-use crate::config::FieldError;
-
-/// Why a configuration could not be loaded or turned into a runnable snapshot.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}:{line}:{column}: {message}")]
-    Syntax {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{file}: invalid configuration:\n{}", list(.errors))]
-    Invalid {
-        file: PathBuf,
-        errors: Vec<FieldError>,
-    },
-    #[error("{file}: {path}: {message}")]
-    Tls {
-        file: PathBuf,
-        path: String,
-        message: String,
-    },
-}
-
-fn list(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("  {e}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use crate::config::ConfigError;
 
 /// Why a reload was refused. The old snapshot keeps serving in every case.
 #[derive(Debug, thiserror::Error)]

@@ -9,13 +9,15 @@
 //! # Layout
 //!
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
-//! - [`config`]: YAML schema (serde, `deny_unknown_fields`) and validation into typed config.
-//! - [`demo`]: the built-in demo fleet behind `sessiongate demo`.
-//! - [`error`]: `thiserror` error enums for config, reload and start-up.
+//! - [`config`]: YAML schema (serde, `deny_unknown_fields`), validation into typed config, and
+//!   [`config::ConfigError`].
+//! - [`demo`]: the built-in demo fleet behind `sessiongate demo` (feature `demo`).
+//! - [`error`]: `thiserror` error enums for reload and start-up.
 //! - [`key`]: where a request's key comes from (header, cookie, query, path, SNI, client IP).
 //! - [`listener`]: binding, accept loop with connection limit, TLS termination.
 //! - [`metrics`]: every metric name and the registry-passing `Metrics` handle.
-//! - [`mockcli`]: an in-process mock Copilot CLI server (JSON-RPC) for tests, benches and the demo.
+//! - [`mockcli`]: an in-process mock Copilot CLI server for tests, benches and the demo (feature
+//!   `demo`; not in the product build).
 //! - [`proxy`]: the data path per protocol: HTTP, TCP passthrough, JSON-RPC.
 //! - [`proxy::idle`]: idle HTTP/1 keep-alive connections parked between requests, holding only
 //!   their socket.
@@ -26,16 +28,19 @@
 //! - [`shutdown`]: cancellation token, connection tracker and grace deadline.
 //! - [`snapshot`]: the immutable per-version routing state behind one `ArcSwap`.
 //! - [`upstream`]: upstreams, their connection pools, and state carried across reloads.
+//! - [`wire`]: the CLI's wire format: LSP framing and the JSON-RPC envelope.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod key;
 pub mod listener;
 pub mod metrics;
+#[cfg(feature = "demo")]
 pub mod mockcli;
 pub mod proxy;
 pub mod reload;
@@ -45,3 +50,4 @@ pub mod sessions;
 pub mod shutdown;
 pub mod snapshot;
 pub mod upstream;
+pub mod wire;

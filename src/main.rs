@@ -71,7 +71,8 @@ enum Command {
         #[arg(required = true)]
         keys: Vec<String>,
     },
-    /// Start a demo fleet and the proxy in front of it (uses the built-in demo config).
+    /// Start a demo fleet and the proxy in front of it (uses the built-in demo config; needs a
+    /// build with `--features demo`).
     Demo,
 }
 
@@ -240,6 +241,7 @@ fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
 
 /// The demo's upstreams, started inside the runtime before the proxy: HTTP servers for pools
 /// behind HTTP listeners, mock CLI servers for pools behind JSON-RPC listeners.
+#[cfg_attr(not(feature = "demo"), allow(dead_code))]
 struct DemoFleet {
     http: Vec<(String, std::net::SocketAddr)>,
     cli: Vec<(String, std::net::SocketAddr)>,
@@ -250,19 +252,7 @@ fn serve(config: Config, path: &Path, demo: Option<DemoFleet>) -> Result<(), Fai
     let rt = runtime(config.worker_threads)?;
     rt.block_on(async move {
         if let Some(fleet) = &demo {
-            let stop = tokio_util::sync::CancellationToken::new();
-            sessiongate::demo::start_http_upstreams(&fleet.http, &stop)
-                .await
-                .context("starting the demo HTTP upstreams")?;
-            for (name, addr) in &fleet.cli {
-                let opts = sessiongate::mockcli::MockCliOptions {
-                    name: name.clone(),
-                    token: None,
-                };
-                sessiongate::mockcli::MockCli::start(*addr, opts, stop.clone())
-                    .await
-                    .with_context(|| format!("starting demo CLI {name} on {addr}"))?;
-            }
+            start_demo_fleet(fleet).await?;
         }
         let find = |name: &str| {
             config
@@ -337,6 +327,40 @@ async fn wait_for_signals(server: &Arc<Server>, signals: Signals) -> anyhow::Res
     }
 }
 
+/// The demo's upstreams: HTTP servers that answer with their name, and mock CLIs.
+#[cfg(feature = "demo")]
+async fn start_demo_fleet(fleet: &DemoFleet) -> anyhow::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    sessiongate::demo::start_http_upstreams(&fleet.http, &stop)
+        .await
+        .context("starting the demo HTTP upstreams")?;
+    for (name, addr) in &fleet.cli {
+        let opts = sessiongate::mockcli::MockCliOptions {
+            name: name.clone(),
+            token: None,
+        };
+        sessiongate::mockcli::MockCli::start(*addr, opts, stop.clone())
+            .await
+            .with_context(|| format!("starting demo CLI {name} on {addr}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "demo"))]
+async fn start_demo_fleet(_: &DemoFleet) -> anyhow::Result<()> {
+    anyhow::bail!(NO_DEMO)
+}
+
+#[cfg(not(feature = "demo"))]
+const NO_DEMO: &str =
+    "this build has no demo fleet; run `cargo run --release --features demo -- demo`";
+
+#[cfg(not(feature = "demo"))]
+fn demo() -> Result<(), Failure> {
+    Err(Failure::Other(anyhow::anyhow!(NO_DEMO)))
+}
+
+#[cfg(feature = "demo")]
 fn demo() -> Result<(), Failure> {
     // Prefer the repo's config/demo.yaml so SIGHUP reloads edits to it; else the built-in copy.
     let path = Path::new("config/demo.yaml");

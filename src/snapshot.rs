@@ -11,8 +11,7 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ListenerConfig, PoolConfig, Protocol};
-use crate::error::ConfigError;
+use crate::config::{Config, ConfigError, ListenerConfig, PoolConfig, Protocol};
 use crate::key::HttpKeys;
 use crate::listener::tls;
 use crate::metrics::Metrics;

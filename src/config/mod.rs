@@ -2,6 +2,7 @@
 //! into the typed [`Config`] below. Runtime code only ever sees a validated `Config`; every
 //! error names the field path it is about (`pools.api.health.fall: must be >= 1`).
 
+mod error;
 pub mod schema;
 mod validate;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::error::ConfigError;
+pub use self::error::ConfigError;
 
 /// A validated configuration, ready to build a [`crate::snapshot::Snapshot`] from.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,7 @@
 //! An in-process mock of a headless Copilot CLI server (`copilot --headless --port N`) for unit
-//! tests, benches and the demo: JSON-RPC 2.0 over LSP framing ([`FrameCodec`]) on 127.0.0.1,
-//! mirroring the wire shapes recorded in `notes/protocol.md` — `connect` with an optional
+//! tests, benches and the demo (cargo feature `demo`): JSON-RPC 2.0 over LSP framing
+//! ([`FrameCodec`]) on 127.0.0.1, mirroring the wire shapes of the real CLI (`@github/copilot`
+//! 1.0.102, the version the interop suite in `tests/interop/` runs) — `connect` with an optional
 //! connection token (-32001 AUTHENTICATION_REQUIRED / -32002 AUTHENTICATION_FAILED), the global
 //! methods, sessions that live in server-level state ("on disk") and survive [`MockCli::kill`] +
 //! [`MockCli::revive`], `session.event` fan-out to the connections attached to a session and
@@ -54,8 +55,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::jsonrpc::codec::{write_frames, FrameCodec};
-use crate::proxy::jsonrpc::message::{
+use crate::wire::codec::{write_frames, FrameCodec};
+use crate::wire::message::{
     error_response, parse_envelope, MessageKind, ParseError, INTERNAL_ERROR, INVALID_REQUEST,
     METHOD_NOT_FOUND,
 };

@@ -12,7 +12,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::proxy::jsonrpc::codec::encode_frame;
+use crate::wire::codec::encode_frame;
 
 /// Upper bound on any single wait, so a broken server fails a test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(10);

@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::config::{HealthConfig, ProbeKind, Secret};
-use crate::proxy::jsonrpc::codec::FrameCodec;
-use crate::proxy::jsonrpc::message::{parse_envelope, MessageKind};
+use crate::wire::codec::FrameCodec;
+use crate::wire::message::{parse_envelope, MessageKind};
 
 /// One way of asking an upstream whether it is healthy.
 pub trait HealthCheck: Send + Sync {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
-use sessiongate::proxy::jsonrpc::codec::{parse_frame, FrameCodec, FrameStatus};
-use sessiongate::proxy::jsonrpc::message::{parse_envelope, MessageKind};
+use sessiongate::wire::codec::{parse_frame, FrameCodec, FrameStatus};
+use sessiongate::wire::message::{parse_envelope, MessageKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -282,7 +282,7 @@ async fn connection(
 }
 
 fn frame(out: &mut BytesMut, body: &[u8]) {
-    sessiongate::proxy::jsonrpc::codec::encode_frame(body, out);
+    sessiongate::wire::codec::encode_frame(body, out);
 }
 
 /// `Some((id, is_error))` for a response with a numeric id; `None` for anything else.

@@ -20,15 +20,17 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::codec::{write_frames, FrameCodec, FrameError};
 use super::fanout;
 use super::link::{self, LinkFailure};
-use super::message::{self, parse_envelope, MessageKind, INVALID_REQUEST, SERVER_UNAVAILABLE};
 use super::route::{destination, method_label, tracked, Destination, Tracked};
 use crate::config::{KeySource, OnOwnerDown, Secret};
 use crate::proxy::Context;
 use crate::sessions::Pin;
 use crate::snapshot::{ListenerRuntime, Pool};
+use crate::wire::codec::{write_frames, FrameCodec, FrameError};
+use crate::wire::message::{
+    self, parse_envelope, MessageKind, INVALID_REQUEST, SERVER_UNAVAILABLE,
+};
 
 /// Frames waiting for the client writer; bounded so a slow client slows its upstreams down
 /// instead of growing memory.

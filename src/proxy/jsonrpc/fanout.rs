@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 
 use super::conn::{BatchSlot, Conn, Endpoint, Pending};
 use super::link::{internal_id, learn};
-use super::message;
 use crate::snapshot::Pool;
+use crate::wire::message;
 
 /// Send `body` to `target` under a proxy-internal id and wait up to `timeout` for the answer.
 async fn ask(conn: &Arc<Conn>, target: &Endpoint, body: &[u8], timeout: Duration) -> Option<Bytes> {

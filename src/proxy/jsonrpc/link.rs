@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
-use super::codec::{encode_frame, write_frames, FrameCodec};
 use super::conn::{Conn, Endpoint, ServerRequest};
-use super::message::{self, parse_envelope, MessageKind};
 use super::route::Tracked;
 use crate::config::Secret;
 use crate::upstream::prober;
+use crate::wire::codec::{encode_frame, write_frames, FrameCodec};
+use crate::wire::message::{self, parse_envelope, MessageKind};
 
 /// Frames queued for one link before the client loop waits.
 const LINK_QUEUE: usize = 256;
@@ -80,7 +80,7 @@ async fn run(
             pool.map_or(std::time::Duration::from_secs(5), |p| {
                 p.config.fanout_timeout
             }),
-            listener.map_or(super::codec::DEFAULT_MAX_FRAME_BYTES, |l| {
+            listener.map_or(crate::wire::codec::DEFAULT_MAX_FRAME_BYTES, |l| {
                 l.config.max_frame_bytes
             }),
         )

@@ -4,18 +4,14 @@
 //! reads and connection setup go to the connection's home node; `session.list` fans out and
 //! merges. Server-initiated requests get proxy-unique ids on the client side.
 //!
-//! - [`codec`]: LSP-style `Content-Length` framing (pure, fuzzable decoder).
-//! - [`message`]: the routing view of a message and the few rewrites the proxy makes.
 //! - `route`: which node a client message goes to.
 //! - `conn`: the per-client connection: state, client loop, replies and batches.
 //! - `link`: one upstream link: connect, replay setup, write, read and dispatch.
 //! - `fanout`: `session.list` merge and owner discovery across nodes.
 
-pub mod codec;
 mod conn;
 mod fanout;
 mod link;
-pub mod message;
 mod route;
 
 pub use conn::serve;
