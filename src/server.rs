@@ -73,6 +73,7 @@ impl Server {
             bound.push((l.name.clone(), l.listen, tcp));
         }
         metrics.config_version.set(snapshot.version as i64);
+        snapshot.activate(&metrics);
         let health = HealthSupervisor::new(metrics.clone(), shutdown.token.clone());
         health.sync(&snapshot);
         let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));

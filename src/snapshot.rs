@@ -153,6 +153,25 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Metrics,
     ) -> Result<Snapshot, ConfigError> {
+        // TLS files first: the only step that can fail, before anything registers metrics.
+        let mut acceptors = Vec::with_capacity(config.listeners.len());
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(files) = &l.tls else {
+                acceptors.push(None);
+                continue;
+            };
+            let alpn: &[&[u8]] = match l.protocol {
+                Protocol::Http => &[b"h2", b"http/1.1"],
+                _ => &[],
+            };
+            let acceptor =
+                tls::acceptor(files, alpn).map_err(|(field, message)| ConfigError::Tls {
+                    file: source.to_owned(),
+                    path: format!("listeners[{i}].tls.{field}"),
+                    message,
+                })?;
+            acceptors.push(Some(acceptor));
+        }
         let pools: HashMap<String, Arc<Pool>> = config
             .pools
             .values()
@@ -161,28 +180,8 @@ impl Snapshot {
                 (p.name.clone(), Arc::new(Pool::build(p, prev, metrics)))
             })
             .collect();
-        metrics.sessions.set_limits(
-            config.metrics.max_session_series,
-            config.metrics.session_series_idle,
-        );
         let mut listeners = HashMap::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            let tls = match &l.tls {
-                None => None,
-                Some(files) => {
-                    let alpn: &[&[u8]] = match l.protocol {
-                        Protocol::Http => &[b"h2", b"http/1.1"],
-                        _ => &[],
-                    };
-                    Some(tls::acceptor(files, alpn).map_err(|(field, message)| {
-                        ConfigError::Tls {
-                            file: source.to_owned(),
-                            path: format!("listeners[{i}].tls.{field}"),
-                            message,
-                        }
-                    })?)
-                }
-            };
+        for (l, tls) in config.listeners.iter().zip(acceptors) {
             // Validation guarantees the pool exists.
             let pool = pools[&l.pool].clone();
             let stats = pool
@@ -214,6 +213,50 @@ impl Snapshot {
             pools,
             listeners,
         })
+    }
+
+    /// Make this snapshot's settings live in the state it shares with the one serving before it:
+    /// each upstream's drain by config, the bounds on per-session series. Called once the
+    /// snapshot is stored (never by [`Snapshot::build`], so a refused reload changes nothing).
+    pub fn activate(&self, metrics: &Metrics) {
+        for pool in self.pools.values() {
+            for u in &pool.upstreams {
+                u.state.set_config_drain(u.config.drain);
+            }
+        }
+        metrics.sessions.set_limits(
+            self.config.metrics.max_session_series,
+            self.config.metrics.session_series_idle,
+        );
+    }
+
+    /// Undo what building `self` registered, for a snapshot that will never serve: the metric
+    /// series of listener × upstream pairs and of upstreams that `current` does not have.
+    pub fn discard(self, current: &Snapshot, metrics: &Metrics) {
+        for (name, l) in &self.listeners {
+            let pool = l.pool.name();
+            let live = current.listener(name).filter(|c| c.pool.name() == pool);
+            for u in &l.pool.upstreams {
+                if live.is_some_and(|c| c.pool.upstream(u.name()).is_some()) {
+                    continue;
+                }
+                let labels = [name.as_str(), pool, u.name()];
+                let _ = metrics.request_duration.remove_label_values(&labels);
+                let _ = metrics
+                    .requests_total
+                    .remove_label_values(&[labels[0], labels[1], labels[2], "200"]);
+            }
+        }
+        for pool in self.pools.values() {
+            let live = current.pool(pool.name());
+            for u in &pool.upstreams {
+                if live.is_none_or(|p| p.upstream(u.name()).is_none()) {
+                    let _ = metrics
+                        .upstream_connections_active
+                        .remove_label_values(&[pool.name(), u.name()]);
+                }
+            }
+        }
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {

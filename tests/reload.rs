@@ -235,3 +235,71 @@ async fn sighup_binds_added_listeners_and_closes_removed_ones() {
     })
     .await
 }
+
+/// A refused reload changes nothing that serves: neither a bad certificate (refused while the
+/// snapshot is built) nor a port in use (refused after it was built) may apply the file's
+/// `drain: true`, its per-session series bounds, or leave metric series of an upstream that
+/// never went live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_changes_nothing_live() {
+    within(60, async {
+        let fleet = Fleet::start(&["u1", "u2", "u3", "u4"]).await;
+        let base = &fleet.members[..3];
+        let good = web_config(base, "", "");
+        let proxy = Proxy::start_yaml(&good).await;
+        let limits = proxy.server.metrics().sessions.limits();
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let bad_cert = proxy.config.file("bad.pem", "not a certificate");
+
+        // u1 drained, u4 added, a smaller series bound; each file refused for its own reason.
+        let refused_body = |listener: &str| {
+            let mut members: Vec<String> = base
+                .iter()
+                .map(|(n, a)| {
+                    let drain = if n == "u1" { ", drain: true" } else { "" };
+                    format!("      - {{ name: {n}, addr: \"{a}\"{drain} }}\n")
+                })
+                .collect();
+            members.push(format!("      - {{ name: u4, addr: \"{}\" }}\n", fleet.members[3].1));
+            let yaml = web_config(&[], listener, "").replace(
+                "admin:",
+                "metrics:\n  max_session_series: 1\n  session_series_idle: 1s\nadmin:",
+            );
+            format!("{yaml}{}", members.concat())
+        };
+        let tls_listener = format!(
+            "  - name: tls\n    listen: 127.0.0.1:0\n    protocol: http\n    pool: api\n    tls:\n      cert: {c}\n      key: {c}\n",
+            c = bad_cert.display()
+        );
+        let busy_listener = format!(
+            "  - name: busy\n    listen: {}\n    protocol: http\n    pool: api\n",
+            held.local_addr().expect("addr")
+        );
+        for (why, listener) in [("certificate", tls_listener), ("port in use", busy_listener)] {
+            let err = proxy
+                .reload_with(&refused_body(&listener))
+                .await
+                .expect_err(why);
+            assert_eq!(proxy.server.snapshot().version, 1, "{why}: {err}");
+
+            let u1 = support::admin_upstream(proxy.admin(), "u1").await;
+            assert_eq!(u1["draining"], false, "{why}: {u1}");
+            let mut reached_u1 = 0;
+            let mut client = proxy.client("web").await;
+            for i in 0..300 {
+                let key = format!("{why}-{i}");
+                if client.get("/", &[("x-session-id", &key)]).await.upstream() == "u1" {
+                    reached_u1 += 1;
+                }
+            }
+            assert!(reached_u1 > 30, "{why}: {reached_u1} of 300 new keys reached u1");
+            assert_eq!(proxy.server.metrics().sessions.limits(), limits, "{why}");
+            let text = proxy.metrics_text().await;
+            assert!(
+                !text.contains("upstream=\"u4\""),
+                "{why}: series of the refused upstream u4:\n{text}"
+            );
+        }
+    })
+    .await
+}

@@ -87,6 +87,12 @@ impl SessionSeries {
             .observe(seconds);
     }
 
+    /// The bounds in force: (`max_session_series`, `session_series_idle`).
+    pub fn limits(&self) -> (usize, Duration) {
+        let state = self.lock();
+        (state.max, state.idle)
+    }
+
     /// Sessions that have a series of their own now.
     pub fn live(&self) -> usize {
         self.lock().live.len()

@@ -139,19 +139,13 @@ impl Server {
             .iter()
             .map(|(n, r)| (n.clone(), r.configured))
             .collect();
-        let mut to_bind = Vec::new();
-        for l in &next.config.listeners {
-            let unchanged = running.iter().any(|(n, a)| *n == l.name && *a == l.listen);
-            if !unchanged {
-                // A listener moving address must release its old port first if it reuses it.
-                let tcp = listener::bind(l.listen).map_err(|source| ReloadError::Bind {
-                    listener: l.name.clone(),
-                    addr: l.listen,
-                    source,
-                })?;
-                to_bind.push((l.name.clone(), l.listen, tcp));
+        let to_bind = match bind_new(&next, &running) {
+            Ok(bound) => bound,
+            Err(e) => {
+                next.discard(&current, &self.ctx.metrics);
+                return Err(e);
             }
-        }
+        };
         let removed: Vec<String> = running
             .iter()
             .filter(|(n, _)| !next.config.listeners.iter().any(|l| l.name == *n))
@@ -161,6 +155,7 @@ impl Server {
         let version = next.version;
         let next = Arc::new(next);
         self.ctx.shared.store(next.clone());
+        next.activate(&self.ctx.metrics);
         self.health.sync(&next);
 
         let listeners_added = to_bind.iter().map(|(n, _, _)| n.clone()).collect();
@@ -182,4 +177,25 @@ impl Server {
             listeners_removed: removed,
         })
     }
+}
+
+/// Bind every listener of `next` that is new or moved (not in `running` at the same address).
+fn bind_new(
+    next: &Snapshot,
+    running: &[(String, std::net::SocketAddr)],
+) -> Result<Vec<(String, std::net::SocketAddr, tokio::net::TcpListener)>, ReloadError> {
+    let mut bound = Vec::new();
+    for l in &next.config.listeners {
+        let unchanged = running.iter().any(|(n, a)| *n == l.name && *a == l.listen);
+        if !unchanged {
+            // A listener moving address must release its old port first if it reuses it.
+            let tcp = listener::bind(l.listen).map_err(|source| ReloadError::Bind {
+                listener: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+            bound.push((l.name.clone(), l.listen, tcp));
+        }
+    }
+    Ok(bound)
 }

@@ -44,11 +44,12 @@ impl Upstream {
         previous_pool: Option<&PoolConfig>,
     ) -> Arc<Upstream> {
         // Health and drain state follow the upstream's name, unless it now points elsewhere.
+        // The config's `drain` is applied when the snapshot goes live (`Snapshot::activate`):
+        // this state may be the one serving now, and a refused reload must leave it alone.
         let state = match previous {
             Some(p) if p.config.addr == config.addr => p.state.clone(),
             _ => Arc::new(UpstreamState::new(pool.health.initial_healthy)),
         };
-        state.set_config_drain(config.drain);
         let same_pool_settings = previous_pool.is_some_and(|old| {
             old.connect_timeout == pool.connect_timeout
                 && old.pool_max_idle_per_upstream == pool.pool_max_idle_per_upstream
