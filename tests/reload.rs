@@ -300,6 +300,13 @@ async fn a_refused_reload_changes_nothing_live() {
                 "{why}: series of the refused upstream u4:\n{text}"
             );
         }
+
+        // The same drain in a file that is accepted does apply.
+        let accepted = refused_body("");
+        proxy.reload_with(&accepted).await.expect("accepted reload");
+        let u1 = support::admin_upstream(proxy.admin(), "u1").await;
+        assert_eq!(u1["draining"], true, "{u1}");
+        assert_eq!(proxy.server.metrics().sessions.limits().0, 1);
     })
     .await
 }
