@@ -12,12 +12,9 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Default cap on one frame's body (64 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Cap on the header block, terminating `\r\n\r\n` included (8 KiB).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// The most buffer a partial frame makes the decoder reserve ahead of the bytes that arrived.
 const RESERVE_STEP: usize = 1 << 20;
-
-pub const MAX_HEADER_BYTES: usize = 8 * 1024;
-
-const TERMINATOR: &[u8] = b"\r\n\r\n";
 
 /// Why a byte stream is not a valid sequence of frames. Any of these ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +29,8 @@ pub enum FrameError {
     FrameTooLarge { len: usize, max: usize },
     #[error("header block exceeds {max} bytes")]
     HeaderTooLarge { max: usize },
+    #[error("incomplete frame: not completed within {0:?}")]
+    Timeout(std::time::Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -55,39 +54,41 @@ pub enum FrameStatus {
 }
 
 /// Parses the header block at the start of `buf`. Returns `Ok(None)` while the terminator has not
-/// arrived. Fails as soon as [`MAX_HEADER_BYTES`] arrive without a terminator, or when the declared
-/// length exceeds `max_frame_bytes`, before any of the body is read. Does not allocate.
+/// arrived. Every byte is checked as it arrives: anything that cannot be part of a header line
+/// (`token: value` of visible ASCII, ended by `\r\n`) fails at once, so a peer sending garbage is
+/// told so without the proxy waiting for [`MAX_HEADER_BYTES`]. Also fails as soon as
+/// `MAX_HEADER_BYTES` arrive without a terminator, or when the declared length exceeds
+/// `max_frame_bytes`, before any of the body is read. Does not allocate.
 pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHeader>, FrameError> {
     let window = &buf[..buf.len().min(MAX_HEADER_BYTES)];
-    let Some(end) = window
-        .windows(TERMINATOR.len())
-        .position(|w| w == TERMINATOR)
-    else {
-        if buf.len() >= MAX_HEADER_BYTES {
-            return Err(FrameError::HeaderTooLarge {
-                max: MAX_HEADER_BYTES,
-            });
-        }
-        return Ok(None);
-    };
     let mut content_length = None;
-    for line in HeaderLines(&buf[..end]) {
-        let line =
-            std::str::from_utf8(line).map_err(|_| FrameError::MalformedHeader("not UTF-8"))?;
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(FrameError::MalformedHeader("no colon"))?;
-        if !name.trim().eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        let len = parse_length(value.trim())?;
-        match content_length {
-            Some(prev) if prev != len => {
-                return Err(FrameError::InvalidContentLength("conflicting duplicates"))
+    let mut start = 0;
+    let header_len = loop {
+        let rest = &window[start..];
+        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            check_partial_line(rest)?;
+            if buf.len() >= MAX_HEADER_BYTES {
+                return Err(FrameError::HeaderTooLarge {
+                    max: MAX_HEADER_BYTES,
+                });
             }
-            _ => content_length = Some(len),
+            return Ok(None);
+        };
+        if end == 0 {
+            break start + 2;
         }
-    }
+        let (name, value) = split_line(&rest[..end])?;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let len = parse_length(value)?;
+            match content_length {
+                Some(prev) if prev != len => {
+                    return Err(FrameError::InvalidContentLength("conflicting duplicates"))
+                }
+                _ => content_length = Some(len),
+            }
+        }
+        start += end + 2;
+    };
     let body_len = content_length.ok_or(FrameError::MissingContentLength)?;
     if body_len > max_frame_bytes {
         return Err(FrameError::FrameTooLarge {
@@ -96,9 +97,70 @@ pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHe
         });
     }
     Ok(Some(FrameHeader {
-        header_len: end + TERMINATOR.len(),
+        header_len,
         body_len,
     }))
+}
+
+/// A whole header line (no `\r\n`): its name and its value without surrounding spaces.
+fn split_line(line: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(FrameError::MalformedHeader("no colon"))?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    check_name(name)?;
+    if name.is_empty() {
+        return Err(FrameError::MalformedHeader("empty header name"));
+    }
+    check_value(value)?;
+    Ok((name, value.trim_ascii()))
+}
+
+/// The start of a line whose `\r\n` has not arrived: could it still become a header line (or
+/// the empty line that ends the block)?
+fn check_partial_line(part: &[u8]) -> Result<(), FrameError> {
+    match part.split_last() {
+        // A lone `\r` waits for its `\n`: it ends a complete line or the block.
+        Some((b'\r', line)) if line.is_empty() => Ok(()),
+        Some((b'\r', line)) => split_line(line).map(drop),
+        _ => match part.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                check_name(&part[..colon])?;
+                if colon == 0 {
+                    return Err(FrameError::MalformedHeader("empty header name"));
+                }
+                check_value(&part[colon + 1..])
+            }
+            None => check_name(part),
+        },
+    }
+}
+
+/// A header name is an RFC 9110 token: no spaces (so no whitespace before the colon and no
+/// folded continuation lines), no controls.
+fn check_name(name: &[u8]) -> Result<(), FrameError> {
+    if name.iter().all(|&b| is_tchar(b)) {
+        Ok(())
+    } else {
+        Err(FrameError::MalformedHeader("not a header name"))
+    }
+}
+
+/// A header value is visible ASCII, spaces and tabs; a bare CR or LF is not allowed.
+fn check_value(value: &[u8]) -> Result<(), FrameError> {
+    if value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(FrameError::MalformedHeader("invalid byte in header value"))
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Pure core of the decoder: is there a whole frame at the start of `buf`? Does not allocate.
@@ -112,33 +174,15 @@ pub fn parse_frame(buf: &[u8], max_frame_bytes: usize) -> Result<FrameStatus, Fr
     })
 }
 
-fn parse_length(value: &str) -> Result<usize, FrameError> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+fn parse_length(value: &[u8]) -> Result<usize, FrameError> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Err(FrameError::InvalidContentLength("not a decimal number"));
     }
-    value
-        .parse()
-        .map_err(|_| FrameError::InvalidContentLength("out of range"))
-}
-
-/// Iterator over the `\r\n`-separated lines of a header block (terminator excluded).
-struct HeaderLines<'a>(&'a [u8]);
-
-impl<'a> Iterator for HeaderLines<'a> {
-    type Item = &'a [u8];
-    fn next(&mut self) -> Option<&'a [u8]> {
-        if self.0.is_empty() {
-            return None;
-        }
-        match self.0.windows(2).position(|w| w == b"\r\n") {
-            Some(i) => {
-                let (line, rest) = self.0.split_at(i);
-                self.0 = &rest[2..];
-                Some(line)
-            }
-            None => Some(std::mem::take(&mut self.0)),
-        }
-    }
+    // ASCII digits only, so the conversion cannot fail; the parse can overflow.
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|digits| digits.parse().ok())
+        .ok_or(FrameError::InvalidContentLength("out of range"))
 }
 
 /// Appends `Content-Length: N\r\n\r\n` and `body` to `dst`.
@@ -362,9 +406,68 @@ mod tests {
             FrameError::MalformedHeader(_)
         ));
         assert!(matches!(
+            err(b"X-Padding: ok\r\nno colon here\r\n\r\n"),
+            FrameError::MalformedHeader(_)
+        ));
+        assert!(matches!(
             err(b"X: \xff\r\nContent-Length: 2\r\n\r\n{}"),
             FrameError::MalformedHeader(_)
         ));
+    }
+
+    #[test]
+    fn garbage_is_refused_as_it_arrives() {
+        for garbage in [
+            &b"\x00"[..],
+            b"{\"jsonrpc\":\"2.0\"",
+            b"GET / HTTP/1.1",
+            b"Content-Length : 2",
+            b"Content-Length: 2\r\n 3",
+            b"Content-Length: 2\n",
+            b"Content-Length: 2\rX",
+            b"Content-Length\r",
+            b":2",
+            b"X: \x7f",
+        ] {
+            assert!(
+                matches!(decode_one(garbage), Err(FrameError::MalformedHeader(_))),
+                "{:?}",
+                String::from_utf8_lossy(garbage)
+            );
+        }
+        // 4 KiB of random bytes: an error, not a wait for the rest of an 8 KiB header.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let random: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        assert!(matches!(
+            decode_one(&random),
+            Err(FrameError::MalformedHeader(_))
+        ));
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_header_waits_for_more() {
+        let frame = b"Content-Length: 12\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\n";
+        for cut in 0..frame.len() {
+            assert_eq!(
+                parse_header(&frame[..cut], 100).unwrap(),
+                None,
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(
+            parse_header(frame, 100).unwrap(),
+            Some(FrameHeader {
+                header_len: frame.len(),
+                body_len: 12
+            })
+        );
     }
 
     #[test]
