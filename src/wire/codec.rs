@@ -122,7 +122,7 @@ fn split_line(line: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
 fn check_partial_line(part: &[u8]) -> Result<(), FrameError> {
     match part.split_last() {
         // A lone `\r` waits for its `\n`: it ends a complete line or the block.
-        Some((b'\r', line)) if line.is_empty() => Ok(()),
+        Some((b'\r', [])) => Ok(()),
         Some((b'\r', line)) => split_line(line).map(drop),
         _ => match part.iter().position(|&b| b == b':') {
             Some(colon) => {
