@@ -130,6 +130,19 @@ impl Pool {
         self.ring.owner(key).map(|i| &self.upstreams[i])
     }
 
+    /// The node `pin` points at: the pool's upstream of that name, or, for one a reload removed
+    /// and that still drains, its pinned address with the token it had.
+    pub fn pinned_endpoint(&self, pin: &crate::sessions::Pin) -> crate::upstream::Endpoint {
+        match self.upstream(&pin.upstream) {
+            Some(u) => u.endpoint.clone(),
+            None => crate::upstream::Endpoint {
+                name: pin.upstream.clone(),
+                addr: pin.addr.clone(),
+                token: self.pins.retired_token(&pin.upstream),
+            },
+        }
+    }
+
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name() == name)
     }

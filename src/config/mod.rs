@@ -66,6 +66,9 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// `protocol: jsonrpc`: the largest frame body accepted from a client.
     pub max_frame_bytes: usize,
+    /// `protocol: jsonrpc`: a frame whose first byte arrived must be complete within this
+    /// (slow clients are cut off); a connection idle between frames stays open.
+    pub frame_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +77,15 @@ pub enum OnOwnerDown {
     Error,
     /// Re-place the session on the ring (fleets on shared storage).
     Failover,
+}
+
+/// What a fan-out answers when some nodes give no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanoutFailure {
+    /// Merge what answered; the silent nodes are counted.
+    Open,
+    /// Answer with an error naming a node that gave no result.
+    Closed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +150,8 @@ pub struct PoolConfig {
     pub on_owner_down: OnOwnerDown,
     /// JSON-RPC: how long a fan-out (`session.list`, owner discovery) waits for each node.
     pub fanout_timeout: Duration,
+    /// JSON-RPC: what a fan-out answers when some nodes give no result.
+    pub fanout_failure: FanoutFailure,
     /// Live-traffic failures that eject an upstream; `None` when disabled.
     pub passive: Option<PassiveConfig>,
     /// How long an upstream removed by a reload keeps serving its pinned sessions.

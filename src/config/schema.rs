@@ -54,6 +54,7 @@ pub struct RawListener {
     pub max_connections: Option<usize>,
     pub header_read_timeout: Option<String>,
     pub max_frame_bytes: Option<u64>,
+    pub frame_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +94,7 @@ pub struct RawPool {
     pub max_pinned_sessions: Option<u64>,
     pub on_owner_down: Option<String>,
     pub fanout_timeout: Option<String>,
+    pub fanout_failure: Option<String>,
     pub passive: Option<RawPassive>,
     pub drain_timeout: Option<String>,
     #[serde(default)]

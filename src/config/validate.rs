@@ -251,6 +251,11 @@ fn listener_config(
             Duration::from_secs(30),
         ),
         max_frame_bytes: max_frame_bytes as usize,
+        frame_timeout: errs.duration(
+            &format!("{path}.frame_timeout"),
+            l.frame_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
     }
 }
 
@@ -453,6 +458,14 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             &format!("{path}.fanout_timeout"),
             p.fanout_timeout.as_deref(),
             Duration::from_secs(5),
+        ),
+        fanout_failure: errs.choice(
+            &format!("{path}.fanout_failure"),
+            p.fanout_failure.as_deref(),
+            &[
+                ("open", FanoutFailure::Open),
+                ("closed", FanoutFailure::Closed),
+            ],
         ),
         passive: passive_config(errs, &format!("{path}.passive"), p.passive),
         drain_timeout: errs.duration(

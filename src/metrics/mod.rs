@@ -4,6 +4,9 @@
 
 pub mod session_series;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -24,6 +27,7 @@ pub mod names {
     pub const JSONRPC_REQUEST_DURATION: &str = "sessiongate_jsonrpc_request_duration_seconds";
     pub const PINNED_SESSIONS: &str = "sessiongate_pinned_sessions";
     pub const OWNER_DISCOVERY_TOTAL: &str = "sessiongate_owner_discovery_total";
+    pub const JSONRPC_UNKNOWN_METHODS_TOTAL: &str = "sessiongate_jsonrpc_unknown_methods_total";
     pub const FANOUT_SKIPPED_TOTAL: &str = "sessiongate_fanout_skipped_total";
     pub const UPSTREAM_LINK_FAILURES_TOTAL: &str = "sessiongate_upstream_link_failures_total";
     pub const REDISPATCHES_TOTAL: &str = "sessiongate_redispatches_total";
@@ -34,6 +38,9 @@ pub mod names {
         "sessiongate_upstream_health_transitions_total";
     pub const UPSTREAM_EJECTIONS_TOTAL: &str = "sessiongate_upstream_ejections_total";
 }
+
+/// Unknown JSON-RPC method names that get a label of their own.
+pub const UNKNOWN_METHOD_LABELS: usize = 32;
 
 /// Latency buckets from 100 µs to 60 s: proxies add microseconds, CLI turns take seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -56,6 +63,9 @@ pub struct Metrics {
     pub jsonrpc_request_duration: HistogramVec,
     pub pinned_sessions: IntGaugeVec,
     pub owner_discovery_total: IntCounterVec,
+    jsonrpc_unknown_methods_total: IntCounterVec,
+    /// The unknown method names that have a label of their own (the rest count as `other`).
+    unknown_method_labels: Arc<Mutex<HashSet<String>>>,
     pub fanout_skipped_total: IntCounterVec,
     pub upstream_link_failures_total: IntCounterVec,
     pub redispatches_total: IntCounterVec,
@@ -147,6 +157,13 @@ impl Metrics {
             ),
             &["pool", "result"],
         )?;
+        let jsonrpc_unknown_methods_total = IntCounterVec::new(
+            Opts::new(
+                JSONRPC_UNKNOWN_METHODS_TOTAL,
+                "JSON-RPC requests for methods not in the method table (sent to the home or session node, never replayed); the first 32 names seen get their own label, the rest method=\"other\".",
+            ),
+            &["pool", "method"],
+        )?;
         let fanout_skipped_total = IntCounterVec::new(
             Opts::new(
                 FANOUT_SKIPPED_TOTAL,
@@ -220,6 +237,7 @@ impl Metrics {
         registry.register(Box::new(jsonrpc_request_duration.clone()))?;
         registry.register(Box::new(pinned_sessions.clone()))?;
         registry.register(Box::new(owner_discovery_total.clone()))?;
+        registry.register(Box::new(jsonrpc_unknown_methods_total.clone()))?;
         registry.register(Box::new(fanout_skipped_total.clone()))?;
         registry.register(Box::new(upstream_link_failures_total.clone()))?;
         registry.register(Box::new(redispatches_total.clone()))?;
@@ -241,6 +259,8 @@ impl Metrics {
             jsonrpc_request_duration,
             pinned_sessions,
             owner_discovery_total,
+            jsonrpc_unknown_methods_total,
+            unknown_method_labels: Arc::default(),
             fanout_skipped_total,
             upstream_link_failures_total,
             redispatches_total,
@@ -250,6 +270,33 @@ impl Metrics {
             upstream_health_transitions_total,
             upstream_ejections_total,
         })
+    }
+
+    /// Count a request for a method the table does not know. Names a client sends are
+    /// unbounded: only the first [`UNKNOWN_METHOD_LABELS`] well-formed ones get a label.
+    pub fn unknown_method(&self, pool: &str, method: &str) {
+        let well_formed = !method.is_empty()
+            && method.len() <= 64
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/$".contains(&b));
+        let label = {
+            let mut labels = self
+                .unknown_method_labels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if well_formed
+                && (labels.contains(method)
+                    || (labels.len() < UNKNOWN_METHOD_LABELS && labels.insert(method.to_owned())))
+            {
+                method
+            } else {
+                "other"
+            }
+        };
+        self.jsonrpc_unknown_methods_total
+            .with_label_values(&[pool, label])
+            .inc();
     }
 
     pub fn registry(&self) -> &Registry {

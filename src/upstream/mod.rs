@@ -16,11 +16,21 @@ pub use state::UpstreamState;
 
 /// Where a connection to an upstream goes: shared handles, cloned without allocating on the
 /// data path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub name: Arc<str>,
     pub addr: Arc<str>,
     pub token: Option<Secret>,
+}
+
+impl Endpoint {
+    /// A pin to this node.
+    pub fn pin(&self) -> crate::sessions::Pin {
+        crate::sessions::Pin {
+            upstream: self.name.clone(),
+            addr: self.addr.clone(),
+        }
+    }
 }
 
 /// One upstream server of a pool.

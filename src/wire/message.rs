@@ -165,6 +165,14 @@ pub fn with_param(body: &[u8], name: &str, value: Value) -> Result<Bytes, ParseE
     Ok(Bytes::from(serde_json::to_vec(&Entries(entries))?))
 }
 
+/// The body with its whole `params` replaced by `params`; every other member kept byte for byte.
+pub fn with_param_value(body: &[u8], params: Value) -> Result<Bytes, ParseError> {
+    let mut entries = object_entries(std::str::from_utf8(body)?)?;
+    let params = serde_json::value::to_raw_value(&params)?;
+    set_entry(&mut entries, "params", &params);
+    Ok(Bytes::from(serde_json::to_vec(&Entries(entries))?))
+}
+
 fn first_byte(body: &[u8]) -> Option<u8> {
     body.iter().copied().find(|b| !b.is_ascii_whitespace())
 }

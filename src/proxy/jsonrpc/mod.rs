@@ -1,17 +1,24 @@
 //! JSON-RPC for Copilot CLI fleets: one client connection fans out over per-client links to many
-//! CLI nodes, each message routed on its own. Messages carrying `params.sessionId` go to the node
-//! holding that session (pin table first, else the ring owner, else owner discovery); global
-//! reads and connection setup go to the connection's home node; `session.list` fans out and
-//! merges. Server-initiated requests get proxy-unique ids on the client side.
+//! CLI nodes, each message routed on its own by the routing class of its method. Session-scoped
+//! messages go to the node holding the session (pin, else ring owner, else owner discovery);
+//! connection setup goes home and is replayed on every new link; global reads go home; methods
+//! about every session fan out and merge; methods over a list of sessions are split by owner.
+//! Server-initiated requests get proxy-unique ids on the client side.
 //!
-//! - `route`: which node a client message goes to.
-//! - `conn`: the per-client connection: state, client loop, replies and batches.
-//! - `link`: one upstream link: connect, replay setup, write, read and dispatch.
-//! - `fanout`: `session.list` merge and owner discovery across nodes.
+//! - [`methods`]: the method table: each method's routing class.
+//! - `route`: the routing decision, a pure function of request, pool and connection facts.
+//! - `conn`: the connection task, sole owner of the connection's state.
+//! - `state`: that state: waiting requests and their timeouts, setup calls, batches.
+//! - `link`: one upstream link, an I/O-only task.
+//! - `fanout`: fan-outs, splits, resume-last and owner discovery, as tasks of the connection.
+//! - [`merge`]: the pure merge rules of fan-out and split answers.
 
 mod conn;
 mod fanout;
 mod link;
+pub mod merge;
+pub mod methods;
 mod route;
+mod state;
 
 pub use conn::serve;

@@ -1,0 +1,468 @@
+//! The state of one client connection, owned by its connection task: requests waiting for an
+//! answer (with their timeouts, paused while the node waits for the client), requests the proxy
+//! sent on its own (setup replay, fan-out questions), requests nodes sent the client, the
+//! recorded setup calls, open batches, and exchanges a node began. Fields are private; the
+//! methods keep the invariants (a timer for every live waiting request, bounded tables).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::time::delay_queue::{self, DelayQueue};
+
+use super::methods::{Learn, Replay};
+
+/// Distinct setup calls remembered per connection (one per method for `Replay::Latest`); more
+/// are forwarded but not replayed.
+pub const MAX_SETUP_CALLS: usize = 32;
+/// Requests a node may have waiting for the client; beyond it the proxy answers the node.
+pub const MAX_SERVER_REQUESTS: usize = 1024;
+/// Exchanges (LLM inference requests) a node may have open with the client.
+pub const MAX_EXCHANGES: usize = 1024;
+
+/// A client request id, as its JSON text (`1`, `"a"`).
+pub type ClientId = Box<str>;
+
+/// Where an answer goes: straight to the client, or into its place in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo {
+    Direct,
+    Batch { batch: u64, index: usize },
+}
+
+/// A client request waiting for its answer.
+#[derive(Debug)]
+pub struct Pending {
+    /// The node it was sent to.
+    pub upstream: Arc<str>,
+    /// The method's name if it is in the table, else `other` (a bounded metric label).
+    pub method: &'static str,
+    pub learn: Learn,
+    pub session: Option<Arc<str>>,
+    pub started: Instant,
+    pub reply: ReplyTo,
+    /// The request as sent, kept when a "not found" should start owner discovery.
+    pub discover: Option<Bytes>,
+    /// Set when any node may answer: the request as the client sent it (before a node's token
+    /// went in) and the nodes that refused the link for it.
+    pub redispatch: Option<Redispatch>,
+    timer: Timer,
+}
+
+#[derive(Debug)]
+pub struct Redispatch {
+    pub body: Bytes,
+    pub refused: Vec<Arc<str>>,
+}
+
+/// A waiting request's timeout: running, paused with what was left of it, or spent.
+#[derive(Debug)]
+enum Timer {
+    Running(delay_queue::Key),
+    Paused(Duration),
+    Fired,
+}
+
+impl Pending {
+    pub fn new(upstream: Arc<str>, method: &'static str, reply: ReplyTo) -> Pending {
+        Pending {
+            upstream,
+            method,
+            learn: Learn::Nothing,
+            session: None,
+            started: Instant::now(),
+            reply,
+            discover: None,
+            redispatch: None,
+            timer: Timer::Paused(Duration::ZERO),
+        }
+    }
+}
+
+/// A request the proxy sent a node on its own behalf.
+#[derive(Debug)]
+pub enum Internal {
+    /// One of the setup calls replayed on a new link.
+    Replay,
+    /// A fan-out's question: the answer goes to the waiting task (`None`: none came).
+    Ask(oneshot::Sender<Option<Bytes>>),
+    /// A setup call copied to an already open link: its answer is dropped.
+    Discard,
+}
+
+/// A request a node sent the client, under the proxy id the client sees.
+#[derive(Debug)]
+pub struct ServerRequest {
+    pub upstream: Arc<str>,
+    pub id: Box<RawValue>,
+    pub session: Option<Arc<str>>,
+}
+
+/// What a timer is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expired {
+    Request(ClientId),
+    Internal(u64),
+}
+
+/// A recorded setup call, as the client sent it (each link puts its own node's token in).
+#[derive(Debug, Clone)]
+pub struct SetupCall {
+    pub method: &'static str,
+    pub body: Bytes,
+}
+
+struct Batch {
+    slots: Vec<Option<Bytes>>,
+    left: usize,
+}
+
+#[derive(Default)]
+pub struct ConnState {
+    pending: HashMap<ClientId, Pending>,
+    internal: HashMap<u64, (Arc<str>, Internal, delay_queue::Key)>,
+    next_internal: u64,
+    server_requests: HashMap<u64, ServerRequest>,
+    next_server_request: u64,
+    /// Server requests waiting for the client, per (node, session): while any is open, the
+    /// timeouts of that node's requests for that session (all of them, for `None`) are paused.
+    waiting_on_client: HashMap<(Arc<str>, Option<Arc<str>>), usize>,
+    setup: Vec<SetupCall>,
+    batches: HashMap<u64, Batch>,
+    next_batch: u64,
+    exchanges: HashMap<Box<str>, Arc<str>>,
+    timers: DelayQueue<Expired>,
+}
+
+impl ConnState {
+    // ---- client requests ------------------------------------------------------------------
+
+    pub fn is_pending(&self, id: &str) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    pub fn pending_is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Start waiting for the answer to `id`, for at most `timeout` of the node's time.
+    pub fn wait(&mut self, id: ClientId, mut pending: Pending, timeout: Duration) {
+        pending.timer = Timer::Paused(timeout);
+        if !self.paused(&pending) {
+            pending.timer =
+                Timer::Running(self.timers.insert(Expired::Request(id.clone()), timeout));
+        }
+        self.pending.insert(id, pending);
+    }
+
+    /// The answer to `id` came (or its time ran out): stop waiting.
+    pub fn take(&mut self, id: &str) -> Option<Pending> {
+        let pending = self.pending.remove(id)?;
+        if let Timer::Running(key) = &pending.timer {
+            self.timers.try_remove(key);
+        }
+        Some(pending)
+    }
+
+    /// Whether `id` waits on `node`.
+    pub fn waits_on(&self, id: &str, node: &str) -> bool {
+        self.pending.get(id).is_some_and(|p| &*p.upstream == node)
+    }
+
+    /// Every request waiting on `node` (its link failed), removed.
+    pub fn take_all_on(&mut self, node: &str) -> Vec<(ClientId, Pending)> {
+        let ids: Vec<ClientId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| &*p.upstream == node)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.take(&id).map(|p| (id, p)))
+            .collect()
+    }
+
+    /// Is a request to its node paused because that node waits for the client?
+    fn paused(&self, p: &Pending) -> bool {
+        let node = p.upstream.clone();
+        self.waiting_on_client.contains_key(&(node.clone(), None))
+            || p.session.as_ref().is_some_and(|s| {
+                self.waiting_on_client
+                    .contains_key(&(node, Some(s.clone())))
+            })
+    }
+
+    /// Pause or restart the timers of `node`'s requests after its server requests changed.
+    fn retime(&mut self, node: &str) {
+        let now = Instant::now();
+        let ids: Vec<ClientId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| &*p.upstream == node)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let paused = self.paused(&self.pending[&id]);
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            match (&p.timer, paused) {
+                (Timer::Running(key), true) => {
+                    let left = self.timers.deadline(key).saturating_duration_since(now);
+                    self.timers.try_remove(key);
+                    p.timer = Timer::Paused(left);
+                }
+                (Timer::Paused(left), false) => {
+                    let key = self.timers.insert(Expired::Request(id.clone()), *left);
+                    p.timer = Timer::Running(key);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---- requests the proxy sends ------------------------------------------------------------
+
+    /// Register a request of the proxy's own to `node`; its id (as a JSON string) goes into
+    /// the request. Unanswered after `timeout` it expires (an `Ask` then gets `None`).
+    pub fn add_internal(&mut self, node: Arc<str>, kind: Internal, timeout: Duration) -> String {
+        self.next_internal += 1;
+        let n = self.next_internal;
+        let key = self.timers.insert(Expired::Internal(n), timeout);
+        self.internal.insert(n, (node, kind, key));
+        internal_id(n)
+    }
+
+    /// The proxy's request `n` was answered (or expired): what it was, and its node.
+    pub fn take_internal(&mut self, n: u64) -> Option<(Arc<str>, Internal)> {
+        let (node, kind, key) = self.internal.remove(&n)?;
+        self.timers.try_remove(&key);
+        Some((node, kind))
+    }
+
+    /// Like [`ConnState::take_internal`], by the id as it went into the request.
+    pub fn take_internal_by_id(&mut self, id: &str) -> Option<(Arc<str>, Internal)> {
+        let n = id.strip_prefix(INTERNAL_PREFIX)?.parse().ok()?;
+        self.take_internal(n)
+    }
+
+    /// Every request of the proxy's own waiting on `node`, removed.
+    pub fn take_internal_on(&mut self, node: &str) -> Vec<Internal> {
+        let ns: Vec<u64> = self
+            .internal
+            .iter()
+            .filter(|(_, (n, _, _))| &**n == node)
+            .map(|(n, _)| *n)
+            .collect();
+        ns.into_iter()
+            .filter_map(|n| self.take_internal(n).map(|(_, kind)| kind))
+            .collect()
+    }
+
+    // ---- requests nodes send the client ------------------------------------------------------
+
+    /// A node sent the client a request: the proxy id the client will see, or `None` when the
+    /// node already has too many waiting.
+    pub fn add_server_request(&mut self, request: ServerRequest) -> Option<u64> {
+        if self.server_requests.len() >= MAX_SERVER_REQUESTS {
+            return None;
+        }
+        self.next_server_request += 1;
+        let n = self.next_server_request;
+        let key = (request.upstream.clone(), request.session.clone());
+        let node = request.upstream.clone();
+        *self.waiting_on_client.entry(key).or_default() += 1;
+        self.server_requests.insert(n, request);
+        self.retime(&node);
+        Some(n)
+    }
+
+    /// The client answered server request `n`.
+    pub fn take_server_request(&mut self, n: u64) -> Option<ServerRequest> {
+        let request = self.server_requests.remove(&n)?;
+        self.client_answered(&request);
+        Some(request)
+    }
+
+    fn client_answered(&mut self, request: &ServerRequest) {
+        let key = (request.upstream.clone(), request.session.clone());
+        if let Some(count) = self.waiting_on_client.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.waiting_on_client.remove(&key);
+            }
+        }
+        self.retime(&request.upstream);
+    }
+
+    /// `node`'s link is gone: its requests to the client can no longer be answered.
+    pub fn forget_server_requests_of(&mut self, node: &str) {
+        let ns: Vec<u64> = self
+            .server_requests
+            .iter()
+            .filter(|(_, r)| &*r.upstream == node)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in ns {
+            self.take_server_request(n);
+        }
+        self.exchanges.retain(|_, n| &**n != node);
+    }
+
+    // ---- exchanges -------------------------------------------------------------------------
+
+    /// A node began an exchange the client answers with requests of its own.
+    pub fn begin_exchange(&mut self, request_id: &str, node: Arc<str>) {
+        if self.exchanges.len() < MAX_EXCHANGES {
+            self.exchanges.insert(Box::from(request_id), node);
+        }
+    }
+
+    pub fn end_exchange(&mut self, request_id: &str) {
+        self.exchanges.remove(request_id);
+    }
+
+    pub fn exchanges(&self) -> &HashMap<Box<str>, Arc<str>> {
+        &self.exchanges
+    }
+
+    // ---- setup -----------------------------------------------------------------------------
+
+    /// Remember a setup call for replay: with `Replay::Latest` a repeat replaces its method's
+    /// earlier call in place; the list is bounded.
+    pub fn record_setup(&mut self, call: SetupCall, replay: Replay) {
+        if replay == Replay::Latest {
+            if let Some(slot) = self.setup.iter_mut().find(|c| c.method == call.method) {
+                *slot = call;
+                return;
+            }
+        }
+        if self.setup.len() < MAX_SETUP_CALLS {
+            self.setup.push(call);
+        } else {
+            tracing::debug!(
+                method = call.method,
+                "too many setup calls; this one is not replayed on new links"
+            );
+        }
+    }
+
+    /// The recorded setup calls to replay on a new link, leaving out the latest of method
+    /// `except` (a setup call being sent there goes as itself).
+    pub fn setup_calls(&self, except: Option<&str>) -> Vec<SetupCall> {
+        let skip = except.and_then(|m| self.setup.iter().rposition(|c| c.method == m));
+        self.setup
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    // ---- batches ---------------------------------------------------------------------------
+
+    /// A client batch with `answers` answers to collect.
+    pub fn new_batch(&mut self, answers: usize) -> u64 {
+        self.next_batch += 1;
+        self.batches.insert(
+            self.next_batch,
+            Batch {
+                slots: vec![None; answers],
+                left: answers,
+            },
+        );
+        self.next_batch
+    }
+
+    /// Deliver an answer: itself for a direct reply, the whole array once its batch is full.
+    pub fn fill(&mut self, reply: ReplyTo, body: Bytes) -> Option<Bytes> {
+        let ReplyTo::Batch { batch: b, index } = reply else {
+            return Some(body);
+        };
+        let batch = self.batches.get_mut(&b)?;
+        let slot = batch.slots.get_mut(index)?;
+        if slot.replace(body).is_none() {
+            batch.left -= 1;
+        }
+        if batch.left > 0 {
+            return None;
+        }
+        let batch = self.batches.remove(&b)?;
+        let mut out = BytesMut::new();
+        out.extend_from_slice(b"[");
+        for (i, s) in batch.slots.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b",");
+            }
+            out.extend_from_slice(s.as_deref().unwrap_or(b"null"));
+        }
+        out.extend_from_slice(b"]");
+        Some(out.freeze())
+    }
+
+    // ---- timers ----------------------------------------------------------------------------
+
+    pub fn has_timers(&self) -> bool {
+        !self.timers.is_empty()
+    }
+
+    /// The next timer that fires: a client request (still waiting; the caller takes it) or a
+    /// request of the proxy's own (removed, and handed over).
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Option<Fired>> {
+        loop {
+            let what = match self.timers.poll_expired(cx) {
+                Poll::Ready(Some(expired)) => expired.into_inner(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match what {
+                Expired::Request(id) => {
+                    if let Some(p) = self.pending.get_mut(&id) {
+                        // Its key is spent: nothing may remove or re-arm it.
+                        p.timer = Timer::Fired;
+                        return Poll::Ready(Some(Fired::Request(id)));
+                    }
+                }
+                Expired::Internal(n) => {
+                    if let Some((node, kind, _)) = self.internal.remove(&n) {
+                        return Poll::Ready(Some(Fired::Internal(node, kind)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A timer that fired.
+#[derive(Debug)]
+pub enum Fired {
+    /// The client request `id` got no answer in time.
+    Request(ClientId),
+    /// A request of the proxy's own got no answer in time.
+    Internal(Arc<str>, Internal),
+}
+
+/// Prefix of the ids of requests the proxy sends on its own behalf; the CLI echoes string ids.
+const INTERNAL_PREFIX: &str = "sessiongate-";
+
+/// The id of a proxy-internal request, as it goes into the request (a string).
+fn internal_id(n: u64) -> String {
+    format!("{INTERNAL_PREFIX}{n}")
+}
+
+/// `Some(n)` if `raw` (an id as JSON text) is the id of a proxy-internal request.
+pub fn parse_internal_id(raw: &str) -> Option<u64> {
+    raw.strip_prefix('"')?
+        .strip_suffix('"')?
+        .strip_prefix(INTERNAL_PREFIX)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests;
