@@ -19,6 +19,13 @@
 //! closed): `session.send`, `session.getMessages` and `session.abort` need a loaded session, any
 //! connection may call them, and the events go to the attached connections only.
 //!
+//! For proxy tests, [`MockCli::set_fault`] arms a [`Fault`] for one method — [`Fault::Hang`] (never
+//! answered), [`Fault::Delay`] (answered late, overtaken by later answers), [`Fault::Garbage`]
+//! (bytes that are not a frame instead of the answer) or [`Fault::Close`] (the connection is
+//! closed instead) — on every connection, before authentication, until [`MockCli::clear_faults`]
+//! and across kill/revive; [`MockCli::requests_for`] counts the requests per method, so a test
+//! can tell whether a request reached this node.
+//!
 //! Deliberate divergences from the real CLI (1.0.102):
 //! - `session.create` persists its `session.start` event at once, so a created-but-never-messaged
 //!   session is listed, has metadata, and is resumable (the real CLI needs a first message).
@@ -33,8 +40,11 @@
 //!   answers `{}` and a missing `params.sessionId` answers -32602 (both unobserved).
 //! - A frame-level error (bad header, oversized frame) closes the connection.
 
+mod faults;
 #[cfg(test)]
 mod tests;
+
+pub use faults::Fault;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::poll_fn;
@@ -44,18 +54,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::wire::codec::{write_frames, FrameCodec};
+use crate::wire::codec::{encode_frame, FrameCodec};
 use crate::wire::message::{
     error_response, parse_envelope, MessageKind, ParseError, INTERNAL_ERROR, INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -70,6 +81,8 @@ const AUTHENTICATION_REQUIRED: i64 = -32001;
 const AUTHENTICATION_FAILED: i64 = -32002;
 const INVALID_PARAMS: i64 = -32602;
 const NOT_RECOGNIZABLE: &str = "not a recognizable JSON-RPC request, notification, or response";
+/// How many queued bytes one write to a connection's socket gathers at most.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// How to run one mock server.
 #[derive(Debug, Clone, Default)]
@@ -96,6 +109,8 @@ struct Inner {
     /// A child of the caller's `stop`: cancelled for good by it or by `shutdown()`.
     stop: CancellationToken,
     requests: AtomicU64,
+    /// Armed faults and per-method request counts: survive kill/revive.
+    faults: faults::Faults,
     state: Mutex<State>,
 }
 
@@ -119,6 +134,7 @@ struct State {
 }
 
 struct Conn {
+    /// Wire bytes (whole frames, or a fault's garbage) for the connection's writer.
     tx: mpsc::Sender<Bytes>,
     token: CancellationToken,
     authed: bool,
@@ -136,6 +152,13 @@ struct Session {
     attached: BTreeSet<u64>,
     /// The connection that registered hooks (`hooks: true`), if still attached.
     hooks: Option<u64>,
+}
+
+/// Whether a connection's reader keeps going after a frame.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
 }
 
 type Reply = Result<Value, (i64, String)>;
@@ -157,6 +180,7 @@ impl MockCli {
             addr,
             stop: stop.child_token(),
             requests: AtomicU64::new(0),
+            faults: faults::Faults::default(),
             state: Mutex::new(State::default()),
         });
         Inner::go_live(&inner, listener);
@@ -331,7 +355,7 @@ async fn serve_conn(
     };
     tokio::select! {
         _ = token.cancelled() => {}
-        _ = write_frames(write, rx) => {}
+        _ = write_wire(write, rx) => {}
         _ = reader => {}
     }
     inner.lock().drop_conn(conn);
@@ -340,8 +364,33 @@ async fn serve_conn(
 async fn read_loop(inner: &Arc<Inner>, conn: u64, read: OwnedReadHalf) {
     let mut frames = FramedRead::new(read, FrameCodec::default());
     while let Some(Ok(body)) = frames.next().await {
-        on_frame(inner, conn, &body);
+        if on_frame(inner, conn, body) == Flow::Close {
+            break;
+        }
     }
+}
+
+/// Writes the queued wire bytes, several queue items per socket write, until the queue closes.
+/// The mock's own writer rather than `write_frames` so that a fault can put bytes on the wire that
+/// are not a frame.
+async fn write_wire(mut out: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
+    let mut batch = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        out.write_all(&batch).await?;
+        batch.clear();
+        if batch.capacity() > 1 << 20 {
+            // Don't keep a large frame's buffer for the life of the connection.
+            batch = BytesMut::new();
+        }
+    }
+    out.shutdown().await
 }
 
 #[derive(Deserialize)]
@@ -350,8 +399,8 @@ struct ParamsOnly {
     params: Value,
 }
 
-fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
-    let env = match parse_envelope(body) {
+fn on_frame(inner: &Arc<Inner>, conn: u64, body: Bytes) -> Flow {
+    let env = match parse_envelope(&body) {
         Ok(env) => env,
         Err(e) => {
             let message = match &e {
@@ -361,24 +410,42 @@ fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
             };
             let frame = error_response(None, e.code(), &message, None);
             inner.lock().send(conn, frame);
-            return;
+            return Flow::Continue;
         }
     };
     let (method, id) = match (env.kind, env.method.as_deref(), env.id) {
         (MessageKind::Request, Some(method), Some(id)) => (method, id),
-        (MessageKind::Response, _, Some(id)) => return on_response(inner, conn, id, body),
+        (MessageKind::Response, _, Some(id)) => {
+            on_response(inner, conn, id, &body);
+            return Flow::Continue;
+        }
         _ => {
             let frame = error_response(None, INVALID_REQUEST, NOT_RECOGNIZABLE, None);
             inner.lock().send(conn, frame);
-            return;
+            return Flow::Continue;
         }
     };
     inner.requests.fetch_add(1, Ordering::Relaxed);
+    match inner.faults.on_request(method) {
+        None => {
+            handle_request(inner, conn, method, id, &body);
+            Flow::Continue
+        }
+        Some(fault) => faults::inject(inner, conn, fault, method, id, &body),
+    }
+}
+
+/// Answers one request whose fault, if any, has been applied: authentication, then the method.
+fn handle_request(inner: &Arc<Inner>, conn: u64, method: &str, id: &RawValue, body: &[u8]) {
     let params = serde_json::from_slice::<ParamsOnly>(body)
         .map(|p| p.params)
         .unwrap_or(Value::Null);
     let mut st = inner.lock();
-    let authed = st.conns.get(&conn).is_some_and(|c| c.authed);
+    let Some(authed) = st.conns.get(&conn).map(|c| c.authed) else {
+        // Closed meanwhile (killed, or while a delayed request waited): no one to answer, and no
+        // session may get a dead connection attached.
+        return;
+    };
     if !authed && method != "connect" {
         let frame = error_response(
             Some(id),
@@ -544,10 +611,15 @@ fn on_response(inner: &Inner, conn: u64, id: &RawValue, body: &[u8]) {
 }
 
 impl State {
-    /// Queues a frame for `conn`; a connection whose queue is full is dropped.
-    fn send(&self, conn: u64, frame: Bytes) {
+    /// Queues a message (a JSON body) for `conn`, framed.
+    fn send(&self, conn: u64, body: Bytes) {
+        self.queue(conn, framed(&body));
+    }
+
+    /// Queues wire bytes for `conn`; a connection whose queue is full is dropped.
+    fn queue(&self, conn: u64, wire: Bytes) {
         if let Some(c) = self.conns.get(&conn) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(frame) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(wire) {
                 c.token.cancel();
             }
         }
@@ -575,10 +647,12 @@ impl State {
     }
 
     fn notify_all(&self, method: &str, params: Value) {
-        let frame = to_bytes(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+        let wire = framed(&to_bytes(
+            &json!({"jsonrpc": "2.0", "method": method, "params": params}),
+        ));
         for (&conn, c) in &self.conns {
             if c.authed {
-                self.send(conn, frame.clone());
+                self.queue(conn, wire.clone());
             }
         }
     }
@@ -596,10 +670,11 @@ impl State {
 
     fn emit(&self, sid: &str, event: &Value, to: impl IntoIterator<Item = u64>) {
         let params = json!({"sessionId": sid, "event": event});
-        let frame =
-            to_bytes(&json!({"jsonrpc": "2.0", "method": "session.event", "params": params}));
+        let wire = framed(&to_bytes(
+            &json!({"jsonrpc": "2.0", "method": "session.event", "params": params}),
+        ));
         for conn in to {
-            self.send(conn, frame.clone());
+            self.queue(conn, wire.clone());
         }
     }
 
@@ -874,4 +949,11 @@ fn ts(t: SystemTime) -> String {
 
 fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A JSON body as wire bytes: `Content-Length` header, then the body.
+fn framed(body: &[u8]) -> Bytes {
+    let mut wire = BytesMut::with_capacity(body.len() + 32);
+    encode_frame(body, &mut wire);
+    wire.freeze()
 }

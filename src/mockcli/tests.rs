@@ -1,4 +1,7 @@
-//! Drives the mock over real sockets with a tiny framed JSON-RPC client.
+//! Drives the mock over real sockets with a tiny framed JSON-RPC client; the fault injection tests
+//! have their own file, on the same helpers.
+
+mod faults;
 
 use std::time::Duration;
 
