@@ -19,6 +19,21 @@
 //! closed): `session.send`, `session.getMessages` and `session.abort` need a loaded session, any
 //! connection may call them, and the events go to the attached connections only.
 //!
+//! The server-scoped `sessions.*` namespace (module `sessions`) works on every session on disk:
+//! `sessions.list` (with `metadataLimit`), `getMetadata`, `fork`, `bulkDelete`, `checkInUse`,
+//! `pruneOld`, `findByPrefix`, `findByTaskId`, `getLastForContext`, `getSizes`,
+//! `listNonEmptySessionIds`, `open` (kinds `create`, `resume`, `resumeLast`, `attach`; an unknown
+//! session is `{"status": "not_found"}`, a result), `delete`, `close` (unloads), `save`,
+//! `releaseLock`, `getClientMetadata` and `enrichMetadata`. A session's size is the length of its
+//! persisted events as JSON lines (at least 1).
+//!
+//! For proxy tests, [`MockCli::set_fault`] arms a [`Fault`] for one method — [`Fault::Hang`] (never
+//! answered), [`Fault::Delay`] (answered late, overtaken by later answers), [`Fault::Garbage`]
+//! (bytes that are not a frame instead of the answer) or [`Fault::Close`] (the connection is
+//! closed instead) — on every connection, before authentication, until [`MockCli::clear_faults`]
+//! and across kill/revive; [`MockCli::requests_for`] counts the requests per method, so a test
+//! can tell whether a request reached this node.
+//!
 //! Deliberate divergences from the real CLI (1.0.102):
 //! - `session.create` persists its `session.start` event at once, so a created-but-never-messaged
 //!   session is listed, has metadata, and is resumable (the real CLI needs a first message).
@@ -32,9 +47,28 @@
 //! - `version` is `mock-<name>`; `context.cwd` is `/mock`; `session.abort` on a loaded session
 //!   answers `{}` and a missing `params.sessionId` answers -32602 (both unobserved).
 //! - A frame-level error (bad header, oversized frame) closes the connection.
+//! - `sessions.checkInUse` reports the requested sessions that are loaded (attached to some
+//!   connection); the real CLI reports sessions locked by another process, which one mock process
+//!   cannot have.
+//! - `taskId` on `session.create` and in `sessions.open` options is a mock convenience that gives
+//!   `sessions.findByTaskId` something to find; such sessions' list entries carry `mcTaskId`.
+//! - Only an explicit `name` (`session.create`, `sessions.open` options, `sessions.fork`) makes a
+//!   session named; a fork without one answers `"<summary> (fork)"` but stays unnamed (listed
+//!   under its summary, prunable without `includeNamed`). A fork copies the events verbatim (ids
+//!   and the source's `session.start` included), is unloaded, and gets no lifecycle notification;
+//!   the `sessions.*` methods send no notifications beyond those of the `session.create` /
+//!   `session.resume` that `sessions.open` stands for.
+//! - `sessions.pruneOld` lists ids in `skipped`, fills `candidates` on a dry run and `deleted`
+//!   otherwise (never both), and prunes loaded sessions too; `sessions.getClientMetadata` always
+//!   answers empty `metadata`; `sessions.enrichMetadata` overwrites `summary`, `name`,
+//!   `clientName` and `context` of a known record.
 
+mod faults;
+mod sessions;
 #[cfg(test)]
 mod tests;
+
+pub use faults::Fault;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::poll_fn;
@@ -44,18 +78,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::wire::codec::{write_frames, FrameCodec};
+use crate::wire::codec::{encode_frame, FrameCodec};
 use crate::wire::message::{
     error_response, parse_envelope, MessageKind, ParseError, INTERNAL_ERROR, INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -70,6 +105,8 @@ const AUTHENTICATION_REQUIRED: i64 = -32001;
 const AUTHENTICATION_FAILED: i64 = -32002;
 const INVALID_PARAMS: i64 = -32602;
 const NOT_RECOGNIZABLE: &str = "not a recognizable JSON-RPC request, notification, or response";
+/// How many queued bytes one write to a connection's socket gathers at most.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// How to run one mock server.
 #[derive(Debug, Clone, Default)]
@@ -96,6 +133,8 @@ struct Inner {
     /// A child of the caller's `stop`: cancelled for good by it or by `shutdown()`.
     stop: CancellationToken,
     requests: AtomicU64,
+    /// Armed faults and per-method request counts: survive kill/revive.
+    faults: faults::Faults,
     state: Mutex<State>,
 }
 
@@ -119,6 +158,7 @@ struct State {
 }
 
 struct Conn {
+    /// Wire bytes (whole frames, or a fault's garbage) for the connection's writer.
     tx: mpsc::Sender<Bytes>,
     token: CancellationToken,
     authed: bool,
@@ -136,6 +176,27 @@ struct Session {
     attached: BTreeSet<u64>,
     /// The connection that registered hooks (`hooks: true`), if still attached.
     hooks: Option<u64>,
+    /// A name given explicitly (`session.create`, `sessions.open` options, `sessions.fork`): shown
+    /// instead of the summary, and keeps `sessions.pruneOld` away unless `includeNamed`.
+    name: Option<String>,
+    /// Mock convenience: `taskId` from `session.create` / `sessions.open` options, for
+    /// `sessions.findByTaskId` (listed as `mcTaskId`).
+    task_id: Option<String>,
+}
+
+/// Which method `State::create` / `State::resume` answer for: the `session.*` shape (the session
+/// result, not-found as an error) or the `sessions.open` one (a status, not-found as a result).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Session,
+    Open,
+}
+
+/// Whether a connection's reader keeps going after a frame.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
 }
 
 type Reply = Result<Value, (i64, String)>;
@@ -157,6 +218,7 @@ impl MockCli {
             addr,
             stop: stop.child_token(),
             requests: AtomicU64::new(0),
+            faults: faults::Faults::default(),
             state: Mutex::new(State::default()),
         });
         Inner::go_live(&inner, listener);
@@ -331,7 +393,7 @@ async fn serve_conn(
     };
     tokio::select! {
         _ = token.cancelled() => {}
-        _ = write_frames(write, rx) => {}
+        _ = write_wire(write, rx) => {}
         _ = reader => {}
     }
     inner.lock().drop_conn(conn);
@@ -340,8 +402,33 @@ async fn serve_conn(
 async fn read_loop(inner: &Arc<Inner>, conn: u64, read: OwnedReadHalf) {
     let mut frames = FramedRead::new(read, FrameCodec::default());
     while let Some(Ok(body)) = frames.next().await {
-        on_frame(inner, conn, &body);
+        if on_frame(inner, conn, body) == Flow::Close {
+            break;
+        }
     }
+}
+
+/// Writes the queued wire bytes, several queue items per socket write, until the queue closes.
+/// The mock's own writer rather than `write_frames` so that a fault can put bytes on the wire that
+/// are not a frame.
+async fn write_wire(mut out: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
+    let mut batch = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        out.write_all(&batch).await?;
+        batch.clear();
+        if batch.capacity() > 1 << 20 {
+            // Don't keep a large frame's buffer for the life of the connection.
+            batch = BytesMut::new();
+        }
+    }
+    out.shutdown().await
 }
 
 #[derive(Deserialize)]
@@ -350,8 +437,8 @@ struct ParamsOnly {
     params: Value,
 }
 
-fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
-    let env = match parse_envelope(body) {
+fn on_frame(inner: &Arc<Inner>, conn: u64, body: Bytes) -> Flow {
+    let env = match parse_envelope(&body) {
         Ok(env) => env,
         Err(e) => {
             let message = match &e {
@@ -361,24 +448,42 @@ fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
             };
             let frame = error_response(None, e.code(), &message, None);
             inner.lock().send(conn, frame);
-            return;
+            return Flow::Continue;
         }
     };
     let (method, id) = match (env.kind, env.method.as_deref(), env.id) {
         (MessageKind::Request, Some(method), Some(id)) => (method, id),
-        (MessageKind::Response, _, Some(id)) => return on_response(inner, conn, id, body),
+        (MessageKind::Response, _, Some(id)) => {
+            on_response(inner, conn, id, &body);
+            return Flow::Continue;
+        }
         _ => {
             let frame = error_response(None, INVALID_REQUEST, NOT_RECOGNIZABLE, None);
             inner.lock().send(conn, frame);
-            return;
+            return Flow::Continue;
         }
     };
     inner.requests.fetch_add(1, Ordering::Relaxed);
+    match inner.faults.on_request(method) {
+        None => {
+            handle_request(inner, conn, method, id, &body);
+            Flow::Continue
+        }
+        Some(fault) => faults::inject(inner, conn, fault, method, id, &body),
+    }
+}
+
+/// Answers one request whose fault, if any, has been applied: authentication, then the method.
+fn handle_request(inner: &Arc<Inner>, conn: u64, method: &str, id: &RawValue, body: &[u8]) {
     let params = serde_json::from_slice::<ParamsOnly>(body)
         .map(|p| p.params)
         .unwrap_or(Value::Null);
     let mut st = inner.lock();
-    let authed = st.conns.get(&conn).is_some_and(|c| c.authed);
+    let Some(authed) = st.conns.get(&conn).map(|c| c.authed) else {
+        // Closed meanwhile (killed, or while a delayed request waited): no one to answer, and no
+        // session may get a dead connection attached.
+        return;
+    };
     if !authed && method != "connect" {
         let frame = error_response(
             Some(id),
@@ -410,9 +515,12 @@ fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
         ("session.list", _) => Ok(st.list(&params)),
         ("session.create", _) => match params.get("sessionId") {
             None | Some(Value::Null) => {
-                return st.create(inner, conn, id, &uuid::Uuid::new_v4().to_string(), hooks)
+                let sid = uuid::Uuid::new_v4().to_string();
+                return st.create(inner, conn, id, &sid, &params, Answer::Session);
             }
-            Some(Value::String(sid)) => return st.create(inner, conn, id, sid, hooks),
+            Some(Value::String(sid)) => {
+                return st.create(inner, conn, id, sid, &params, Answer::Session)
+            }
             Some(_) => Err((INVALID_PARAMS, "Invalid params: sessionId must be a string".into())),
         },
         (
@@ -420,7 +528,9 @@ fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
             | "session.delete" | "session.detach" | "session.abort",
             None,
         ) => Err((INVALID_PARAMS, "Invalid params: sessionId is required".into())),
-        ("session.resume", Some(sid)) => return st.resume(inner, conn, id, sid, hooks),
+        ("session.resume", Some(sid)) => {
+            return st.resume(inner, conn, id, sid, hooks, Answer::Session)
+        }
         ("session.send", Some(sid)) => {
             let prompt = params.get("prompt").and_then(Value::as_str).unwrap_or("");
             return send_message(inner, &mut st, conn, id, sid, prompt);
@@ -446,6 +556,9 @@ fn on_frame(inner: &Arc<Inner>, conn: u64, body: &[u8]) {
                 s.detach(conn);
             }
             Ok(json!({"success": true}))
+        }
+        (namespaced, _) if namespaced.starts_with("sessions.") => {
+            return sessions::handle(inner, &mut st, conn, id, namespaced, &params)
         }
         (other, _) => Err((METHOD_NOT_FOUND, format!("Unhandled method {other}"))),
     };
@@ -544,10 +657,15 @@ fn on_response(inner: &Inner, conn: u64, id: &RawValue, body: &[u8]) {
 }
 
 impl State {
-    /// Queues a frame for `conn`; a connection whose queue is full is dropped.
-    fn send(&self, conn: u64, frame: Bytes) {
+    /// Queues a message (a JSON body) for `conn`, framed.
+    fn send(&self, conn: u64, body: Bytes) {
+        self.queue(conn, framed(&body));
+    }
+
+    /// Queues wire bytes for `conn`; a connection whose queue is full is dropped.
+    fn queue(&self, conn: u64, wire: Bytes) {
         if let Some(c) = self.conns.get(&conn) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(frame) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(wire) {
                 c.token.cancel();
             }
         }
@@ -575,10 +693,12 @@ impl State {
     }
 
     fn notify_all(&self, method: &str, params: Value) {
-        let frame = to_bytes(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+        let wire = framed(&to_bytes(
+            &json!({"jsonrpc": "2.0", "method": method, "params": params}),
+        ));
         for (&conn, c) in &self.conns {
             if c.authed {
-                self.send(conn, frame.clone());
+                self.queue(conn, wire.clone());
             }
         }
     }
@@ -596,10 +716,11 @@ impl State {
 
     fn emit(&self, sid: &str, event: &Value, to: impl IntoIterator<Item = u64>) {
         let params = json!({"sessionId": sid, "event": event});
-        let frame =
-            to_bytes(&json!({"jsonrpc": "2.0", "method": "session.event", "params": params}));
+        let wire = framed(&to_bytes(
+            &json!({"jsonrpc": "2.0", "method": "session.event", "params": params}),
+        ));
         for conn in to {
-            self.send(conn, frame.clone());
+            self.queue(conn, wire.clone());
         }
     }
 
@@ -619,22 +740,39 @@ impl State {
         all
     }
 
+    /// [`State::sorted_sessions`] seen from `cwd`: all of them from the mock's cwd or none given,
+    /// none from anywhere else.
+    fn sessions_in(&self, cwd: Option<&str>) -> Vec<(&String, &Session)> {
+        match cwd {
+            Some(cwd) if cwd != CWD => Vec::new(),
+            _ => self.sorted_sessions(),
+        }
+    }
+
     fn list(&self, params: &Value) -> Value {
         let cwd = params.pointer("/filter/cwd").and_then(Value::as_str);
-        let sessions: Vec<Value> = match cwd {
-            Some(cwd) if cwd != CWD => Vec::new(),
-            _ => self
-                .sorted_sessions()
-                .into_iter()
-                .map(|(id, s)| list_entry(id, s))
-                .collect(),
-        };
+        let sessions: Vec<Value> = self
+            .sessions_in(cwd)
+            .into_iter()
+            .map(|(id, s)| list_entry(id, s))
+            .collect();
         json!({ "sessions": sessions })
     }
 
-    /// `session.create`: a fresh session (an existing one with this id is reset, like the real
-    /// CLI), lifecycle before the response, `session.start` after it.
-    fn create(&mut self, inner: &Inner, conn: u64, id: &RawValue, sid: &str, hooks: bool) {
+    /// `session.create` (or `sessions.open` kind `create`; `opts` holds `hooks`, `name` and
+    /// `taskId`): a fresh session (an existing one with this id is reset, like the real CLI),
+    /// lifecycle before the response, `session.start` after it.
+    fn create(
+        &mut self,
+        inner: &Inner,
+        conn: u64,
+        id: &RawValue,
+        sid: &str,
+        opts: &Value,
+        answer: Answer,
+    ) {
+        let hooks = opts.get("hooks").and_then(Value::as_bool) == Some(true);
+        let text = |field: &str| opts.get(field).and_then(Value::as_str).map(str::to_owned);
         let now = SystemTime::now();
         let seq = self.next_seq();
         let (mut attached, old_hooks) = match self.sessions.remove(sid) {
@@ -643,17 +781,15 @@ impl State {
         };
         attached.insert(conn);
         let mut session = Session {
-            start: now,
-            modified: now,
-            seq,
-            summary: String::new(),
-            events: Vec::new(),
             attached,
             hooks: if hooks {
                 Some(conn)
             } else {
                 old_hooks.filter(|&h| h != conn)
             },
+            name: text("name"),
+            task_id: text("taskId"),
+            ..Session::new(now, seq)
         };
         let start = session.record(
             "session.start",
@@ -670,7 +806,10 @@ impl State {
             }),
             false,
         );
-        let result = session_result(inner, sid, &session);
+        let result = match answer {
+            Answer::Session => session_result(inner, sid, &session),
+            Answer::Open => sessions::opened("created", sid),
+        };
         let to: Vec<u64> = session.attached.iter().copied().collect();
         self.sessions.insert(sid.to_owned(), session);
         self.lifecycle("session.created", sid);
@@ -678,16 +817,29 @@ impl State {
         self.emit(sid, &start, to);
     }
 
-    /// `session.resume`: attach `conn`; `session.resume` goes to the connections already attached,
-    /// then the response, then the same event to the resuming connection.
-    fn resume(&mut self, inner: &Inner, conn: u64, id: &RawValue, sid: &str, hooks: bool) {
+    /// `session.resume` (or `sessions.open` kind `resume`): attach `conn`; `session.resume` goes
+    /// to the connections already attached, then the response, then the same event to the
+    /// resuming connection.
+    fn resume(
+        &mut self,
+        inner: &Inner,
+        conn: u64,
+        id: &RawValue,
+        sid: &str,
+        hooks: bool,
+        answer: Answer,
+    ) {
         let seq = self.next_seq();
         let Some(session) = self.sessions.get_mut(sid) else {
             let message = format!(
                 "Request session.resume failed with message: Failed to load session events: \
                  Session not found: {sid}"
             );
-            return self.respond(conn, id, Err((INTERNAL_ERROR, message)));
+            let reply = match answer {
+                Answer::Session => Err((INTERNAL_ERROR, message)),
+                Answer::Open => Ok(json!({"status": "not_found"})),
+            };
+            return self.respond(conn, id, reply);
         };
         let was_active = !session.attached.is_empty();
         let others: Vec<u64> = session
@@ -696,7 +848,7 @@ impl State {
             .copied()
             .filter(|&c| c != conn)
             .collect();
-        let events_bytes: usize = session.events.iter().map(|e| e.to_string().len() + 1).sum();
+        let events_bytes = session.events_bytes();
         let event_count = session.events.len();
         let now = SystemTime::now();
         let event = session.record(
@@ -719,7 +871,10 @@ impl State {
         if hooks {
             session.hooks = Some(conn);
         }
-        let result = session_result(inner, sid, session);
+        let result = match answer {
+            Answer::Session => session_result(inner, sid, session),
+            Answer::Open => sessions::opened("resumed", sid),
+        };
         self.emit(sid, &event, others);
         self.lifecycle("session.updated", sid);
         self.respond(conn, id, Ok(result));
@@ -739,7 +894,7 @@ impl State {
         };
         session.seq = seq;
         if session.summary.is_empty() {
-            session.summary = prompt.chars().take(80).collect();
+            session.summary = summary_of(prompt);
         }
         let events = [
             session.record("user.message", json!({ "content": prompt }), false),
@@ -790,6 +945,43 @@ impl State {
 }
 
 impl Session {
+    /// A session with no events, no name, attached nowhere.
+    fn new(now: SystemTime, seq: u64) -> Session {
+        Session {
+            start: now,
+            modified: now,
+            seq,
+            summary: String::new(),
+            events: Vec::new(),
+            attached: BTreeSet::new(),
+            hooks: None,
+            name: None,
+            task_id: None,
+        }
+    }
+
+    /// What list entries show as `name`: the given name, else the summary.
+    fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.summary)
+    }
+
+    /// Whether the session ever received a message (`sessions.pruneOld` ignores the others).
+    fn has_messages(&self) -> bool {
+        self.events.iter().any(|e| e["type"] == "user.message")
+    }
+
+    /// Length of the persisted events as JSON lines, the way the real CLI stores them.
+    fn events_bytes(&self) -> usize {
+        self.events.iter().map(|e| e.to_string().len() + 1).sum()
+    }
+
+    /// What the session occupies on disk, for `sessions.getSizes` and what deleting it frees.
+    fn size_bytes(&self) -> u64 {
+        u64::try_from(self.events_bytes())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// Builds an event (persisted unless `ephemeral`, which also bumps `modifiedTime`).
     fn record(&mut self, kind: &str, data: Value, ephemeral: bool) -> Value {
         let now = SystemTime::now();
@@ -840,17 +1032,26 @@ fn session_result(inner: &Inner, sid: &str, s: &Session) -> Value {
 }
 
 fn list_entry(sid: &str, s: &Session) -> Value {
-    json!({
+    let mut entry = json!({
         "sessionId": sid,
         "startTime": ts(s.start),
         "modifiedTime": ts(s.modified),
         "isRemote": false,
         "isDetached": false,
         "summary": s.summary,
-        "name": s.summary,
+        "name": s.display_name(),
         "clientName": "sdk",
         "context": {"cwd": CWD},
-    })
+    });
+    if let Some(task_id) = &s.task_id {
+        entry["mcTaskId"] = json!(task_id);
+    }
+    entry
+}
+
+/// A session's summary: the start of its first prompt.
+fn summary_of(prompt: &str) -> String {
+    prompt.chars().take(80).collect()
 }
 
 fn not_found(method: &str, sid: &str) -> (i64, String) {
@@ -874,4 +1075,11 @@ fn ts(t: SystemTime) -> String {
 
 fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A JSON body as wire bytes: `Content-Length` header, then the body.
+fn framed(body: &[u8]) -> Bytes {
+    let mut wire = BytesMut::with_capacity(body.len() + 32);
+    encode_frame(body, &mut wire);
+    wire.freeze()
 }

@@ -1,4 +1,8 @@
-//! Drives the mock over real sockets with a tiny framed JSON-RPC client.
+//! Drives the mock over real sockets with a tiny framed JSON-RPC client; the fault injection and
+//! the `sessions.*` namespace have their own test files, on the same helpers.
+
+mod faults;
+mod sessions;
 
 use std::time::Duration;
 
