@@ -1,5 +1,6 @@
 //! The `sessiongate` command: `run` (the default) serves a config file; `check` validates one;
-//! `route` shows where keys land, offline; `demo` starts a demo fleet with the proxy in front.
+//! `route` shows where keys land, offline; `methods` prints the JSON-RPC method table; `demo`
+//! starts a demo fleet with the proxy in front.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +72,9 @@ enum Command {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+    /// Print the JSON-RPC method table: each method the Copilot SDK can send, and its routing
+    /// class (one per line, tab-separated).
+    Methods,
     /// Start a demo fleet and the proxy in front of it (uses the built-in demo config; needs a
     /// build with `--features demo`).
     Demo,
@@ -90,6 +94,12 @@ fn main() -> ExitCode {
         }),
         Command::Route { pool, keys } => {
             load(&cli.config).and_then(|c| route(c, &cli.config, &pool, &keys))
+        }
+        Command::Methods => {
+            for (name, class) in sessiongate::proxy::jsonrpc::methods::all() {
+                outln!("{name}\t{}", class.describe());
+            }
+            Ok(())
         }
         Command::Demo => demo(),
     };
