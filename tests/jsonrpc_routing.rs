@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,109 +13,12 @@ use serde_json::{json, Value};
 use sessiongate::ring::Ring;
 use sessiongate::snapshot::Pool;
 use support::jsonrpc::{
-    id_on, ids_per_upstream, jsonrpc_config, session_params, CliFleet, Recorder, RpcClient, RpcYaml,
+    assert_unavailable, create, error_of, id_on, ids_per_upstream, jsonrpc_config,
+    one_answer_per_request, prompt, send, session_params, CliFleet, Recorder, RpcClient, RpcYaml,
+    Setup,
 };
 use support::upstream;
 use support::{admin_route, admin_upstream, metric_value, poll_until, within, Proxy};
-
-/// A mock fleet and a proxy in front of it (listener `cli`, pool `fleet`).
-struct Setup {
-    fleet: CliFleet,
-    proxy: Proxy,
-}
-
-impl Setup {
-    async fn start(nodes: usize, extra: RpcYaml<'_>) -> Setup {
-        let fleet = CliFleet::start(nodes).await;
-        let proxy = Proxy::start_yaml(&jsonrpc_config(&fleet.members(), extra)).await;
-        Setup { fleet, proxy }
-    }
-
-    fn pool(&self) -> Arc<Pool> {
-        self.proxy
-            .server
-            .snapshot()
-            .pool("fleet")
-            .expect("pool fleet")
-            .clone()
-    }
-
-    async fn client(&self) -> RpcClient {
-        RpcClient::connect(self.proxy.addr("cli")).await
-    }
-}
-
-/// Create `id` through `client` and check the answer names it.
-async fn create(client: &mut RpcClient, id: &str, extra: Value) {
-    let result = client
-        .result("session.create", session_params(id, extra))
-        .await;
-    assert_eq!(result["sessionId"], id, "create answer: {result}");
-}
-
-/// Send a fresh prompt to `id` and check the answer; returns the prompt.
-async fn prompt(client: &mut RpcClient, id: &str) -> String {
-    static PROMPTS: AtomicU64 = AtomicU64::new(0);
-    let prompt = format!("hello {id} #{}", PROMPTS.fetch_add(1, Ordering::Relaxed));
-    let result = client
-        .result(
-            "session.send",
-            session_params(id, json!({ "prompt": prompt })),
-        )
-        .await;
-    assert!(result["messageId"].is_string(), "send answer: {result}");
-    prompt
-}
-
-/// [`prompt`], then wait for the `user.message` event it causes (the client must be attached
-/// to the session: it created or resumed it).
-async fn send(client: &mut RpcClient, id: &str) {
-    let prompt = prompt(client, id).await;
-    let what = format!("user.message {prompt}");
-    client
-        .wait_for(&what, |m| {
-            m["method"] == "session.event"
-                && m["params"]["event"]["type"] == "user.message"
-                && m["params"]["event"]["data"]["content"] == prompt.as_str()
-        })
-        .await;
-}
-
-/// Every response the client received answers an id it sent (no proxy-internal ids), exactly
-/// once.
-fn one_answer_per_request(client: &RpcClient, sent: usize) {
-    for frame in &client.received {
-        if frame.get("method").is_none() && !frame.is_array() {
-            let id = frame["id"].as_u64();
-            assert!(
-                id.is_some_and(|n| (n as usize) < sent),
-                "answer to an id the client never sent: {frame}"
-            );
-        }
-    }
-    for n in 0..sent {
-        assert_eq!(client.responses_to(&json!(n)), 1, "answers to id {n}");
-    }
-}
-
-/// The error object of a response, failing the test if it succeeded.
-fn error_of(resp: &Value) -> &Value {
-    resp.get("error")
-        .unwrap_or_else(|| panic!("expected an error, got {resp}"))
-}
-
-/// The -32001 "server unavailable" error naming `session`, with `data.retryAfterMs`.
-fn assert_unavailable(resp: &Value, session: &str) {
-    let err = error_of(resp);
-    assert_eq!(err["code"], -32001, "{resp}");
-    let message = err["message"].as_str().expect("message");
-    assert!(
-        message.contains(session),
-        "message names the session: {message}"
-    );
-    assert!(message.contains("unavailable"), "{message}");
-    assert!(err["data"]["retryAfterMs"].as_u64().is_some(), "{resp}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_global_reads_go_to_the_connections_home_node() {

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -18,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::upstreams_yaml;
+use super::{upstreams_yaml, Proxy};
 
 /// Upper bound on any single wait for a frame, so a broken proxy fails a test instead of
 /// hanging it.
@@ -385,4 +387,103 @@ impl Recorder {
     pub fn frames(&self) -> Vec<Value> {
         self.frames.lock().expect("lock").clone()
     }
+}
+
+/// A mock fleet and a proxy in front of it (listener `cli`, pool `fleet`).
+pub struct Setup {
+    pub fleet: CliFleet,
+    pub proxy: Proxy,
+}
+
+impl Setup {
+    pub async fn start(nodes: usize, extra: RpcYaml<'_>) -> Setup {
+        let fleet = CliFleet::start(nodes).await;
+        let proxy = Proxy::start_yaml(&jsonrpc_config(&fleet.members(), extra)).await;
+        Setup { fleet, proxy }
+    }
+
+    pub fn pool(&self) -> Arc<Pool> {
+        self.proxy
+            .server
+            .snapshot()
+            .pool("fleet")
+            .expect("pool fleet")
+            .clone()
+    }
+
+    pub async fn client(&self) -> RpcClient {
+        RpcClient::connect(self.proxy.addr("cli")).await
+    }
+}
+
+/// Create `id` through `client` and check the answer names it.
+pub async fn create(client: &mut RpcClient, id: &str, extra: Value) {
+    let result = client
+        .result("session.create", session_params(id, extra))
+        .await;
+    assert_eq!(result["sessionId"], id, "create answer: {result}");
+}
+
+/// Send a fresh prompt to `id` and check the answer; returns the prompt.
+pub async fn prompt(client: &mut RpcClient, id: &str) -> String {
+    static PROMPTS: AtomicU64 = AtomicU64::new(0);
+    let prompt = format!("hello {id} #{}", PROMPTS.fetch_add(1, Ordering::Relaxed));
+    let result = client
+        .result(
+            "session.send",
+            session_params(id, json!({ "prompt": prompt })),
+        )
+        .await;
+    assert!(result["messageId"].is_string(), "send answer: {result}");
+    prompt
+}
+
+/// [`prompt`], then wait for the `user.message` event it causes (the client must be attached
+/// to the session: it created or resumed it).
+pub async fn send(client: &mut RpcClient, id: &str) {
+    let prompt = prompt(client, id).await;
+    let what = format!("user.message {prompt}");
+    client
+        .wait_for(&what, |m| {
+            m["method"] == "session.event"
+                && m["params"]["event"]["type"] == "user.message"
+                && m["params"]["event"]["data"]["content"] == prompt.as_str()
+        })
+        .await;
+}
+
+/// Every response the client received answers an id it sent (no proxy-internal ids), exactly
+/// once.
+pub fn one_answer_per_request(client: &RpcClient, sent: usize) {
+    for frame in &client.received {
+        if frame.get("method").is_none() && !frame.is_array() {
+            let id = frame["id"].as_u64();
+            assert!(
+                id.is_some_and(|n| (n as usize) < sent),
+                "answer to an id the client never sent: {frame}"
+            );
+        }
+    }
+    for n in 0..sent {
+        assert_eq!(client.responses_to(&json!(n)), 1, "answers to id {n}");
+    }
+}
+
+/// The error object of a response, failing the test if it succeeded.
+pub fn error_of(resp: &Value) -> &Value {
+    resp.get("error")
+        .unwrap_or_else(|| panic!("expected an error, got {resp}"))
+}
+
+/// The -32001 "server unavailable" error naming `session`, with `data.retryAfterMs`.
+pub fn assert_unavailable(resp: &Value, session: &str) {
+    let err = error_of(resp);
+    assert_eq!(err["code"], -32001, "{resp}");
+    let message = err["message"].as_str().expect("message");
+    assert!(
+        message.contains(session),
+        "message names the session: {message}"
+    );
+    assert!(message.contains("unavailable"), "{message}");
+    assert!(err["data"]["retryAfterMs"].as_u64().is_some(), "{resp}");
 }

@@ -83,12 +83,15 @@ pub enum Event {
     /// Owner discovery found where a session lives: send the request there.
     Resend {
         id: ClientId,
-        pending: Pending,
+        pending: Box<Pending>,
         to: Endpoint,
         body: Bytes,
     },
     /// Owner discovery found the session nowhere: the client gets the node's answer.
-    NotFound { pending: Pending, answer: Bytes },
+    NotFound {
+        pending: Box<Pending>,
+        answer: Bytes,
+    },
 }
 
 /// Serve one JSON-RPC client connection until it closes.
@@ -250,7 +253,7 @@ impl Conn {
                         _ => message::PARSE_ERROR,
                     };
                     let err = message::error_response(None, code, &e.to_string(), None);
-                    self.to_client(err);
+                    self.send_client(err);
                     return;
                 }
                 Input::Client(Some(Ok(body))) => {
@@ -410,7 +413,7 @@ impl Conn {
         let facts = ConnFacts {
             home_key: &self.home_key,
             exchanges: self.state.exchanges(),
-            new_session_id: new_session_id,
+            new_session_id,
         };
         match route::decide(&req, &pool, &facts) {
             Decision::Forward(f) => self.forward(f, name, method.label, id, body, reply, &pool),
@@ -667,7 +670,7 @@ impl Conn {
                     return self.fail(Some(&id), pending.reply, "listener is being removed", None);
                 };
                 pending.upstream = to.name.clone();
-                self.state.wait(id, pending, pool.config.request_timeout);
+                self.state.wait(id, *pending, pool.config.request_timeout);
                 self.send_to(&to, body, None, &pool);
             }
             Event::NotFound { pending, answer } => {
@@ -690,7 +693,7 @@ impl Conn {
             Err(e) => return self.link_down(&node, LinkFailure::Malformed, &e.to_string()),
         };
         match env.kind {
-            MessageKind::Notification => self.to_client(body),
+            MessageKind::Notification => self.send_client(body),
             MessageKind::Request => {
                 let Some(id) = env.id.map(RawValue::to_owned) else {
                     return;
@@ -709,7 +712,7 @@ impl Conn {
                 };
                 match self.state.add_server_request(request) {
                     Some(n) => match message::with_id(&body, &n) {
-                        Ok(rewritten) => self.to_client(rewritten),
+                        Ok(rewritten) => self.send_client(rewritten),
                         Err(e) => debug!(error = %e, "cannot rewrite server request id"),
                     },
                     None => {
@@ -771,6 +774,7 @@ impl Conn {
         };
         if let Some(resend) = pending.discover.take() {
             if fanout::is_not_found(pending.method, &body, failed) {
+                let pending = Box::new(pending);
                 let task =
                     fanout::discover_owner(self.owner(), pool, node, id, pending, resend, body);
                 self.work.spawn(task);
@@ -945,11 +949,11 @@ impl Conn {
     /// Deliver an answer: directly, or into its batch.
     fn reply(&mut self, reply: ReplyTo, body: Bytes) {
         if let Some(frame) = self.state.fill(reply, body) {
-            self.to_client(frame);
+            self.send_client(frame);
         }
     }
 
-    fn to_client(&mut self, frame: Bytes) {
+    fn send_client(&mut self, frame: Bytes) {
         if !self.outbox.is_empty() {
             return self.outbox.push_back(frame);
         }

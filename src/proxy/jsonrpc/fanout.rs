@@ -157,12 +157,16 @@ fn method_of(body: &[u8]) -> &'static str {
     super::methods::lookup(&name).label
 }
 
+/// The answers of a fan-out, sorted.
+struct Sorted {
+    /// The results, with the node that gave each, in target order.
+    results: Vec<(Endpoint, Value)>,
+    /// The nodes that gave none, and why.
+    failed: Vec<(Arc<str>, String)>,
+}
+
 /// Sort answers into results (with their nodes) and the nodes that failed, counting these.
-fn sort_answers(
-    owner: &Owner,
-    targets: &[Endpoint],
-    answers: Vec<Answer>,
-) -> (Vec<(Endpoint, Value)>, Vec<(Arc<str>, String)>) {
+fn sort_answers(owner: &Owner, targets: &[Endpoint], answers: Vec<Answer>) -> Sorted {
     let mut results = Vec::new();
     let mut failed = Vec::new();
     for (target, answer) in targets.iter().zip(answers) {
@@ -175,7 +179,7 @@ fn sort_answers(
             }
         }
     }
-    (results, failed)
+    Sorted { results, failed }
 }
 
 /// The policy's verdict on a fan-out where `failed` nodes gave no result: `Some(error)` to
@@ -225,7 +229,7 @@ pub async fn fan_out(
         }
     };
     let (answers, times) = tokio::join!(owner.ask_all(&targets, &body), times);
-    let (results, failed) = sort_answers(&owner, &targets, answers);
+    let Sorted { results, failed } = sort_answers(&owner, &targets, answers);
     if let Some((msg, data)) = refusal(&pool, method, results.len(), &failed) {
         return owner
             .error(&id, reply, SERVER_UNAVAILABLE, &msg, data)
@@ -356,7 +360,10 @@ pub async fn split(
         async move { owner.ask(&node, body).await }
     });
     let answers = join_all(asks).await;
-    let (results, mut more_failed) = sort_answers(&owner, &targets, answers);
+    let Sorted {
+        results,
+        failed: mut more_failed,
+    } = sort_answers(&owner, &targets, answers);
     failed.append(&mut more_failed);
     let nothing_asked = order.is_empty() || targets.is_empty() && failed.is_empty();
     if !nothing_asked {
@@ -469,7 +476,7 @@ pub async fn open_last(
     let answers = owner
         .ask_all(&targets, &request("sessions.getLastForContext", ask))
         .await;
-    let (results, _) = sort_answers(&owner, &targets, answers);
+    let results = sort_answers(&owner, &targets, answers).results;
     let Some((node, sid)) = newest_candidate(&owner, &results).await else {
         return owner
             .result(&id, reply, &json!({ "status": "not_found" }))
@@ -483,7 +490,7 @@ pub async fn open_last(
     }
     let body =
         format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"sessions.open","params":{resume}}}"#);
-    let mut pending = Pending::new(node.name.clone(), "sessions.open", reply);
+    let mut pending = Box::new(Pending::new(node.name.clone(), "sessions.open", reply));
     pending.learn = Learn::PinAnswered;
     pending.session = Some(Arc::from(sid.as_str()));
     owner
@@ -522,7 +529,7 @@ pub async fn discover_owner(
     pool: Arc<Pool>,
     missed_on: Arc<str>,
     id: ClientId,
-    pending: Pending,
+    pending: Box<Pending>,
     resend: Bytes,
     not_found: Bytes,
 ) {
