@@ -237,6 +237,10 @@ pub async fn fan_out(
     }
     let merged = match kind {
         Merge::NewestSession => newest_of(&owner, &results).await,
+        Merge::UniqueId => {
+            let prefix = params_of(&body)["prefix"].as_str().unwrap_or("").to_owned();
+            unique_match(&owner, &prefix, results).await
+        }
         Merge::NewestIds => {
             let mut modified = HashMap::new();
             for answer in times {
@@ -269,6 +273,35 @@ pub async fn fan_out(
     };
     owner.timed(method, started);
     owner.result(&id, reply, &merged).await;
+}
+
+/// The one session a prefix names fleet-wide. A node answers nothing both when none of its
+/// sessions match and when several do, so when exactly one node found one, the nodes that
+/// found none are asked for their session ids (`sessions.getSizes`): any match there makes the
+/// prefix ambiguous.
+async fn unique_match(owner: &Owner, prefix: &str, results: Vec<(Endpoint, Value)>) -> Value {
+    let (found, silent): (Vec<_>, Vec<_>) = results
+        .into_iter()
+        .partition(|(_, r)| r.get("sessionId").is_some());
+    let merged = merge::unique_id(found.into_iter().map(|(_, r)| r).collect());
+    if merged.get("sessionId").is_none() || silent.is_empty() {
+        return merged;
+    }
+    let nodes: Vec<Endpoint> = silent.into_iter().map(|(node, _)| node).collect();
+    let sizes = owner
+        .ask_all(&nodes, &request("sessions.getSizes", json!({})))
+        .await;
+    let elsewhere = sizes.iter().any(|answer| match answer {
+        Answer::Result(r) => r["sizes"]
+            .as_object()
+            .is_some_and(|ids| ids.keys().any(|id| id.starts_with(prefix))),
+        Answer::Failed(_) => false,
+    });
+    if elsewhere {
+        json!({})
+    } else {
+        merged
+    }
 }
 
 /// Of the sessions the nodes proposed, the one modified last (its node's metadata says when).

@@ -83,8 +83,9 @@ pub enum Merge {
     /// `{sessions: [...]}`: deduplicated by `sessionId` (newest copy wins), newest
     /// `modifiedTime` first.
     SessionList,
-    /// `{sessionId?}` for a prefix: the one id if exactly one distinct id matched fleet-wide,
-    /// else none (the CLI's rule for an ambiguous prefix).
+    /// `{sessionId?}` for a prefix: the one id if exactly one session matches fleet-wide, else
+    /// none (the CLI's rule for an ambiguous prefix; a node that answered none is asked for its
+    /// ids to tell "no match" from "several").
     UniqueId,
     /// `{sessionId?}`: the first node (in pool order) that found one.
     FirstId,
