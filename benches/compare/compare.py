@@ -107,6 +107,8 @@ PORT = {"direct": UPSTREAM_PORTS[0], "sessiongate": 18080, "haproxy": 28080, "ng
 TLS_PORT = {"sessiongate": 18443, "haproxy": 28443}
 SG_ADMIN = 18901
 RPC_PORT = 18090
+# Another sessiongate build to compare with in the JSON-RPC phase (before/after a change).
+BASELINE_BIN = os.environ.get("BASELINE_BIN", "")
 RPC_ADMIN = 18902
 MOCK_BASE = 27001
 
@@ -428,18 +430,18 @@ pools:
 """
 
 
-def sessiongate_rpc_conf() -> str:
+def sessiongate_rpc_conf(port: int = RPC_PORT, admin: int = RPC_ADMIN) -> str:
     ups = "\n".join(
         f"      - {{ name: cli-{i + 1}, addr: 127.0.0.1:{MOCK_BASE + i} }}" for i in range(MOCKS))
     return f"""# sessiongate in front of the mock CLI fleet: one worker thread.
 runtime:
   worker_threads: 1
 admin:
-  listen: 127.0.0.1:{RPC_ADMIN}
+  listen: 127.0.0.1:{admin}
 shutdown_grace: 2s
 listeners:
   - name: rpc
-    listen: 127.0.0.1:{RPC_PORT}
+    listen: 127.0.0.1:{port}
     protocol: jsonrpc
     pool: cli
     max_connections: 19000
@@ -747,13 +749,24 @@ def phase_jsonrpc(fx: Fixture, raw: dict) -> None:
     rpc = start("sessiongate-rpc", [SG_BIN, "--config", str(conf), "run"], PROXY_CORE,
                 env={"RUST_LOG": SG_LOG})
     wait_port(RPC_PORT, proc=rpc)
+    proxies = {"sessiongate": (rpc, RPC_PORT)}
+    if BASELINE_BIN:
+        # Another build (BASELINE_BIN) on the same core, measured in the same rounds.
+        conf_b = write(WORK / "sessiongate-rpc-baseline.yaml",
+                       sessiongate_rpc_conf(RPC_PORT + 1, RPC_ADMIN + 1))
+        base_proc = start("sessiongate-rpc-baseline", [BASELINE_BIN, "--config", str(conf_b),
+                                                       "run"], PROXY_CORE,
+                          env={"RUST_LOG": SG_LOG})
+        wait_port(RPC_PORT + 1, proc=base_proc)
+        proxies["baseline"] = (base_proc, RPC_PORT + 1)
     time.sleep(0.5)
     mocks = [f"127.0.0.1:{MOCK_BASE + i}" for i in range(MOCKS)]
     runs = raw.setdefault("jsonrpc", [])
     for rnd in range(ROUNDS):
-        for target in ("direct", "sessiongate"):
-            addrs = mocks if target == "direct" else [f"127.0.0.1:{RPC_PORT}"]
-            r = jsonrpc_run(rpc if target == "sessiongate" else None, addrs, JSONRPC_CONNS,
+        for target in ("direct", *proxies):
+            proc, port = proxies.get(target, (None, 0))
+            addrs = mocks if proc is None else [f"127.0.0.1:{port}"]
+            r = jsonrpc_run(proc, addrs, JSONRPC_CONNS,
                             JSONRPC_SESSIONS, JSONRPC_DEPTH, JSONRPC_SECS,
                             f"r{rnd}-{target}-{os.getpid()}", f"jsonrpc-{target}")
             r.update(round=rnd, target=target)
@@ -764,6 +777,8 @@ def phase_jsonrpc(fx: Fixture, raw: dict) -> None:
                    if "cpu_us_per_frame" in r else "")
                 + f"  errors {r['errors']}/{r['create_errors']}")
             time.sleep(0.5)
+    if "baseline" in proxies:
+        stop(proxies["baseline"][0])
     # Many sessions: FLEET_SESSIONS over FLEET_CONNS connections, through sessiongate only.
     base = rss_kb(rpc.pid)
     per_conn = max(1, FLEET_SESSIONS // FLEET_CONNS)
@@ -884,7 +899,7 @@ def settings() -> dict:
         "JSONRPC_SECS", "JSONRPC_CONNS", "JSONRPC_SESSIONS", "JSONRPC_DEPTH", "JSONRPC_METHOD",
         "MOCKS", "FLEET_CONNS", "FLEET_SESSIONS", "FLEET_DEPTH", "RELOAD_SECS", "RELOAD_COUNT",
         "RELOAD_CONCURRENCY", "BODY_BYTES", "SESSION_KEYS", "PROXY_CORE", "LOAD_CORE",
-        "SG_LOG")}
+        "SG_LOG", "BASELINE_BIN")}
 
 
 def main() -> int:

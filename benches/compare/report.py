@@ -361,7 +361,12 @@ def main() -> int:
             "direction (a request and its answer are two).\n")
         rows = []
         d = med(rpc, "rate", target="direct")
-        for t in ("direct", "sessiongate"):
+        rpc_targets = ["direct", "sessiongate"]
+        if any(r["target"] == "baseline" for r in rpc):
+            rpc_targets.append("baseline")
+            add(f"`baseline` is another build (`BASELINE_BIN`: {s.get('BASELINE_BIN', '?')}) "
+                "measured in the same rounds, for before/after figures.\n")
+        for t in rpc_targets:
             rate = med(rpc, "rate", target=t)
             rows.append([t, fmt(rate, 0), fmt(ratio(rate, d), 2),
                          fmt(med(rpc, "p50_us", target=t) / 1000, 3),
