@@ -173,6 +173,7 @@ enum Input {
     ClientRoom(mpsc::OwnedPermit<Bytes>),
     LinkRoom(Arc<str>, mpsc::OwnedPermit<Bytes>),
     Shutdown,
+    ClientGone,
     Reaped,
 }
 
@@ -196,8 +197,8 @@ impl Conn {
                 .iter()
                 .find_map(|(name, l)| l.waiting_for_room().map(|tx| (name.clone(), tx)));
             let has_timers = self.state.has_timers();
+            // Unbiased: a node flooding events must not starve the client's requests.
             let input = tokio::select! {
-                biased;
                 Some(event) = self.events.recv(), if read_events => Input::Event(event),
                 Some(fired) = poll_fn(|cx| self.state.poll_expired(cx)), if has_timers => {
                     Input::Timer(fired)
@@ -210,6 +211,8 @@ impl Conn {
                     Input::Reaped
                 }
                 _ = shutdown.cancelled(), if !self.draining => Input::Shutdown,
+                // The writer gave up on the client (it closed): nothing can be answered.
+                _ = self.to_client.closed() => Input::ClientGone,
             };
             match input {
                 Input::Event(event) => self.on_event(event),
@@ -262,6 +265,7 @@ impl Conn {
                     }
                 }
                 Input::Shutdown => self.draining = true,
+                Input::ClientGone => return,
                 Input::Reaped => {}
             }
         }
@@ -769,20 +773,27 @@ impl Conn {
         body: Bytes,
         failed: bool,
     ) {
-        let Some(pool) = self.pool() else {
-            return self.reply(pending.reply, body);
-        };
-        if let Some(resend) = pending.discover.take() {
+        // Most answers teach nothing: no snapshot load for them.
+        let needs_pool = pending.discover.is_some() || (!failed && pending.learn != Learn::Nothing);
+        let pool = if needs_pool { self.pool() } else { None };
+        if let (Some(resend), Some(pool)) = (pending.discover.take(), &pool) {
             if fanout::is_not_found(pending.method, &body, failed) {
                 let pending = Box::new(pending);
-                let task =
-                    fanout::discover_owner(self.owner(), pool, node, id, pending, resend, body);
+                let task = fanout::discover_owner(
+                    self.owner(),
+                    pool.clone(),
+                    node,
+                    id,
+                    pending,
+                    resend,
+                    body,
+                );
                 self.work.spawn(task);
                 return;
             }
         }
-        if !failed {
-            self.learn(&pool, &node, &pending, &body);
+        if let (false, Some(pool)) = (failed, &pool) {
+            self.learn(pool, &node, &pending, &body);
         }
         self.observe(&pending, if failed { "error" } else { "ok" });
         self.reply(pending.reply, body);
@@ -897,9 +908,12 @@ impl Conn {
                         .with_label_values(&[&self.pool_name, node])
                         .inc();
                     debug!(from = %node, to = %to.name, "request redispatched");
+                    // A setup call goes as itself: a new link's replay leaves it out.
+                    let setup = matches!(methods::lookup(pending.method).class, Class::Setup(_))
+                        .then_some(pending.method);
                     pending.upstream = to.name.clone();
                     self.state.wait(id, pending, pool.config.request_timeout);
-                    self.send_to(&to, body, None, pool);
+                    self.send_to(&to, body, setup, pool);
                     continue;
                 }
             }
