@@ -210,6 +210,24 @@ async function ringUpstreams(gate) {
   return [...new Set(text.match(/cli-\d+/g) ?? [])].sort();
 }
 
+/** The ring owner of each id (`sessiongate route`, offline, health ignored): [[id, node], ...]. */
+function ringOwners(configPath, ids) {
+  return execFileSync(SG_BIN, ['route', '--config', configPath, '--pool', POOL, ...ids], { encoding: 'utf8' })
+    .trim().split('\n').map((line) => line.split('\t'));
+}
+
+/** Sum of a counter over all its series of this pool, from GET /metrics (0 while it has none). */
+async function metricSum(gate, name) {
+  const { status, text } = await adminGet(gate, '/metrics');
+  if (status !== 200) throw new Error(`/metrics answered ${status}: ${text.slice(0, 300)}`);
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = line.match(/^(\w+)(\{[^}]*\})?\s+(\S+)$/);
+    if (m && m[1] === name && (m[2] ?? '').includes(`pool="${POOL}"`)) sum += Number(m[3]);
+  }
+  return sum;
+}
+
 // ───────────────────────────── 3. SDK helpers ─────────────────────────────
 
 const clients = new Set();
@@ -260,6 +278,28 @@ async function resumeAndRead(client, sessionId) {
   return { session, events };
 }
 
+/**
+ * Every method the SDK can send a server, read from its own sources: each
+ * `connection.sendRequest("<name>"` inside the client-to-server factories of
+ * dist/generated/rpc.js (createServerRpc, createInternalServerRpc, createSessionRpc,
+ * createInternalSessionRpc; the register*Handlers functions there are what the server sends the
+ * client), plus each `sendRequest("<name>"` of dist/client.js and dist/session.js.
+ */
+function sdkClientMethods() {
+  const dist = path.join(HERE, 'node_modules', '@github', 'copilot-sdk', 'dist');
+  const rpc = fs.readFileSync(path.join(dist, 'generated', 'rpc.js'), 'utf8');
+  const factories = ['createServerRpc', 'createInternalServerRpc', 'createSessionRpc', 'createInternalSessionRpc'];
+  const fns = [...rpc.matchAll(/^(?:export\s+)?function\s+(\w+)\s*\(/gm)].map((m) => ({ name: m[1], at: m.index }));
+  for (const f of factories) if (!fns.some((x) => x.name === f)) throw new Error(`rpc.js has no function ${f}`);
+  const names = new Set();
+  const add = (text, re) => { for (const m of text.matchAll(re)) names.add(m[1]); };
+  fns.forEach((f, i) => {
+    if (factories.includes(f.name)) add(rpc.slice(f.at, fns[i + 1]?.at ?? rpc.length), /connection\.sendRequest\(\s*"([^"]+)"/g);
+  });
+  for (const file of ['client.js', 'session.js']) add(fs.readFileSync(path.join(dist, file), 'utf8'), /sendRequest\(\s*"([^"]+)"/g);
+  return names;
+}
+
 async function resumeAll(addr, ids) {
   const c = await newClient(addr);
   try {
@@ -305,6 +345,7 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
   let gate;             // the running sessiongate {proc, cliAddr, adminAddr}
   let target;           // where the SDK connects: gate.cliAddr, or clis[0].addr in direct mode
   let creator;          // the client that created the sessions; stays connected
+  const forks = [];     // {id, source, node}: sessions.fork copies of the suite's sessions
   const proxyOnly = DIRECT ? 'proxy mode only (INTEROP_DIRECT=1)' : false;
 
   before(async () => {
@@ -379,6 +420,111 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
     }
   }));
 
+  // ── the server-scoped sessions.* namespace: fan-out, create-from-session, split by owner ──
+
+  it('sessions.list returns every session of every node, once', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
+    const c = await newClient(target);
+    try {
+      const { sessions } = await withTimeout(c.rpc.sessions.list({}), RPC_TIMEOUT, 'sessions.list');
+      const ids = sessions.map((s) => s.sessionId);
+      // only the suite's sessions exist so far: exactly those, no copy twice, none left out
+      assert.deepEqual([...ids].sort(), [...SESSION_IDS].sort(), 'sessions.list is not exactly the suite\'s sessions');
+      for (const cli of clis) {
+        const mine = SESSION_IDS.filter((id) => ownersOf(id, [cli]).length);
+        assert.ok(mine.length > 0 && mine.every((id) => ids.includes(id)), `sessions of ${cli.name} missing from sessions.list`);
+      }
+    } finally {
+      await closeClient(c);
+    }
+  }));
+
+  it('sessions.pruneOld dry run names every node\'s sessions and deletes nothing', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
+    const c = await newClient(target);
+    try {
+      const r = await withTimeout(c.rpc.sessions.pruneOld({ olderThanDays: 0, dryRun: true }), RPC_TIMEOUT, 'sessions.pruneOld');
+      assert.equal(r.dryRun, true, `dryRun: ${JSON.stringify(r)}`);
+      assert.deepEqual(r.deleted, []);
+      assert.deepEqual([...r.candidates].sort(), [...SESSION_IDS].sort(), 'candidates are not exactly the suite\'s sessions');
+      assert.equal(typeof r.freedBytes, 'number');
+      assert.ok(r.freedBytes > 0, `freedBytes of ${r.candidates.length} candidates: ${r.freedBytes}`);
+    } finally {
+      await closeClient(c);
+    }
+    for (const id of SESSION_IDS) assert.equal(ownersOf(id, clis).length, 1, `${id} after a dry run: on ${ownersOf(id, clis)}`);
+  }));
+
+  it('sessions.fork makes each copy on its source\'s node, pinned: resuming it needs no owner search', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
+    const discoveries = () => metricSum(gate, 'sessiongate_owner_discovery_total');
+    const atStart = await discoveries();
+    // All 12 (4 or so per node): a fork's id is random, so some land off their ring owner, where
+    // only the pin finds them (the chance that none does is 3^-12).
+    for (const source of SESSION_IDS) {
+      const node = ownersOf(source, clis)[0];
+      const r = await withTimeout(creator.rpc.sessions.fork({ sessionId: source }), RPC_TIMEOUT, `sessions.fork ${source}`);
+      assert.match(r.sessionId, /^[0-9a-f-]{36}$/, `fork of ${source}: ${JSON.stringify(r)}`);
+      assert.notEqual(r.sessionId, source);
+      assert.deepEqual(ownersOf(r.sessionId, clis), [node], `fork ${r.sessionId} of ${source} (on ${node})`);
+      forks.push({ id: r.sessionId, source, node });
+    }
+    for (const cli of clis) assert.ok(forks.some((f) => f.node === cli.name), `no fork on ${cli.name}`);
+    const offRing = ringOwners(configPath, forks.map((f) => f.id)).filter(([id, ringNode]) => forks.find((f) => f.id === id).node !== ringNode);
+    assert.ok(offRing.length > 0, 'every fork sits on its ring owner: the pin would go untested');
+    const afterForks = await discoveries();
+    assert.equal(afterForks, atStart, 'forking pinned sessions searched the fleet for an owner');
+    await resumeAll(target, forks.map((f) => f.id));
+    const afterResumes = await discoveries();
+    assert.equal(afterResumes, afterForks,
+      `resuming ${forks.length} forks (${offRing.length} off their ring owner) searched the fleet: the forks were not pinned`);
+    // Control, so that "did not move" means something: a session the proxy never saw, made
+    // straight on a node that is not its ring owner, is found only by a fleet-wide search.
+    const stray = '5e55c0de-0088-4000-8000-000000000000';
+    const [[, strayRing]] = ringOwners(configPath, [stray]);
+    const elsewhere = clis.find((cli) => cli.name !== strayRing);
+    const direct = await newClient(elsewhere.addr);
+    try { await createAndSend(direct, stray); } finally { await closeClient(direct); }
+    await resumeAll(target, [stray]);
+    assert.equal(await discoveries(), afterResumes + 1, `resuming ${stray} (on ${elsewhere.name}, ring owner ${strayRing}) through the proxy: one owner search`);
+  }));
+
+  it('sessions.bulkDelete over three nodes deletes exactly the sessions named, each on its node', { skip: proxyOnly, timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
+    // 2 new sessions per node, by ring owner (where a create goes while every node is up)
+    const candidates = Array.from({ length: 48 }, (_, i) => `5e55c0de-0077-4000-8000-${String(i).padStart(12, '0')}`);
+    const routed = ringOwners(configPath, candidates);
+    const doomed = clis.flatMap((cli) => routed.filter(([, node]) => node === cli.name).slice(0, 2).map(([id]) => id));
+    assert.equal(doomed.length, 6, `2 candidates per node: ${JSON.stringify(routed)}`);
+    const c = await newClient(target);
+    try {
+      for (const id of doomed) await createAndSend(c, id);
+      for (const [id, node] of routed.filter(([id]) => doomed.includes(id))) {
+        assert.deepEqual(ownersOf(id, clis), [node], `${id} before bulkDelete`);
+      }
+      const r = await withTimeout(c.rpc.sessions.bulkDelete({ sessionIds: doomed }), RPC_TIMEOUT, 'sessions.bulkDelete');
+      assert.deepEqual(Object.keys(r.freedBytes ?? {}).sort(), [...doomed].sort(), `freedBytes: ${JSON.stringify(r)}`);
+      for (const id of doomed) assert.ok(r.freedBytes[id] > 0, `freedBytes[${id}] = ${r.freedBytes[id]}`);
+    } finally {
+      await closeClient(c);
+    }
+    for (const id of doomed) assert.deepEqual(ownersOf(id, clis), [], `${id} still on disk after bulkDelete`);
+    for (const id of [...SESSION_IDS, ...forks.map((f) => f.id)]) {
+      assert.equal(ownersOf(id, clis).length, 1, `${id}, not named in bulkDelete, is gone: on ${ownersOf(id, clis)}`);
+    }
+  }));
+
+  it('`sessiongate methods` lists every method the SDK can send', { timeout: TEST_TIMEOUT }, withGateLog(() => gate, async (t) => {
+    if (DIRECT && !fs.existsSync(SG_BIN)) { t.skip(`no sessiongate binary at ${SG_BIN}`); return; }
+    const sdk = sdkClientMethods();
+    // the extraction works: both sides of the SDK's own API, no server-to-client method
+    for (const m of ['ping', 'connect', 'session.create', 'session.send', 'sessions.fork', 'sessions.bulkDelete']) assert.ok(sdk.has(m), `SDK extraction lacks ${m}`);
+    for (const m of ['sessionFs.readFile', 'providerToken.getToken', 'llmInference.httpRequestStart']) assert.ok(!sdk.has(m), `SDK extraction took server-to-client ${m}`);
+    const lines = execFileSync(SG_BIN, ['methods'], { encoding: 'utf8' }).trim().split('\n');
+    const table = new Map(lines.map((l) => { const [name, cls, ...rest] = l.split('\t'); assert.ok(name && cls && rest.length === 0, `bad line: ${JSON.stringify(l)}`); return [name, cls]; }));
+    assert.equal(table.size, lines.length, 'a method is listed twice');
+    for (const [name, cls] of table) assert.notEqual(cls, 'unknown', `${name} listed as unknown`);
+    const missing = [...sdk].filter((m) => !table.has(m)).sort();
+    assert.deepEqual(missing, [], `${missing.length} of the SDK's ${sdk.size} methods are not in the table (so never replayed, routed by guess)`);
+    t.diagnostic(`${sdk.size} SDK methods, ${table.size} in the table`);
+  }));
+
   it('resuming on a server that lacks the session fails with "Session not found"', { skip: DIRECT ? false : 'direct mode only', timeout: TEST_TIMEOUT }, withGateLog(() => gate, async () => {
     const c = await newClient(clis[1].addr);
     try {
@@ -446,8 +592,7 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
     // Pick new ids whose ring owner (health ignored, offline `sessiongate route`) is the dead
     // node, plus some that are not: both kinds must be created without error on live nodes.
     const candidates = Array.from({ length: 64 }, (_, i) => `5e55c0de-0099-4000-8000-${String(i).padStart(12, '0')}`);
-    const routed = execFileSync(SG_BIN, ['route', '--config', configPath, '--pool', POOL, ...candidates], { encoding: 'utf8' })
-      .trim().split('\n').map((line) => line.split('\t'));
+    const routed = ringOwners(configPath, candidates);
     const ownedByDead = routed.filter(([, name]) => name === dead[0]).map(([id]) => id).slice(0, 4);
     const others = routed.filter(([, name]) => name !== dead[0]).map(([id]) => id).slice(0, 4);
     assert.ok(ownedByDead.length > 0, 'some candidate ids hash onto the dead node');
