@@ -60,6 +60,34 @@ pub enum FrameStatus {
 /// `MAX_HEADER_BYTES` arrive without a terminator, or when the declared length exceeds
 /// `max_frame_bytes`, before any of the body is read. Does not allocate.
 pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHeader>, FrameError> {
+    let (header_len, content_length) = match canonical_header(buf) {
+        Some(found) => found,
+        None => match any_header(buf)? {
+            Some(found) => found,
+            None => return Ok(None),
+        },
+    };
+    check_length(header_len, content_length, max_frame_bytes).map(Some)
+}
+
+/// The header every LSP peer writes, `Content-Length: N\r\n\r\n`, read without the general
+/// checks (its bytes are valid by construction); `None` for anything else, incomplete included.
+fn canonical_header(buf: &[u8]) -> Option<(usize, Option<usize>)> {
+    const NAME: &[u8] = b"Content-Length: ";
+    let digits = buf.strip_prefix(NAME)?;
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    // More than 19 digits may overflow: the general path says so.
+    if n == 0 || n > 19 || digits.get(n..n + 4)? != b"\r\n\r\n" {
+        return None;
+    }
+    let len = digits[..n]
+        .iter()
+        .fold(0usize, |acc, d| acc * 10 + usize::from(d - b'0'));
+    Some((NAME.len() + n + 4, Some(len)))
+}
+
+/// Any header block: every byte checked; `Ok(None)` while it is incomplete.
+fn any_header(buf: &[u8]) -> Result<Option<(usize, Option<usize>)>, FrameError> {
     let window = &buf[..buf.len().min(MAX_HEADER_BYTES)];
     let mut content_length = None;
     let mut start = 0;
@@ -89,6 +117,15 @@ pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHe
         }
         start += end + 2;
     };
+    Ok(Some((header_len, content_length)))
+}
+
+/// The declared length is present and within the limit.
+fn check_length(
+    header_len: usize,
+    content_length: Option<usize>,
+    max_frame_bytes: usize,
+) -> Result<FrameHeader, FrameError> {
     let body_len = content_length.ok_or(FrameError::MissingContentLength)?;
     if body_len > max_frame_bytes {
         return Err(FrameError::FrameTooLarge {
@@ -96,10 +133,10 @@ pub fn parse_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHe
             max: max_frame_bytes,
         });
     }
-    Ok(Some(FrameHeader {
+    Ok(FrameHeader {
         header_len,
         body_len,
-    }))
+    })
 }
 
 /// A whole header line (no `\r\n`): its name and its value without surrounding spaces.
@@ -449,6 +486,27 @@ mod tests {
             decode_one(&random),
             Err(FrameError::MalformedHeader(_))
         ));
+    }
+
+    #[test]
+    fn the_canonical_header_reads_as_the_general_parser_reads_it() {
+        for n in [0usize, 1, 9, 10, 12_345, 9_999_999_999_999_999_999] {
+            let header = format!("Content-Length: {n}\r\n\r\n");
+            let fast = canonical_header(header.as_bytes());
+            assert!(fast.is_some(), "{header:?}");
+            assert_eq!(fast, any_header(header.as_bytes()).unwrap(), "{header:?}");
+            for cut in 0..header.len() {
+                assert_eq!(canonical_header(&header.as_bytes()[..cut]), None);
+            }
+        }
+        for other in [
+            &b"Content-Length: 2\r\nContent-Type: x\r\n\r\n"[..],
+            b"content-length: 2\r\n\r\n",
+            b"Content-Length:  2\r\n\r\n",
+            b"Content-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert_eq!(canonical_header(other), None, "{other:?}");
+        }
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! its own). Nothing here waits on a bounded queue: a full link queue or client queue pauses the
 //! reading of the client (or of the links) instead, so timers and other nodes keep going.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use super::link::{self, Link, LinkFailure, LinkSettings, LINK_QUEUE};
 use super::methods::{self, Class, Learn, Replay};
 use super::route::{self, ConnFacts, Decision, Forward, Request};
 use super::state::{
-    parse_internal_id, ClientId, ConnState, Fired, Internal, Pending, Redispatch, ReplyTo,
+    parse_internal_id, ClientId, ConnState, Fired, HashMap, Internal, Pending, Redispatch, ReplyTo,
     ServerRequest, SetupCall,
 };
 use crate::config::{KeySource, Secret};
@@ -49,6 +49,8 @@ const EVENTS_QUEUE: usize = 1024;
 const OUTBOX_PAUSE_LINKS: usize = 256;
 /// ... and before the client itself stops being read (its own error replies pile up there).
 const OUTBOX_PAUSE_CLIENT: usize = 1024;
+/// Events handled in one go before the connection task looks at its other inputs again.
+const EVENT_BATCH: usize = 64;
 /// How long the writer may take to flush the last frames to a closing client.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
 /// How long a client is told to wait before retrying when its session's node is unavailable.
@@ -123,7 +125,9 @@ pub async fn serve(
         listener,
         home_key,
         state: ConnState::default(),
-        links: HashMap::new(),
+        links: HashMap::default(),
+        method_durations: HashMap::default(),
+        sweep: Box::pin(tokio::time::sleep(Duration::ZERO)),
         next_generation: 0,
         link_tasks: JoinSet::new(),
         work: JoinSet::new(),
@@ -151,6 +155,10 @@ struct Conn {
     home_key: Vec<u8>,
     state: ConnState,
     links: HashMap<Arc<str>, Link>,
+    /// `sessiongate_jsonrpc_request_duration_seconds` per method, resolved once per connection.
+    method_durations: HashMap<&'static str, prometheus::Histogram>,
+    /// Fires when the earliest request deadline may have passed.
+    sweep: Pin<Box<tokio::time::Sleep>>,
     next_generation: u64,
     link_tasks: JoinSet<()>,
     /// Fan-outs, splits and owner discoveries in progress.
@@ -169,11 +177,10 @@ struct Conn {
 enum Input {
     Client(Option<Result<Bytes, FrameError>>),
     Event(Event),
-    Timer(Fired),
+    Sweep,
     ClientRoom(mpsc::OwnedPermit<Bytes>),
     LinkRoom(Arc<str>, mpsc::OwnedPermit<Bytes>),
     Shutdown,
-    ClientGone,
     Reaped,
 }
 
@@ -196,13 +203,16 @@ impl Conn {
                 .links
                 .iter()
                 .find_map(|(name, l)| l.waiting_for_room().map(|tx| (name.clone(), tx)));
-            let has_timers = self.state.has_timers();
+            let next_sweep = self.state.next_sweep();
+            if let Some(at) = next_sweep {
+                if self.sweep.deadline() != at {
+                    self.sweep.as_mut().reset(at);
+                }
+            }
             // Unbiased: a node flooding events must not starve the client's requests.
             let input = tokio::select! {
                 Some(event) = self.events.recv(), if read_events => Input::Event(event),
-                Some(fired) = poll_fn(|cx| self.state.poll_expired(cx)), if has_timers => {
-                    Input::Timer(fired)
-                }
+                () = &mut self.sweep, if next_sweep.is_some() => Input::Sweep,
                 Some(permit) = room(client_room) => Input::ClientRoom(permit),
                 Some((node, permit)) = link_room_for(link_room) => Input::LinkRoom(node, permit),
                 frame = reader.next(), if read_client => Input::Client(frame),
@@ -211,12 +221,26 @@ impl Conn {
                     Input::Reaped
                 }
                 _ = shutdown.cancelled(), if !self.draining => Input::Shutdown,
-                // The writer gave up on the client (it closed): nothing can be answered.
-                _ = self.to_client.closed() => Input::ClientGone,
             };
             match input {
-                Input::Event(event) => self.on_event(event),
-                Input::Timer(fired) => self.on_timer(fired),
+                Input::Event(event) => {
+                    self.on_event(event);
+                    // Take what else is queued now, without a round through the select.
+                    for _ in 0..EVENT_BATCH {
+                        if self.outbox.len() >= OUTBOX_PAUSE_LINKS {
+                            break;
+                        }
+                        match self.events.try_recv() {
+                            Ok(event) => self.on_event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Input::Sweep => {
+                    for fired in self.state.sweep(tokio::time::Instant::now()) {
+                        self.on_timer(fired);
+                    }
+                }
                 Input::ClientRoom(permit) => {
                     if let Some(frame) = self.outbox.pop_front() {
                         permit.send(frame);
@@ -265,7 +289,6 @@ impl Conn {
                     }
                 }
                 Input::Shutdown => self.draining = true,
-                Input::ClientGone => return,
                 Input::Reaped => {}
             }
         }
@@ -567,7 +590,15 @@ impl Conn {
             settings,
         ));
         let replay = self.state.setup_calls(setup);
-        let link = Link::new(to.clone(), generation, tx, replay);
+        let labels = [&*self.listener, &*self.pool_name, &*to.name];
+        let metrics = &self.ctx.metrics;
+        let stats = link::LinkStats {
+            ok: metrics
+                .requests_total
+                .with_label_values(&[labels[0], labels[1], labels[2], "ok"]),
+            duration: metrics.request_duration.with_label_values(&labels),
+        };
+        let link = Link::new(to.clone(), generation, tx, replay, stats);
         self.links.insert(to.name.clone(), link);
         self.advance_replay(&to.name, pool.config.fanout_timeout);
     }
@@ -733,14 +764,11 @@ impl Conn {
                 if let Some(n) = parse_internal_id(raw) {
                     return self.internal_answer(n, &node, body);
                 }
-                if !self.state.waits_on(raw, &node) {
+                let Some(pending) = self.state.take_answered(raw, &node) else {
                     return debug!(upstream = %node, id = raw, "answer to no waiting request; dropped");
-                }
-                let id = ClientId::from(raw);
-                let failed = env.has_error;
-                if let Some(pending) = self.state.take(&id) {
-                    self.answered(id, node, pending, body, failed);
-                }
+                };
+                let (id, failed) = (ClientId::from(raw), env.has_error);
+                self.answered(id, node, pending, body, failed);
             }
             MessageKind::Invalid => {
                 self.link_down(&node, LinkFailure::Malformed, "invalid JSON-RPC message")
@@ -844,10 +872,7 @@ impl Conn {
 
     fn on_timer(&mut self, fired: Fired) {
         match fired {
-            Fired::Request(id) => {
-                let Some(pending) = self.state.take(&id) else {
-                    return;
-                };
+            Fired::Request(id, pending) => {
                 let timeout = self
                     .pool()
                     .map_or(Duration::ZERO, |p| p.config.request_timeout);
@@ -989,17 +1014,33 @@ impl Conn {
     }
 
     /// Record latency and outcome metrics for a finished request.
-    fn observe(&self, pending: &Pending, outcome: &str) {
+    fn observe(&mut self, pending: &Pending, outcome: &str) {
         let m = &self.ctx.metrics;
         let secs = pending.started.elapsed().as_secs_f64();
-        m.requests_total
-            .with_label_values(&[&self.listener, &self.pool_name, &pending.upstream, outcome])
-            .inc();
-        m.request_duration
-            .with_label_values(&[&self.listener, &self.pool_name, &pending.upstream])
-            .observe(secs);
-        m.jsonrpc_request_duration
-            .with_label_values(&[&self.pool_name, pending.method])
+        // The common case, a node's answer on its link, uses the link's own handles.
+        match self
+            .links
+            .get(&pending.upstream)
+            .filter(|_| outcome == "ok")
+        {
+            Some(link) => {
+                link.stats.ok.inc();
+                link.stats.duration.observe(secs);
+            }
+            None => {
+                let labels = [&*self.listener, &*self.pool_name, &*pending.upstream];
+                m.requests_total
+                    .with_label_values(&[labels[0], labels[1], labels[2], outcome])
+                    .inc();
+                m.request_duration.with_label_values(&labels).observe(secs);
+            }
+        }
+        self.method_durations
+            .entry(pending.method)
+            .or_insert_with(|| {
+                m.jsonrpc_request_duration
+                    .with_label_values(&[&self.pool_name, pending.method])
+            })
             .observe(secs);
         if let Some(session) = &pending.session {
             m.sessions.observe(&self.pool_name, session, secs);

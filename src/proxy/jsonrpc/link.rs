@@ -135,10 +135,18 @@ impl Drop for Open {
 pub struct Link {
     pub endpoint: Endpoint,
     pub generation: u64,
+    pub stats: LinkStats,
     tx: mpsc::Sender<Bytes>,
     /// Setup calls still to replay before anything else may go out; `Some` while replaying.
     replay: Option<VecDeque<SetupCall>>,
     held: VecDeque<Bytes>,
+}
+
+/// The metric series of answers on one link (listener × pool × upstream), resolved once.
+pub struct LinkStats {
+    /// `sessiongate_requests_total` with `code="ok"`.
+    pub ok: prometheus::IntCounter,
+    pub duration: prometheus::Histogram,
 }
 
 /// Frames queued to one link's task.
@@ -152,10 +160,12 @@ impl Link {
         generation: u64,
         tx: mpsc::Sender<Bytes>,
         replay: Vec<SetupCall>,
+        stats: LinkStats,
     ) -> Link {
         Link {
             endpoint,
             generation,
+            stats,
             tx,
             replay: Some(replay.into()),
             held: VecDeque::new(),

@@ -3,13 +3,13 @@
 //! and changes nothing (the caller applies what the decision says), so it is table-tested
 //! without sockets.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::methods::{self, Class, Create, Field, Merge, Replay, Split};
+use super::state::HashMap;
 use crate::config::OnOwnerDown;
 use crate::snapshot::Pool;
 use crate::upstream::Endpoint;

@@ -2,18 +2,20 @@
 //! answer (with their timeouts, paused while the node waits for the client), requests the proxy
 //! sent on its own (setup replay, fan-out questions), requests nodes sent the client, the
 //! recorded setup calls, open batches, and exchanges a node began. Fields are private; the
-//! methods keep the invariants (a timer for every live waiting request, bounded tables).
+//! methods keep the invariants (a deadline for every waiting request that is not paused, the
+//! next sweep no later than the earliest deadline, bounded tables).
+//!
+//! Timeouts are deadlines swept lazily rather than timers in a wheel: answering a request costs
+//! nothing, and the one sweep due at the earliest deadline expires what is due and finds the
+//! next earliest (requests answered meanwhile only make that sweep find nothing).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_util::time::delay_queue::{self, DelayQueue};
 
 use super::methods::{Learn, Replay};
 
@@ -24,6 +26,10 @@ pub const MAX_SETUP_CALLS: usize = 32;
 pub const MAX_SERVER_REQUESTS: usize = 1024;
 /// Exchanges (LLM inference requests) a node may have open with the client.
 pub const MAX_EXCHANGES: usize = 1024;
+
+/// The connection's maps: keyed by what clients and nodes send, hashed with a per-process
+/// random seed (foldhash), much cheaper than SipHash for these short keys.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A client request id, as its JSON text (`1`, `"a"`).
 pub type ClientId = Box<str>;
@@ -60,12 +66,11 @@ pub struct Redispatch {
     pub refused: Vec<Arc<str>>,
 }
 
-/// A waiting request's timeout: running, paused with what was left of it, or spent.
+/// A waiting request's timeout: running until a deadline, or paused with what was left of it.
 #[derive(Debug)]
 enum Timer {
-    Running(delay_queue::Key),
+    Running(Instant),
     Paused(Duration),
-    Fired,
 }
 
 impl Pending {
@@ -103,13 +108,6 @@ pub struct ServerRequest {
     pub session: Option<Arc<str>>,
 }
 
-/// What a timer is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Expired {
-    Request(ClientId),
-    Internal(u64),
-}
-
 /// A recorded setup call, as the client sent it (each link puts its own node's token in).
 #[derive(Debug, Clone)]
 pub struct SetupCall {
@@ -125,7 +123,7 @@ struct Batch {
 #[derive(Default)]
 pub struct ConnState {
     pending: HashMap<ClientId, Pending>,
-    internal: HashMap<u64, (Arc<str>, Internal, delay_queue::Key)>,
+    internal: HashMap<u64, (Arc<str>, Internal, Instant)>,
     next_internal: u64,
     server_requests: HashMap<u64, ServerRequest>,
     next_server_request: u64,
@@ -136,7 +134,8 @@ pub struct ConnState {
     batches: HashMap<u64, Batch>,
     next_batch: u64,
     exchanges: HashMap<Box<str>, Arc<str>>,
-    timers: DelayQueue<Expired>,
+    /// When the earliest deadline may pass (never later than it; `None`: nothing waits).
+    next_sweep: Option<Instant>,
 }
 
 impl ConnState {
@@ -154,35 +153,37 @@ impl ConnState {
     pub fn wait(&mut self, id: ClientId, mut pending: Pending, timeout: Duration) {
         pending.timer = Timer::Paused(timeout);
         if !self.paused(&pending) {
-            pending.timer =
-                Timer::Running(self.timers.insert(Expired::Request(id.clone()), timeout));
+            pending.timer = Timer::Running(self.deadline_in(timeout));
         }
         self.pending.insert(id, pending);
     }
 
-    /// The answer to `id` came (or its time ran out): stop waiting.
-    pub fn take(&mut self, id: &str) -> Option<Pending> {
-        let pending = self.pending.remove(id)?;
-        if let Timer::Running(key) = &pending.timer {
-            self.timers.try_remove(key);
+    /// A deadline `timeout` from now, with the next sweep brought forward to it if needed.
+    fn deadline_in(&mut self, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        if self.next_sweep.is_none_or(|next| deadline < next) {
+            self.next_sweep = Some(deadline);
         }
-        Some(pending)
+        deadline
     }
 
-    /// Whether `id` waits on `node`.
-    pub fn waits_on(&self, id: &str, node: &str) -> bool {
-        self.pending.get(id).is_some_and(|p| &*p.upstream == node)
+    /// The answer to `id` came: stop waiting.
+    pub fn take(&mut self, id: &str) -> Option<Pending> {
+        self.pending.remove(id)
+    }
+
+    /// The answer to `id` came from `node`: stop waiting, if `id` waits on that node.
+    pub fn take_answered(&mut self, id: &str, node: &str) -> Option<Pending> {
+        match self.pending.get(id) {
+            Some(p) if &*p.upstream == node => self.pending.remove(id),
+            _ => None,
+        }
     }
 
     /// Every request waiting on `node` (its link failed), removed.
     pub fn take_all_on(&mut self, node: &str) -> Vec<(ClientId, Pending)> {
-        let ids: Vec<ClientId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| &*p.upstream == node)
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.into_iter()
+        self.ids_on(node)
+            .into_iter()
             .filter_map(|id| self.take(&id).map(|p| (id, p)))
             .collect()
     }
@@ -197,31 +198,29 @@ impl ConnState {
             })
     }
 
-    /// Pause or restart the timers of `node`'s requests after its server requests changed.
-    fn retime(&mut self, node: &str) {
-        let now = Instant::now();
-        let ids: Vec<ClientId> = self
-            .pending
+    /// The ids of the requests waiting on `node`.
+    fn ids_on(&self, node: &str) -> Vec<ClientId> {
+        self.pending
             .iter()
             .filter(|(_, p)| &*p.upstream == node)
             .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
+            .collect()
+    }
+
+    /// Pause or restart the timeouts of `node`'s requests after its server requests changed.
+    fn retime(&mut self, node: &str) {
+        let now = Instant::now();
+        for id in self.ids_on(node) {
             let paused = self.paused(&self.pending[&id]);
-            let Some(p) = self.pending.get_mut(&id) else {
-                continue;
+            let timer = match (&self.pending[&id].timer, paused) {
+                (Timer::Running(deadline), true) => {
+                    Timer::Paused(deadline.saturating_duration_since(now))
+                }
+                (Timer::Paused(left), false) => Timer::Running(self.deadline_in(*left)),
+                _ => continue,
             };
-            match (&p.timer, paused) {
-                (Timer::Running(key), true) => {
-                    let left = self.timers.deadline(key).saturating_duration_since(now);
-                    self.timers.try_remove(key);
-                    p.timer = Timer::Paused(left);
-                }
-                (Timer::Paused(left), false) => {
-                    let key = self.timers.insert(Expired::Request(id.clone()), *left);
-                    p.timer = Timer::Running(key);
-                }
-                _ => {}
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.timer = timer;
             }
         }
     }
@@ -233,15 +232,14 @@ impl ConnState {
     pub fn add_internal(&mut self, node: Arc<str>, kind: Internal, timeout: Duration) -> String {
         self.next_internal += 1;
         let n = self.next_internal;
-        let key = self.timers.insert(Expired::Internal(n), timeout);
-        self.internal.insert(n, (node, kind, key));
+        let deadline = self.deadline_in(timeout);
+        self.internal.insert(n, (node, kind, deadline));
         internal_id(n)
     }
 
     /// The proxy's request `n` was answered (or expired): what it was, and its node.
     pub fn take_internal(&mut self, n: u64) -> Option<(Arc<str>, Internal)> {
-        let (node, kind, key) = self.internal.remove(&n)?;
-        self.timers.try_remove(&key);
+        let (node, kind, _) = self.internal.remove(&n)?;
         Some((node, kind))
     }
 
@@ -405,44 +403,66 @@ impl ConnState {
         Some(out.freeze())
     }
 
-    // ---- timers ----------------------------------------------------------------------------
+    // ---- timeouts ---------------------------------------------------------------------------
 
-    pub fn has_timers(&self) -> bool {
-        !self.timers.is_empty()
+    /// When [`ConnState::sweep`] should next run.
+    pub fn next_sweep(&self) -> Option<Instant> {
+        self.next_sweep
     }
 
-    /// The next timer that fires: a client request (still waiting; the caller takes it) or a
-    /// request of the proxy's own (removed, and handed over).
-    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Option<Fired>> {
-        loop {
-            let what = match self.timers.poll_expired(cx) {
-                Poll::Ready(Some(expired)) => expired.into_inner(),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            };
-            match what {
-                Expired::Request(id) => {
-                    if let Some(p) = self.pending.get_mut(&id) {
-                        // Its key is spent: nothing may remove or re-arm it.
-                        p.timer = Timer::Fired;
-                        return Poll::Ready(Some(Fired::Request(id)));
-                    }
+    /// Take out everything whose deadline has passed at `now`, and find the next deadline.
+    pub fn sweep(&mut self, now: Instant) -> Vec<Fired> {
+        let mut fired = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut keep = |deadline: Instant| {
+            if next.is_none_or(|n| deadline < n) {
+                next = Some(deadline);
+            }
+        };
+        let due: Vec<ClientId> = self
+            .pending
+            .iter()
+            .filter_map(|(id, p)| match p.timer {
+                Timer::Running(deadline) if deadline <= now => Some(id.clone()),
+                Timer::Running(deadline) => {
+                    keep(deadline);
+                    None
                 }
-                Expired::Internal(n) => {
-                    if let Some((node, kind, _)) = self.internal.remove(&n) {
-                        return Poll::Ready(Some(Fired::Internal(node, kind)));
-                    }
+                Timer::Paused(_) => None,
+            })
+            .collect();
+        let due_internal: Vec<u64> = self
+            .internal
+            .iter()
+            .filter_map(|(n, (_, _, deadline))| {
+                if *deadline <= now {
+                    Some(*n)
+                } else {
+                    keep(*deadline);
+                    None
                 }
+            })
+            .collect();
+        self.next_sweep = next;
+        for id in due {
+            if let Some(p) = self.pending.remove(&id) {
+                fired.push(Fired::Request(id, p));
             }
         }
+        for n in due_internal {
+            if let Some((node, kind, _)) = self.internal.remove(&n) {
+                fired.push(Fired::Internal(node, kind));
+            }
+        }
+        fired
     }
 }
 
-/// A timer that fired.
+/// A timeout that passed.
 #[derive(Debug)]
 pub enum Fired {
     /// The client request `id` got no answer in time.
-    Request(ClientId),
+    Request(ClientId, Pending),
     /// A request of the proxy's own got no answer in time.
     Internal(Arc<str>, Internal),
 }

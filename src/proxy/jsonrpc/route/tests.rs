@@ -75,7 +75,8 @@ fn decide_text(pool: &Pool, method: &str, params: Value) -> String {
         session: env.session_id.as_deref(),
         body: &body,
     };
-    let exchanges: HashMap<Box<str>, Arc<str>> = [(Box::from("r-1"), Arc::from("c"))].into();
+    let mut exchanges: HashMap<Box<str>, Arc<str>> = HashMap::default();
+    exchanges.insert(Box::from("r-1"), Arc::from("c"));
     let facts = ConnFacts {
         home_key: b"home",
         exchanges: &exchanges,

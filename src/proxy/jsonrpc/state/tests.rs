@@ -1,8 +1,6 @@
 //! The connection state's invariants: setup recording, batches, internal ids, and request
 //! timeouts that pause while a node waits for the client (virtual time).
 
-use std::future::poll_fn;
-
 use super::*;
 
 fn call(method: &'static str, n: u32) -> SetupCall {
@@ -84,8 +82,29 @@ async fn internal_ids_round_trip_and_client_ids_are_not_internal() {
     assert_eq!(parse_internal_id("\"42\""), None);
 }
 
-async fn next_fired(state: &mut ConnState) -> Fired {
-    poll_fn(|cx| state.poll_expired(cx)).await.expect("a timer")
+/// Sleep (virtual time) until the next sweep finds something; what it found.
+async fn next_fired(state: &mut ConnState) -> Vec<Fired> {
+    loop {
+        let at = state.next_sweep().expect("a deadline ahead");
+        tokio::time::sleep_until(at).await;
+        let fired = state.sweep(Instant::now());
+        if !fired.is_empty() {
+            return fired;
+        }
+    }
+}
+
+/// The client request ids among `fired`, sorted.
+fn requests(fired: &[Fired]) -> Vec<String> {
+    let mut ids: Vec<String> = fired
+        .iter()
+        .filter_map(|f| match f {
+            Fired::Request(id, _) => Some(id.to_string()),
+            Fired::Internal(..) => None,
+        })
+        .collect();
+    ids.sort();
+    ids
 }
 
 fn pending(node: &str, session: Option<&str>) -> Pending {
@@ -99,18 +118,24 @@ async fn a_request_times_out_after_its_timeout() {
     let mut state = ConnState::default();
     let start = Instant::now();
     state.wait("1".into(), pending("a", None), Duration::from_secs(5));
-    assert!(matches!(next_fired(&mut state).await, Fired::Request(id) if &*id == "1"));
+    assert_eq!(requests(&next_fired(&mut state).await), ["1"]);
     assert_eq!(start.elapsed(), Duration::from_secs(5));
-    assert!(state.take("1").is_some(), "still waiting until taken");
-    assert!(!state.has_timers());
+    assert!(state.take("1").is_none(), "the sweep took it");
+    assert_eq!(state.next_sweep(), None);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_answered_request_never_times_out() {
     let mut state = ConnState::default();
     state.wait("1".into(), pending("a", None), Duration::from_secs(5));
-    assert!(state.take("1").is_some());
-    assert!(!state.has_timers());
+    assert!(
+        state.take_answered("1", "b").is_none(),
+        "another node's answer"
+    );
+    assert!(state.take_answered("1", "a").is_some());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(state.sweep(Instant::now()).is_empty());
+    assert_eq!(state.next_sweep(), None, "nothing left to wait for");
 }
 
 #[tokio::test(start_paused = true)]
@@ -135,18 +160,11 @@ async fn the_clock_pauses_while_the_node_waits_for_the_client() {
         .expect("room");
     tokio::time::sleep(Duration::from_secs(10)).await;
     // Requests 2 (another session) and 3 (another node) ran on; 1 is paused.
-    let mut fired = Vec::new();
-    for _ in 0..2 {
-        match next_fired(&mut state).await {
-            Fired::Request(id) => fired.push(id.to_string()),
-            other => panic!("{other:?}"),
-        }
-    }
-    fired.sort();
-    assert_eq!(fired, ["2", "3"]);
+    assert_eq!(requests(&state.sweep(Instant::now())), ["2", "3"]);
+    assert_eq!(state.next_sweep(), None, "the paused one has no deadline");
     assert!(state.take_server_request(asked).is_some());
     let resumed = Instant::now();
-    assert!(matches!(next_fired(&mut state).await, Fired::Request(id) if &*id == "1"));
+    assert_eq!(requests(&next_fired(&mut state).await), ["1"]);
     assert_eq!(
         resumed.elapsed(),
         Duration::from_secs(3),
@@ -167,10 +185,10 @@ async fn a_server_request_without_a_session_pauses_all_of_its_nodes_requests() {
         .expect("room");
     state.wait("1".into(), pending("a", Some("s")), Duration::from_secs(1));
     state.wait("2".into(), pending("b", None), Duration::from_secs(2));
-    assert!(matches!(next_fired(&mut state).await, Fired::Request(id) if &*id == "2"));
+    assert_eq!(requests(&next_fired(&mut state).await), ["2"]);
     // Node a's link is gone: its server requests with it, and request 1 runs again.
     state.forget_server_requests_of("a");
-    assert!(matches!(next_fired(&mut state).await, Fired::Request(id) if &*id == "1"));
+    assert_eq!(requests(&next_fired(&mut state).await), ["1"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -178,8 +196,8 @@ async fn unanswered_questions_of_the_proxy_expire() {
     let mut state = ConnState::default();
     let (tx, rx) = oneshot::channel();
     state.add_internal(Arc::from("a"), Internal::Ask(tx), Duration::from_secs(1));
-    match next_fired(&mut state).await {
-        Fired::Internal(node, Internal::Ask(reply)) => {
+    match next_fired(&mut state).await.pop() {
+        Some(Fired::Internal(node, Internal::Ask(reply))) => {
             assert_eq!(&*node, "a");
             reply.send(None).unwrap();
         }
