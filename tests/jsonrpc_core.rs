@@ -455,15 +455,11 @@ async fn random_bytes_get_a_parse_error_at_once_and_only_that_connection_closes(
     within(10, async {
         let mut ok = s.client().await;
         let mut bad = s.client().await;
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let garbage: Vec<u8> = (0..4096)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut garbage = vec![0u8; 4096];
+        rand::Rng::fill(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7),
+            &mut garbage[..],
+        );
         bad.send_bytes(&garbage).await;
         let frames = bad.until_closed().await;
         assert_eq!(frames.len(), 1, "{frames:?}");

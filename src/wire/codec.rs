@@ -473,15 +473,11 @@ mod tests {
             );
         }
         // 4 KiB of random bytes: an error, not a wait for the rest of an 8 KiB header.
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let random: Vec<u8> = (0..4096)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut random = vec![0u8; 4096];
+        rand::Rng::fill(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7),
+            &mut random[..],
+        );
         assert!(matches!(
             decode_one(&random),
             Err(FrameError::MalformedHeader(_))

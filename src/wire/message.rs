@@ -134,10 +134,7 @@ pub fn error_response(
 
 /// The body with its top-level `id` replaced (or added) by `new_id` (a `RawValue`, number or string).
 pub fn with_id<T: Serialize + ?Sized>(body: &[u8], new_id: &T) -> Result<Bytes, ParseError> {
-    let mut entries = object_entries(std::str::from_utf8(body)?)?;
-    let new_id = serde_json::value::to_raw_value(new_id)?;
-    set_entry(&mut entries, "id", &new_id);
-    Ok(Bytes::from(serde_json::to_vec(&Entries(entries))?))
+    with_member(body, "id", &serde_json::value::to_raw_value(new_id)?)
 }
 
 /// The body with `params[name] = value`, creating `params` if it is absent or null. Fails with
@@ -167,9 +164,13 @@ pub fn with_param(body: &[u8], name: &str, value: Value) -> Result<Bytes, ParseE
 
 /// The body with its whole `params` replaced by `params`; every other member kept byte for byte.
 pub fn with_param_value(body: &[u8], params: Value) -> Result<Bytes, ParseError> {
+    with_member(body, "params", &serde_json::value::to_raw_value(&params)?)
+}
+
+/// The body with its top-level member `name` set to `value`; the rest byte for byte.
+fn with_member(body: &[u8], name: &str, value: &RawValue) -> Result<Bytes, ParseError> {
     let mut entries = object_entries(std::str::from_utf8(body)?)?;
-    let params = serde_json::value::to_raw_value(&params)?;
-    set_entry(&mut entries, "params", &params);
+    set_entry(&mut entries, name, value);
     Ok(Bytes::from(serde_json::to_vec(&Entries(entries))?))
 }
 

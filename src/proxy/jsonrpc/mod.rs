@@ -7,7 +7,8 @@
 //!
 //! - [`methods`]: the method table: each method's routing class.
 //! - `route`: the routing decision, a pure function of request, pool and connection facts.
-//! - `conn`: the connection task, sole owner of the connection's state.
+//! - `conn`: the connection task, sole owner of the connection's state (its client side,
+//!   its links, and what comes back from nodes in submodules).
 //! - `state`: that state: waiting requests and their timeouts, setup calls, batches.
 //! - `link`: one upstream link, an I/O-only task.
 //! - `fanout`: fan-outs, splits, resume-last and owner discovery, as tasks of the connection.

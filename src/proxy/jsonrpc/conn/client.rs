@@ -1,0 +1,281 @@
+//! The client side of a connection: its frames and batches, each request routed and sent (or
+//! fanned out), setup calls recorded and copied to open links, and the client's answers to
+//! requests nodes sent it.
+
+use super::*;
+
+impl Conn {
+    /// `false` means the input was malformed and the connection must close (the error has
+    /// been sent).
+    pub(super) fn on_client_frame(&mut self, body: Bytes) -> bool {
+        if message::is_batch(&body) {
+            return self.on_batch(body);
+        }
+        self.on_message(body, ReplyTo::Direct)
+    }
+
+    pub(super) fn on_message(&mut self, body: Bytes, reply: ReplyTo) -> bool {
+        let in_batch = reply != ReplyTo::Direct;
+        let env = match parse_envelope(&body) {
+            Ok(env) => env,
+            Err(e) => {
+                let err = message::error_response(None, e.code(), &e.to_string(), None);
+                self.reply(reply, err);
+                return in_batch;
+            }
+        };
+        match env.kind {
+            MessageKind::Invalid => {
+                let err = message::error_response(
+                    env.id,
+                    INVALID_REQUEST,
+                    "invalid JSON-RPC message",
+                    None,
+                );
+                self.reply(reply, err);
+                in_batch
+            }
+            MessageKind::Response => {
+                self.client_answer(env.id, &body);
+                true
+            }
+            MessageKind::Request | MessageKind::Notification => {
+                let id = env.id.map(|raw| ClientId::from(raw.get()));
+                let name = env.method.as_deref().unwrap_or_default();
+                let session = env.session_id.as_deref();
+                self.client_request(name, session, id, &body, reply);
+                true
+            }
+        }
+    }
+
+    /// Split a batch, route each element, and answer with one array in the original order.
+    pub(super) fn on_batch(&mut self, body: Bytes) -> bool {
+        let elements = match message::split_batch(&body) {
+            Ok(elements) => elements,
+            Err(e) => {
+                let err = message::error_response(None, e.code(), &e.to_string(), None);
+                self.reply(ReplyTo::Direct, err);
+                return false;
+            }
+        };
+        if elements.is_empty() {
+            let err = message::error_response(None, INVALID_REQUEST, "empty batch", None);
+            self.reply(ReplyTo::Direct, err);
+            return true;
+        }
+        // Everything but notifications and responses is answered: requests and bad elements.
+        let answered: Vec<bool> = elements
+            .iter()
+            .map(|raw| match parse_envelope(raw.get().as_bytes()) {
+                Ok(env) => !matches!(env.kind, MessageKind::Notification | MessageKind::Response),
+                Err(_) => true,
+            })
+            .collect();
+        let count = answered.iter().filter(|a| **a).count();
+        let batch = (count > 0).then(|| self.state.new_batch(count));
+        let mut index = 0;
+        for (raw, answered) in elements.iter().zip(answered) {
+            let reply = match (batch, answered) {
+                (Some(batch), true) => {
+                    index += 1;
+                    ReplyTo::Batch {
+                        batch,
+                        index: index - 1,
+                    }
+                }
+                _ => ReplyTo::Direct,
+            };
+            self.on_message(body.slice_ref(raw.get().as_bytes()), reply);
+        }
+        true
+    }
+
+    pub(super) fn client_request(
+        &mut self,
+        name: &str,
+        session: Option<&str>,
+        id: Option<ClientId>,
+        body: &Bytes,
+        reply: ReplyTo,
+    ) {
+        let method = methods::lookup(name);
+        if method.class == Class::Unknown {
+            self.ctx.metrics.unknown_method(&self.pool_name, name);
+        }
+        if let Some(id) = &id {
+            if self.draining {
+                let data = json!({ "retryAfterMs": RETRY_AFTER_MS });
+                let err = error_for(
+                    id,
+                    SERVER_UNAVAILABLE,
+                    "sessiongate is shutting down",
+                    &data,
+                );
+                return self.reply(reply, err);
+            }
+            if self.state.is_pending(id) {
+                let msg = "a request with this id is already in flight";
+                let err = error_for(id, INVALID_REQUEST, msg, &Value::Null);
+                return self.reply(reply, err);
+            }
+        }
+        let Some(pool) = self.pool() else {
+            return self.fail(id.as_deref(), reply, "listener is being removed", None);
+        };
+        let req = Request {
+            method: name,
+            class: method.class,
+            session,
+            body,
+        };
+        let facts = ConnFacts {
+            home_key: &self.home_key,
+            exchanges: self.state.exchanges(),
+            new_session_id,
+        };
+        match route::decide(&req, &pool, &facts) {
+            Decision::Forward(f) => self.forward(f, name, method.label, id, body, reply, &pool),
+            Decision::Setup { to, replay } => {
+                self.setup(to, replay, method.label, id, body, reply, &pool)
+            }
+            Decision::Refuse(r) => {
+                if let Some(id) = id {
+                    let data = match &r.upstream {
+                        Some(u) => json!({ "retryAfterMs": RETRY_AFTER_MS, "upstream": &**u }),
+                        None if r.code == SERVER_UNAVAILABLE => {
+                            json!({ "retryAfterMs": RETRY_AFTER_MS })
+                        }
+                        None => Value::Null,
+                    };
+                    self.reply(reply, error_for(&id, r.code, &r.message, &data));
+                }
+            }
+            // Fan-outs answer requests; a notification of these methods has nothing to do.
+            _ if id.is_none() => {}
+            Decision::FanOut(merge) => {
+                let task = fanout::fan_out(self.owner(), pool, merge, id, body.clone(), reply);
+                self.work.spawn(task);
+            }
+            Decision::Split(split) => {
+                let task = fanout::split(self.owner(), pool, split, id, body.clone(), reply);
+                self.work.spawn(task);
+            }
+            Decision::OpenLast => {
+                let task = fanout::open_last(self.owner(), pool, id, body.clone(), reply);
+                self.work.spawn(task);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        &mut self,
+        f: Forward,
+        name: &str,
+        label: &'static str,
+        id: Option<ClientId>,
+        body: &Bytes,
+        reply: ReplyTo,
+        pool: &Pool,
+    ) {
+        if let (true, Some(session)) = (f.unpin, &f.session) {
+            pool.pins.unpin(session);
+        }
+        if name == "llmInference.httpResponseChunk" {
+            self.maybe_end_exchange(body);
+        }
+        let sent = f.rewritten.unwrap_or_else(|| body.clone());
+        if let Some(id) = id {
+            let mut pending = Pending::new(f.to.name.clone(), label, reply);
+            pending.learn = methods::learn(label);
+            pending.session = f.session;
+            pending.discover = f.discover.then(|| sent.clone());
+            pending.redispatch = f.redispatch.then(|| Redispatch {
+                body: sent.clone(),
+                refused: Vec::new(),
+            });
+            self.state.wait(id, pending, pool.config.request_timeout);
+        }
+        self.send_to(&f.to, sent, None, pool);
+    }
+
+    /// A setup call: recorded, sent home, and copied to every other open link (whose answer
+    /// the proxy consumes).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn setup(
+        &mut self,
+        to: Endpoint,
+        replay: Replay,
+        label: &'static str,
+        id: Option<ClientId>,
+        body: &Bytes,
+        reply: ReplyTo,
+        pool: &Pool,
+    ) {
+        let call = SetupCall {
+            method: label,
+            body: body.clone(),
+        };
+        self.state.record_setup(call.clone(), replay);
+        if let Some(id) = id {
+            let mut pending = Pending::new(to.name.clone(), label, reply);
+            pending.redispatch = Some(Redispatch {
+                body: body.clone(),
+                refused: Vec::new(),
+            });
+            self.state.wait(id, pending, pool.config.request_timeout);
+        }
+        let others: Vec<Arc<str>> = self
+            .links
+            .keys()
+            .filter(|n| **n != to.name)
+            .cloned()
+            .collect();
+        let sent = for_node(&call, to.token.as_ref());
+        self.send_to(&to, sent, Some(label), pool);
+        for node in others {
+            let internal = self.state.add_internal(
+                node.clone(),
+                Internal::Discard,
+                pool.config.fanout_timeout,
+            );
+            let Some(link) = self.links.get_mut(&node) else {
+                continue;
+            };
+            let copy = for_node(&call, link.endpoint.token.as_ref());
+            if let Ok(copy) = message::with_id(&copy, &internal) {
+                link.send(copy);
+            }
+        }
+    }
+
+    /// The client answered a request a node sent: map the id back and forward it there.
+    pub(super) fn client_answer(&mut self, id: Option<&RawValue>, body: &[u8]) {
+        let Some(n) = id.and_then(|raw| raw.get().parse::<u64>().ok()) else {
+            return debug!("client response with an id the proxy never issued; dropped");
+        };
+        let Some(request) = self.state.take_server_request(n) else {
+            return debug!(n, "client response for an unknown server request; dropped");
+        };
+        let Some(link) = self.links.get_mut(&request.upstream) else {
+            return debug!(upstream = %request.upstream, "server request's link is gone; answer dropped");
+        };
+        if let Ok(rewritten) = message::with_id(body, &*request.id) {
+            link.send(rewritten);
+        }
+    }
+
+    pub(super) fn maybe_end_exchange(&mut self, body: &[u8]) {
+        let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        let params = &msg["params"];
+        let ends = params["end"] == true || !params["error"].is_null();
+        if let (true, Some(request)) = (ends, params["requestId"].as_str()) {
+            self.state.end_exchange(request);
+        }
+    }
+
+    // ---- events ---------------------------------------------------------------------------
+}
