@@ -315,8 +315,6 @@ impl Conn {
         snapshot.listener(&self.listener).map(|l| l.pool.clone())
     }
 
-    // ---- the client side ------------------------------------------------------------------
-
     fn owner(&self) -> Owner {
         Owner::new(
             self.events_tx.clone(),
