@@ -64,6 +64,7 @@ fn bench_source(c: &mut Criterion, name: &str, sources: Vec<KeySource>, uri: &st
         uri: &uri,
         headers: &h,
         peer,
+        caller: None,
     };
     assert!(keys.extract(&head).is_some(), "{name}: no key found");
     c.bench_function(name, |b| {

@@ -13,6 +13,7 @@
 //!   [`config::ConfigError`].
 //! - [`demo`]: the built-in demo fleet behind `sessiongate demo` (feature `demo`).
 //! - [`error`]: `thiserror` error enums for reload and start-up.
+//! - [`identity`]: who a caller is: hashed tokens, client certificates, method policy, owners.
 //! - [`key`]: where a request's key comes from (header, cookie, query, path, SNI, client IP).
 //! - [`listener`]: binding, accept loop with connection limit, TLS termination.
 //! - [`metrics`]: every metric name and the registry-passing `Metrics` handle.
@@ -37,6 +38,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
+pub mod identity;
 pub mod key;
 pub mod listener;
 pub mod metrics;

@@ -156,7 +156,7 @@ fn check(config: &Config, path: &Path) {
             l.listen,
             l.protocol.as_str(),
             tls,
-            l.pool,
+            l.pool.as_deref().unwrap_or("(by tenant)"),
             if keys.is_empty() {
                 "-".into()
             } else {
@@ -389,10 +389,10 @@ fn demo() -> Result<(), Failure> {
         cli: vec![],
     };
     for pool in config.pools.values() {
-        let jsonrpc = config
-            .listeners
-            .iter()
-            .any(|l| l.pool == pool.name && l.protocol == sessiongate::config::Protocol::JsonRpc);
+        let jsonrpc = config.listeners.iter().any(|l| {
+            l.pools().any(|p| p == pool.name)
+                && l.protocol == sessiongate::config::Protocol::JsonRpc
+        });
         let list = if jsonrpc {
             &mut fleet.cli
         } else {

@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError, ListenerConfig, PoolConfig, Protocol};
+use crate::config::{Config, ConfigError, ListenerConfig, PoolConfig, Protocol, Who};
+use crate::identity::{Identities, Identity};
 use crate::key::HttpKeys;
 use crate::listener::tls;
 use crate::metrics::Metrics;
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub source: PathBuf,
     pools: HashMap<String, Arc<Pool>>,
     listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// Known callers (`identities:`), loaded from the tokens file with this snapshot.
+    pub identities: Option<Arc<Identities>>,
 }
 
 /// A pool of upstreams and the ring that spreads keys over them.
@@ -43,12 +46,48 @@ pub struct Pool {
 /// Per-listener runtime settings derived from its config.
 pub struct ListenerRuntime {
     pub config: ListenerConfig,
-    pub pool: Arc<Pool>,
+    /// The pool of callers no `tenants:` entry names; `None`: they are refused.
+    pub pool: Option<PoolRoute>,
+    /// Callers with a pool of their own.
+    pub tenants: Vec<(Who, PoolRoute)>,
     pub http_keys: HttpKeys,
     pub tls: Option<TlsAcceptor>,
+}
+
+/// A pool as one listener routes into it.
+pub struct PoolRoute {
+    pub pool: Arc<Pool>,
     /// Metric handles per upstream of `pool` (same index), resolved once per snapshot so the
     /// data path does not hash label values per request.
     pub stats: Vec<UpstreamStats>,
+}
+
+impl ListenerRuntime {
+    /// Where a caller's requests go: its tenant's (or user's) pool, else the listener's pool.
+    pub fn route_for(&self, caller: Option<&Identity>) -> Option<&PoolRoute> {
+        if let Some(who) = caller {
+            let tenant = who.tenant.as_deref();
+            if let Some((_, route)) = self
+                .tenants
+                .iter()
+                .find(|(w, _)| w.names(&who.user, tenant))
+            {
+                return Some(route);
+            }
+        }
+        self.pool.as_ref()
+    }
+
+    /// The route of callers without a pool of their own (listeners without `tenants:` have
+    /// only this one).
+    pub fn default_pool(&self) -> Option<&Arc<Pool>> {
+        self.pool.as_ref().map(|r| &r.pool)
+    }
+
+    /// Every route of this listener.
+    pub fn routes(&self) -> impl Iterator<Item = &PoolRoute> {
+        self.pool.iter().chain(self.tenants.iter().map(|(_, r)| r))
+    }
 }
 
 /// The per-request metric series of one listener × upstream.
@@ -166,7 +205,18 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Metrics,
     ) -> Result<Snapshot, ConfigError> {
-        // TLS files first: the only step that can fail, before anything registers metrics.
+        // Files first (tokens, TLS): the only steps that can fail, before anything registers
+        // metrics.
+        let identities = match &config.identities {
+            Some(ids) => Some(Arc::new(Identities::load(ids).map_err(|message| {
+                ConfigError::Tls {
+                    file: source.to_owned(),
+                    path: "identities.tokens_file".into(),
+                    message,
+                }
+            })?)),
+            None => None,
+        };
         let mut acceptors = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
             let Some(files) = &l.tls else {
@@ -195,27 +245,38 @@ impl Snapshot {
             .collect();
         let mut listeners = HashMap::new();
         for (l, tls) in config.listeners.iter().zip(acceptors) {
-            // Validation guarantees the pool exists.
-            let pool = pools[&l.pool].clone();
-            let stats = pool
-                .upstreams
-                .iter()
-                .map(|u| {
-                    let labels = [l.name.as_str(), pool.name(), u.name()];
-                    UpstreamStats {
-                        duration: metrics.request_duration.with_label_values(&labels),
-                        ok: metrics
-                            .requests_total
-                            .with_label_values(&[labels[0], labels[1], labels[2], "200"]),
-                    }
-                })
-                .collect();
+            // Validation guarantees the pools exist.
+            let route = |name: &str| {
+                let pool = pools[name].clone();
+                let ok_code = match l.protocol {
+                    Protocol::JsonRpc => "ok",
+                    _ => "200",
+                };
+                let stats = pool
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        let labels = [l.name.as_str(), pool.name(), u.name()];
+                        UpstreamStats {
+                            duration: metrics.request_duration.with_label_values(&labels),
+                            ok: metrics
+                                .requests_total
+                                .with_label_values(&[labels[0], labels[1], labels[2], ok_code]),
+                        }
+                    })
+                    .collect();
+                PoolRoute { pool, stats }
+            };
             let runtime = ListenerRuntime {
                 config: l.clone(),
-                pool,
+                pool: l.pool.as_deref().map(route),
+                tenants: l
+                    .tenants
+                    .iter()
+                    .map(|t| (t.who.clone(), route(&t.pool)))
+                    .collect(),
                 http_keys: HttpKeys::from_config(&l.key),
                 tls,
-                stats,
             };
             listeners.insert(l.name.clone(), Arc::new(runtime));
         }
@@ -225,6 +286,7 @@ impl Snapshot {
             source: source.to_owned(),
             pools,
             listeners,
+            identities,
         })
     }
 
@@ -247,17 +309,22 @@ impl Snapshot {
     /// series of listener × upstream pairs and of upstreams that `current` does not have.
     pub fn discard(self, current: &Snapshot, metrics: &Metrics) {
         for (name, l) in &self.listeners {
-            let pool = l.pool.name();
-            let live = current.listener(name).filter(|c| c.pool.name() == pool);
-            for u in &l.pool.upstreams {
-                if live.is_some_and(|c| c.pool.upstream(u.name()).is_some()) {
-                    continue;
+            let live = current.listener(name);
+            for route in l.routes() {
+                let pool = route.pool.name();
+                let live_pool = live.and_then(|c| c.routes().find(|r| r.pool.name() == pool));
+                for u in &route.pool.upstreams {
+                    if live_pool.is_some_and(|r| r.pool.upstream(u.name()).is_some()) {
+                        continue;
+                    }
+                    let labels = [name.as_str(), pool, u.name()];
+                    let _ = metrics.request_duration.remove_label_values(&labels);
+                    for code in ["200", "ok"] {
+                        let _ = metrics
+                            .requests_total
+                            .remove_label_values(&[labels[0], labels[1], labels[2], code]);
+                    }
                 }
-                let labels = [name.as_str(), pool, u.name()];
-                let _ = metrics.request_duration.remove_label_values(&labels);
-                let _ = metrics
-                    .requests_total
-                    .remove_label_values(&[labels[0], labels[1], labels[2], "200"]);
             }
         }
         for pool in self.pools.values() {

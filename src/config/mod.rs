@@ -4,6 +4,7 @@
 
 mod error;
 pub mod schema;
+mod tenancy;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -15,16 +16,23 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use self::error::ConfigError;
+pub use self::tenancy::{
+    AdminAuth, Glob, IdentitiesConfig, IdentityConfig, IdentitySource, Limits, Policy, RateLimit,
+    RedisConfig, TenantRoute, TurnLimit, Unowned, Who,
+};
 
 /// A validated configuration, ready to build a [`crate::snapshot::Snapshot`] from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub worker_threads: Option<usize>,
     pub admin_listen: SocketAddr,
+    pub admin_auth: AdminAuth,
     pub shutdown_grace: Duration,
     pub metrics: MetricsConfig,
     pub listeners: Vec<ListenerConfig>,
     pub pools: BTreeMap<String, PoolConfig>,
+    pub identities: Option<IdentitiesConfig>,
+    pub redis: Option<RedisConfig>,
 }
 
 /// Bounds on per-session metric series.
@@ -58,7 +66,9 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub protocol: Protocol,
-    pub pool: String,
+    /// The pool of callers no `tenants:` entry names (`default_pool` when `tenants:` is set;
+    /// `None`: such callers are refused).
+    pub pool: Option<String>,
     pub tls: Option<TlsFiles>,
     pub key: Vec<KeySource>,
     pub no_key: NoKey,
@@ -69,6 +79,21 @@ pub struct ListenerConfig {
     /// `protocol: jsonrpc`: a frame whose first byte arrived must be complete within this
     /// (slow clients are cut off); a connection idle between frames stays open.
     pub frame_timeout: Duration,
+    /// Where callers' identities come from; `None`: no identities on this listener.
+    pub identity: Option<IdentityConfig>,
+    /// Callers routed to pools of their own, by user or tenant.
+    pub tenants: Vec<TenantRoute>,
+    pub limits: Limits,
+}
+
+impl ListenerConfig {
+    /// Every pool this listener may route into.
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        self.pool
+            .iter()
+            .map(String::as_str)
+            .chain(self.tenants.iter().map(|t| t.pool.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +118,11 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub handshake_timeout: Duration,
+    /// Client certificates are verified against these CAs (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// A handshake without a client certificate fails (identity only from certificates, and
+    /// required).
+    pub client_cert_required: bool,
 }
 
 /// Where a listener finds the key it hashes onto the ring; the first source present wins.
@@ -105,6 +135,8 @@ pub enum KeySource {
     Path(PathTemplate),
     Sni,
     ClientIp,
+    /// The caller's identity (`user`, or `tenant/user`).
+    Identity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +154,7 @@ impl fmt::Display for KeySource {
             KeySource::Path(p) => write!(f, "path /{}/{{key}}", p.prefix.join("/")),
             KeySource::Sni => f.write_str("TLS SNI"),
             KeySource::ClientIp => f.write_str("client IP"),
+            KeySource::Identity => f.write_str("identity"),
         }
     }
 }
@@ -156,6 +189,8 @@ pub struct PoolConfig {
     pub passive: Option<PassiveConfig>,
     /// How long an upstream removed by a reload keeps serving its pinned sessions.
     pub drain_timeout: Duration,
+    /// JSON-RPC: one turn at a time per session (`session_concurrency: 1`).
+    pub turns: Option<TurnLimit>,
     pub upstreams: Vec<UpstreamConfig>,
 }
 

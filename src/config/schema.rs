@@ -20,6 +20,81 @@ pub struct RawConfig {
     pub listeners: Vec<RawListener>,
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
+    pub identities: Option<RawIdentities>,
+    pub redis: Option<RawRedis>,
+}
+
+/// Who callers are: hashed tokens, and the rules that follow from identities.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentities {
+    pub tokens_file: String,
+    pub unowned: Option<RawUnowned>,
+    pub binding_ttl: Option<String>,
+    #[serde(default)]
+    pub policies: Vec<RawPolicy>,
+}
+
+/// `unowned: deny`, `unowned: allow`, or `unowned: { prefix: "{user}-" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUnowned {
+    Word(String),
+    Prefix(RawPrefix),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefix {
+    pub prefix: String,
+}
+
+/// Method policy for one user or tenant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub user: Option<String>,
+    pub tenant: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+}
+
+/// Where a listener finds its caller's identity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub from: Vec<String>,
+    pub required: Option<bool>,
+}
+
+/// One entry of a listener's `tenants:` list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantRoute {
+    pub tenant: Option<String>,
+    pub user: Option<String>,
+    pub pool: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub per_user: Option<RawRate>,
+    pub per_session: Option<RawRate>,
+    pub per_method: Option<RawRate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub requests: u32,
+    pub per: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +114,8 @@ pub struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub token_env: Option<String>,
+    pub protect_probes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,7 +124,7 @@ pub struct RawListener {
     pub name: String,
     pub listen: String,
     pub protocol: String,
-    pub pool: String,
+    pub pool: Option<String>,
     pub tls: Option<RawTls>,
     pub key: Option<Vec<RawKeySource>>,
     pub no_key: Option<String>,
@@ -55,6 +132,10 @@ pub struct RawListener {
     pub header_read_timeout: Option<String>,
     pub max_frame_bytes: Option<u64>,
     pub frame_timeout: Option<String>,
+    pub identity: Option<RawIdentity>,
+    pub tenants: Option<Vec<RawTenantRoute>>,
+    pub default_pool: Option<String>,
+    pub limits: Option<RawLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +144,7 @@ pub struct RawTls {
     pub cert: String,
     pub key: String,
     pub handshake_timeout: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 /// One entry of a listener's `key:` list, written as a one-key map (`- header: X-Session-Id`).
@@ -76,6 +158,7 @@ pub struct RawKeySource {
     pub path: Option<String>,
     pub sni: Option<bool>,
     pub client_ip: Option<bool>,
+    pub identity: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +180,9 @@ pub struct RawPool {
     pub fanout_failure: Option<String>,
     pub passive: Option<RawPassive>,
     pub drain_timeout: Option<String>,
+    pub session_concurrency: Option<u32>,
+    pub turn_timeout: Option<String>,
+    pub max_queue: Option<usize>,
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
 }

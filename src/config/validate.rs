@@ -13,13 +13,15 @@ use super::schema::{
 };
 use super::*;
 
+mod tenancy;
+
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 const DEFAULT_VNODES: u32 = 160;
 const MAX_VNODES: u32 = 10_000;
 const MAX_WEIGHT: u32 = 1_000;
 
 /// Collects field errors while the typed config is assembled.
-struct Errors(Vec<FieldError>);
+pub(super) struct Errors(Vec<FieldError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -96,6 +98,14 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
         "admin.listen",
         raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN),
     );
+    let admin_auth = tenancy::admin_auth(
+        &mut errs,
+        raw.admin.token_env.as_deref(),
+        raw.admin.protect_probes,
+        admin_listen,
+    );
+    let identities = tenancy::identities(&mut errs, raw.identities, base);
+    let redis = tenancy::redis(&mut errs, raw.redis);
     let shutdown_grace = errs.duration(
         "shutdown_grace",
         raw.shutdown_grace.as_deref(),
@@ -142,7 +152,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
                 format!("duplicate listener name {:?}", l.name),
             );
         }
-        let typed = listener_config(&mut errs, &path, l, base, &pools);
+        let typed = listener_config(&mut errs, &path, l, base, &pools, identities.is_some());
         if typed.listen.port() != 0 && !addrs.insert(typed.listen) {
             errs.push(
                 format!("{path}.listen"),
@@ -159,10 +169,13 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
         Ok(Config {
             worker_threads,
             admin_listen,
+            admin_auth,
             shutdown_grace,
             metrics,
             listeners,
             pools,
+            identities,
+            redis,
         })
     } else {
         Err(errs.0)
@@ -172,9 +185,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
 fn listener_config(
     errs: &mut Errors,
     path: &str,
-    l: RawListener,
+    mut l: RawListener,
     base: &Path,
     pools: &BTreeMap<String, PoolConfig>,
+    identities: bool,
 ) -> ListenerConfig {
     let listen = errs.socket_addr(&format!("{path}.listen"), &l.listen);
     let protocol = errs.choice(
@@ -186,18 +200,22 @@ fn listener_config(
             ("jsonrpc", Protocol::JsonRpc),
         ],
     );
-    if !pools.contains_key(&l.pool) {
-        errs.push(
-            format!("{path}.pool"),
-            format!("no pool named {:?}", l.pool),
-        );
-    }
+    let tenancy = tenancy::listener(errs, path, &mut l, protocol, pools, identities);
+    let from_certs = tenancy.identity.as_ref().map_or(&[][..], |i| &i.from[..]);
+    let cert_only = from_certs == [IdentitySource::ClientCert]
+        && tenancy.identity.as_ref().is_some_and(|i| i.required);
 
     let tls = l.tls.map(|t| {
         if protocol == Protocol::Tcp {
             errs.push(
                 format!("{path}.tls"),
                 "not allowed with protocol tcp (passthrough: TLS goes to the upstream)",
+            );
+        }
+        if t.client_ca.is_none() && from_certs.contains(&IdentitySource::ClientCert) {
+            errs.push(
+                format!("{path}.tls.client_ca"),
+                "needed for client_cert identities",
             );
         }
         TlsFiles {
@@ -208,10 +226,18 @@ fn listener_config(
                 t.handshake_timeout.as_deref(),
                 Duration::from_secs(10),
             ),
+            client_ca: t.client_ca.map(|ca| base.join(ca)),
+            client_cert_required: cert_only,
         }
     });
+    if tls.is_none() && from_certs.contains(&IdentitySource::ClientCert) {
+        errs.push(
+            format!("{path}.identity.from"),
+            "client_cert needs tls: with client_ca",
+        );
+    }
 
-    let key = l
+    let key: Vec<KeySource> = l
         .key
         .unwrap_or_default()
         .into_iter()
@@ -236,11 +262,21 @@ fn listener_config(
         );
     }
 
+    if key.contains(&KeySource::Identity) && tenancy.identity.is_none() {
+        errs.push(
+            format!("{path}.key"),
+            "identity: true needs an identity: block",
+        );
+    }
+
     ListenerConfig {
         name: l.name,
         listen,
         protocol,
-        pool: l.pool,
+        pool: tenancy.pool,
+        identity: tenancy.identity,
+        tenants: tenancy.tenants,
+        limits: tenancy.limits,
         tls,
         key,
         no_key,
@@ -272,11 +308,12 @@ fn key_source(
         raw.path.is_some(),
         raw.sni.is_some(),
         raw.client_ip.is_some(),
+        raw.identity.is_some(),
     ];
     if set.iter().filter(|s| **s).count() != 1 {
         errs.push(
             path,
-            "must set exactly one of header, cookie, query, path, sni, client_ip",
+            "must set exactly one of header, cookie, query, path, sni, client_ip, identity",
         );
         return None;
     }
@@ -305,15 +342,17 @@ fn key_source(
                 return None;
             }
         }
-    } else if let Some(enabled) = raw.sni.or(raw.client_ip) {
+    } else if let Some(enabled) = raw.sni.or(raw.client_ip).or(raw.identity) {
         if !enabled {
             errs.push(path, "must be true (remove the entry to disable it)");
             return None;
         }
         if raw.sni.is_some() {
             KeySource::Sni
-        } else {
+        } else if raw.client_ip.is_some() {
             KeySource::ClientIp
+        } else {
+            KeySource::Identity
         }
     } else {
         return None;
@@ -324,6 +363,7 @@ fn key_source(
         }
         KeySource::Sni => protocol == Protocol::Tcp,
         KeySource::ClientIp => true,
+        KeySource::Identity => protocol != Protocol::Tcp,
     };
     if !allowed {
         errs.push(
@@ -468,6 +508,13 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             ],
         ),
         passive: passive_config(errs, &format!("{path}.passive"), p.passive),
+        turns: tenancy::turns(
+            errs,
+            &path,
+            p.session_concurrency,
+            p.turn_timeout.as_deref(),
+            p.max_queue,
+        ),
         drain_timeout: errs.duration(
             &format!("{path}.drain_timeout"),
             p.drain_timeout.as_deref(),

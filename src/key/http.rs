@@ -13,12 +13,19 @@ pub struct RequestHead<'r> {
     pub uri: &'r Uri,
     pub headers: &'r HeaderMap,
     pub peer: IpAddr,
+    /// The caller's identity as a key (`tenant/user`), when the listener knows it.
+    pub caller: Option<&'r str>,
 }
 
 /// One place a key may be found in a request.
 pub trait HttpKeySource: Send + Sync + std::fmt::Debug {
     /// The key, if this source holds a non-empty one.
     fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>>;
+
+    /// Does this source name a session (which can have an owner), rather than the caller?
+    fn names_a_session(&self) -> bool {
+        true
+    }
 }
 
 /// A key borrowed from the request, or formatted from something that is not bytes (an IP).
@@ -115,6 +122,23 @@ impl HttpKeySource for ClientIp {
     fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
         Some(KeyBytes::Ip(head.peer))
     }
+
+    fn names_a_session(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug)]
+struct Caller;
+
+impl HttpKeySource for Caller {
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        head.caller.map(|c| KeyBytes::Borrowed(c.as_bytes()))
+    }
+
+    fn names_a_session(&self) -> bool {
+        false
+    }
 }
 
 /// A listener's ordered key sources; the first that yields a key wins.
@@ -137,6 +161,7 @@ impl HttpKeys {
                 KeySource::Query(q) => Box::new(Query(q.clone())),
                 KeySource::Path(p) => Box::new(PathSegment(p.clone())),
                 KeySource::ClientIp => Box::new(ClientIp),
+                KeySource::Identity => Box::new(Caller),
                 KeySource::Sni => continue,
             };
             described.push(s.to_string());
@@ -150,6 +175,14 @@ impl HttpKeys {
 
     pub fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
         self.sources.iter().find_map(|s| s.extract(head))
+    }
+
+    /// Like [`HttpKeys::extract`], also saying whether the key names a session (header,
+    /// cookie, query, path) rather than the caller (client IP, identity).
+    pub fn extract_keyed<'r>(&self, head: &RequestHead<'r>) -> Option<(KeyBytes<'r>, bool)> {
+        self.sources
+            .iter()
+            .find_map(|s| s.extract(head).map(|k| (k, s.names_a_session())))
     }
 }
 
@@ -175,6 +208,7 @@ mod tests {
             uri: &uri,
             headers: &map,
             peer: "10.1.2.3".parse().unwrap(),
+            caller: Some("acme/alice"),
         };
         keys.extract(&head)
             .map(|k| k.with(|b| String::from_utf8(b.to_vec()).unwrap()))
@@ -261,5 +295,30 @@ mod tests {
             k.described,
             "header x-session-id, query parameter session, client IP"
         );
+    }
+
+    #[test]
+    fn the_identity_is_a_key_that_names_no_session() {
+        let k = keys(vec![
+            KeySource::Header(HeaderName::from_static("x-session-id")),
+            KeySource::Identity,
+        ]);
+        assert_eq!(extract(&k, "/", &[]).as_deref(), Some("acme/alice"));
+        let uri: Uri = "/".parse().unwrap();
+        let mut with_header = HeaderMap::new();
+        with_header.insert("x-session-id", "s-1".parse().unwrap());
+        let without = HeaderMap::new();
+        let mut head = RequestHead {
+            uri: &uri,
+            headers: &with_header,
+            peer: "10.1.2.3".parse().unwrap(),
+            caller: Some("acme/alice"),
+        };
+        assert!(
+            k.extract_keyed(&head).unwrap().1,
+            "a header names a session"
+        );
+        head.headers = &without;
+        assert!(!k.extract_keyed(&head).unwrap().1, "the caller does not");
     }
 }

@@ -132,30 +132,38 @@ fn handle(
     let Some(runtime) = ctx.shared.load_full().listener(&name).cloned() else {
         return Either::Right(Box::pin(std::future::ready(())));
     };
-    match runtime.config.protocol {
-        Protocol::Http => match &runtime.tls {
-            None => Either::Left(proxy::http::serve_tcp(stream, ctx, name, peer)),
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let timeout = runtime
-                    .config
-                    .tls
-                    .as_ref()
-                    .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-                Either::Right(Box::pin(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => proxy::http::serve(tls, ctx, name, peer, true).await,
-                        Ok(Err(e)) => tls_failed(&ctx, &name, &e.to_string()),
-                        Err(_) => tls_failed(&ctx, &name, "handshake timed out"),
-                    }
-                }))
-            }
-        },
-        Protocol::Tcp => Either::Right(Box::pin(proxy::tcp::serve(stream, ctx, name, peer))),
-        Protocol::JsonRpc => Either::Right(Box::pin(proxy::jsonrpc::serve(
-            stream, ctx, name, peer, runtime,
-        ))),
-    }
+    let Some(acceptor) = runtime.tls.clone() else {
+        return match runtime.config.protocol {
+            Protocol::Http => Either::Left(proxy::http::serve_tcp(stream, ctx, name, peer)),
+            Protocol::Tcp => Either::Right(Box::pin(proxy::tcp::serve(stream, ctx, name, peer))),
+            Protocol::JsonRpc => Either::Right(Box::pin(proxy::jsonrpc::serve(
+                stream, ctx, name, peer, runtime, None,
+            ))),
+        };
+    };
+    let timeout = runtime
+        .config
+        .tls
+        .as_ref()
+        .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+    Either::Right(Box::pin(async move {
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tls_failed(&ctx, &name, &e.to_string()),
+            Err(_) => return tls_failed(&ctx, &name, "handshake timed out"),
+        };
+        // A client certificate was verified against the listener's client_ca by the handshake.
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(crate::identity::from_cert);
+        match runtime.config.protocol {
+            Protocol::JsonRpc => proxy::jsonrpc::serve(tls, ctx, name, peer, runtime, cert).await,
+            _ => proxy::http::serve(tls, ctx, name, peer, Some(cert)).await,
+        }
+    }))
 }
 
 fn tls_failed(ctx: &Context, listener: &str, why: &str) {

@@ -23,9 +23,10 @@ use tracing::{debug, warn};
 
 use super::idle::{self, Opening};
 use super::Context;
-use crate::config::NoKey;
+use crate::config::{IdentitySource, NoKey};
+use crate::identity::Identity;
 use crate::key::http::RequestHead;
-use crate::snapshot::ListenerRuntime;
+use crate::snapshot::{ListenerRuntime, PoolRoute, Snapshot};
 use crate::upstream::{prober, PooledBody};
 
 /// Response bodies: the upstream's, streamed, or a short local one (errors).
@@ -44,7 +45,12 @@ struct Conn {
     /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
     peer_ip: HeaderValue,
     tls: bool,
+    /// The identity of the client certificate (mTLS).
+    cert: Option<Identity>,
 }
+
+static X_SESSIONGATE_USER: HeaderName = HeaderName::from_static("x-sessiongate-user");
+static X_SESSIONGATE_TENANT: HeaderName = HeaderName::from_static("x-sessiongate-tenant");
 
 /// The listener's `header_read_timeout`; `None` once the listener has been removed.
 fn header_read_timeout(ctx: &Context, listener: &str) -> Option<std::time::Duration> {
@@ -54,9 +60,15 @@ fn header_read_timeout(ctx: &Context, listener: &str) -> Option<std::time::Durat
         .map(|l| l.config.header_read_timeout)
 }
 
-/// Serve one client connection until it closes or shutdown asks it to finish.
-pub async fn serve<IO>(io: IO, ctx: Context, listener: Arc<str>, peer: SocketAddr, tls: bool)
-where
+/// Serve one client connection until it closes or shutdown asks it to finish. `tls`: the
+/// connection is TLS, with the identity of its client certificate if it showed one.
+pub async fn serve<IO>(
+    io: IO,
+    ctx: Context,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    tls: Option<Option<Identity>>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = header_read_timeout(&ctx, &listener);
@@ -80,7 +92,7 @@ pub fn serve_tcp(
 ) -> impl Future<Output = ()> + Send {
     let header_read_timeout = header_read_timeout(&ctx, &listener);
     let shutdown = ctx.shutdown.token.clone();
-    let service = conn_service(ctx, listener, peer, false);
+    let service = conn_service(ctx, listener, peer, None);
     let mut conn = header_read_timeout.map(|t| idle::Http1::new(stream, service, t));
     async move {
         let Some(conn) = conn.as_mut() else {
@@ -148,7 +160,7 @@ fn conn_service(
     ctx: Context,
     listener: Arc<str>,
     peer: SocketAddr,
-    tls: bool,
+    tls: Option<Option<Identity>>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -165,7 +177,8 @@ fn conn_service(
         listener,
         peer,
         peer_ip,
-        tls,
+        tls: tls.is_some(),
+        cert: tls.flatten(),
     });
     hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -186,11 +199,21 @@ impl Conn {
         let Some(listener) = snapshot.listener(&self.listener) else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "listener is being removed");
         };
-        let pool = &listener.pool;
+        let caller = match self.caller(&snapshot, listener, req.headers_mut()) {
+            Ok(caller) => caller,
+            Err(why) => return self.finish(started, None, None, unauthorized(why)),
+        };
+        let Some(route) = listener.route_for(caller.as_ref()) else {
+            let resp = local(StatusCode::FORBIDDEN, "no pool serves this caller");
+            return self.finish(started, None, None, resp);
+        };
+        let pool = &route.pool;
+        let caller_key = caller.as_ref().map(Identity::key);
         let head = RequestHead {
             uri: req.uri(),
             headers: req.headers(),
             peer: self.peer.ip(),
+            caller: caller_key.as_deref(),
         };
         let index = match listener.http_keys.extract(&head) {
             Some(key) => key.with(|k| pool.route_index(k)),
@@ -200,22 +223,25 @@ impl Conn {
                     listener.http_keys.described
                 );
                 let resp = local(StatusCode::BAD_REQUEST, msg);
-                return self.finish(started, listener, None, resp);
+                return self.finish(started, Some(route), None, resp);
             }
             None => pool.route_random_index(),
         };
         let Some(index) = index else {
             let msg = format!("no upstream available in pool {}", pool.name());
             let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
-            return self.finish(started, listener, None, resp);
+            return self.finish(started, Some(route), None, resp);
         };
         let upstream = &pool.upstreams[index];
+        if listener.config.identity.is_some() {
+            set_identity_headers(req.headers_mut(), caller.as_ref());
+        }
 
         let client_upgrade =
             is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         if let Err(why) = self.rewrite_request(&mut req, client_upgrade.is_some()) {
             let resp = local(StatusCode::BAD_REQUEST, why);
-            return self.finish(started, listener, Some(index), resp);
+            return self.finish(started, Some(route), Some(index), resp);
         }
         let timeout = pool.config.request_timeout;
         let passive = pool.config.passive.as_ref();
@@ -256,7 +282,50 @@ impl Conn {
                 resp.map(Either::Left)
             }
         };
-        self.finish(started, listener, Some(index), resp)
+        self.finish(started, Some(route), Some(index), resp)
+    }
+
+    /// Who sends this request, when the listener has `identity:`: the client certificate's
+    /// identity or the bearer token's, in the listener's order. The token is for the proxy: it
+    /// is removed before the request goes on. Unknown token, or none where one is required:
+    /// why (the caller answers 401).
+    fn caller(
+        &self,
+        snapshot: &Snapshot,
+        listener: &ListenerRuntime,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Identity>, &'static str> {
+        let Some(config) = &listener.config.identity else {
+            return Ok(None);
+        };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+        let mut found = None;
+        for source in &config.from {
+            match source {
+                IdentitySource::ClientCert => found = self.cert.clone(),
+                IdentitySource::Token => {
+                    headers.remove(header::AUTHORIZATION);
+                    if let Some(token) = &bearer {
+                        let known = snapshot.identities.as_ref().and_then(|i| i.by_token(token));
+                        match known {
+                            Some(who) => found = Some(who.clone()),
+                            None => return Err("unknown token"),
+                        }
+                    }
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        if found.is_none() && config.required {
+            return Err("an identity is required");
+        }
+        Ok(found)
     }
 
     /// Turn the client's request into the upstream's: origin-form URI, HTTP/1.1, hop-by-hop
@@ -311,49 +380,71 @@ impl Conn {
         Ok(())
     }
 
-    /// Count the request and its duration; `index` is the upstream's place in the pool, when
-    /// one was chosen.
+    /// Count the request and its duration; `index` is the upstream's place in the route's
+    /// pool, when one was chosen.
     fn finish(
         &self,
         started: Instant,
-        listener: &ListenerRuntime,
+        route: Option<&PoolRoute>,
         index: Option<usize>,
         resp: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let elapsed = started.elapsed().as_secs_f64();
-        match index.and_then(|i| listener.stats.get(i).map(|s| (i, s))) {
-            Some((_, stats)) if resp.status() == StatusCode::OK => {
+        let pool = route.map_or("none", |r| r.pool.name());
+        let stats = route
+            .zip(index)
+            .and_then(|(r, i)| r.stats.get(i).map(|s| (r, i, s)));
+        match stats {
+            Some((_, _, stats)) if resp.status() == StatusCode::OK => {
                 stats.ok.inc();
                 stats.duration.observe(elapsed);
             }
-            Some((i, stats)) => {
+            Some((route, i, stats)) => {
                 stats.duration.observe(elapsed);
-                let upstream = listener.pool.upstreams[i].name();
-                self.count(listener, upstream, resp.status());
+                let upstream = route.pool.upstreams[i].name();
+                self.count(pool, upstream, resp.status());
             }
             None => {
                 let m = &self.ctx.metrics;
-                let labels = [&*self.listener, listener.pool.name(), "none"];
+                let labels = [&*self.listener, pool, "none"];
                 m.request_duration
                     .with_label_values(&labels)
                     .observe(elapsed);
-                self.count(listener, "none", resp.status());
+                self.count(pool, "none", resp.status());
             }
         }
         resp
     }
 
-    fn count(&self, listener: &ListenerRuntime, upstream: &str, status: StatusCode) {
+    fn count(&self, pool: &str, upstream: &str, status: StatusCode) {
         self.ctx
             .metrics
             .requests_total
-            .with_label_values(&[
-                &self.listener,
-                listener.pool.name(),
-                upstream,
-                status.as_str(),
-            ])
+            .with_label_values(&[&self.listener, pool, upstream, status.as_str()])
             .inc();
+    }
+}
+
+/// 401 with the scheme the client should use.
+fn unauthorized(why: &str) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::UNAUTHORIZED, why);
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"sessiongate\""),
+    );
+    resp
+}
+
+/// Tell the upstream who the caller is, and never what a client claims it is.
+fn set_identity_headers(headers: &mut HeaderMap, caller: Option<&Identity>) {
+    headers.remove(&X_SESSIONGATE_USER);
+    headers.remove(&X_SESSIONGATE_TENANT);
+    let Some(who) = caller else { return };
+    if let Ok(v) = HeaderValue::from_str(&who.user) {
+        headers.insert(&X_SESSIONGATE_USER, v);
+    }
+    if let Some(Ok(v)) = who.tenant.as_deref().map(HeaderValue::from_str) {
+        headers.insert(&X_SESSIONGATE_TENANT, v);
     }
 }
 

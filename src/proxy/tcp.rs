@@ -19,7 +19,10 @@ pub async fn serve(mut client: TcpStream, ctx: Context, listener: Arc<str>, peer
     let Some(runtime) = snapshot.listener(&listener) else {
         return;
     };
-    let pool = runtime.pool.clone();
+    // TCP listeners have no tenants (validation): their one pool.
+    let Some(pool) = runtime.default_pool().cloned() else {
+        return;
+    };
     let read_timeout = runtime.config.header_read_timeout;
     let mut hello = Vec::new();
     let mut key: Option<Vec<u8>> = None;

@@ -20,6 +20,16 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// sessiongate: the server holding the session is unavailable.
 pub const SERVER_UNAVAILABLE: i64 = -32001;
+/// sessiongate: the caller's identity is missing or unknown (the CLI uses it for a wrong token).
+pub const AUTHENTICATION_FAILED: i64 = -32002;
+/// sessiongate: the caller may not do this (another user's session, a denied method).
+pub const FORBIDDEN: i64 = -32003;
+/// sessiongate: the session is busy with another turn and its queue is full.
+pub const SESSION_BUSY: i64 = -32004;
+/// sessiongate: the caller's rate limit is reached.
+pub const RATE_LIMITED: i64 = -32005;
+/// sessiongate: a node accepted a request and did not answer within `request_timeout`.
+pub const UPSTREAM_TIMEOUT: i64 = -32007;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -160,6 +170,26 @@ pub fn with_param(body: &[u8], name: &str, value: Value) -> Result<Bytes, ParseE
     let params = serde_json::value::to_raw_value(&Entries(params))?;
     set_entry(&mut entries, "params", &params);
     Ok(Bytes::from(serde_json::to_vec(&Entries(entries))?))
+}
+
+/// The body without `params[name]` (unchanged if it has none).
+pub fn without_param(body: &[u8], name: &str) -> Result<Bytes, ParseError> {
+    let entries = object_entries(std::str::from_utf8(body)?)?;
+    let params = entries
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "params")
+        .map(|(_, v)| *v);
+    let Some(params) = params.filter(|p| first_byte(p.get().as_bytes()) == Some(b'{')) else {
+        return Ok(Bytes::copy_from_slice(body));
+    };
+    let mut members = object_entries(params.get())?;
+    members.retain(|(k, _)| k != name);
+    with_member(
+        body,
+        "params",
+        &serde_json::value::to_raw_value(&Entries(members))?,
+    )
 }
 
 /// The body with its whole `params` replaced by `params`; every other member kept byte for byte.

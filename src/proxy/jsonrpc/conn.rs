@@ -16,16 +16,18 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 mod client;
+mod gate;
 mod links;
 mod upstream;
+
+use gate::Routed;
 
 use super::fanout::{self, Owner};
 use super::link::{self, Link, LinkFailure, LinkSettings, LINK_QUEUE};
@@ -35,13 +37,15 @@ use super::state::{
     parse_internal_id, ClientId, ConnState, Fired, HashMap, Internal, Pending, Redispatch, ReplyTo,
     ServerRequest, SetupCall,
 };
-use crate::config::{KeySource, Secret};
+use crate::config::{IdentitySource, KeySource, Secret};
+use crate::identity::Identity;
 use crate::proxy::Context;
-use crate::snapshot::{ListenerRuntime, Pool};
+use crate::snapshot::{ListenerRuntime, Pool, Snapshot};
 use crate::upstream::{prober, Endpoint};
 use crate::wire::codec::{write_frames, FrameCodec, FrameError};
 use crate::wire::message::{
-    self, parse_envelope, MessageKind, INTERNAL_ERROR, INVALID_REQUEST, SERVER_UNAVAILABLE,
+    self, parse_envelope, MessageKind, AUTHENTICATION_FAILED, FORBIDDEN, INTERNAL_ERROR,
+    INVALID_REQUEST, SERVER_UNAVAILABLE, UPSTREAM_TIMEOUT,
 };
 use crate::wire::reader::FrameReader;
 
@@ -59,8 +63,6 @@ const EVENT_BATCH: usize = 64;
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
 /// How long a client is told to wait before retrying when its session's node is unavailable.
 pub const RETRY_AFTER_MS: u64 = 1000;
-/// sessiongate: a node accepted a request and did not answer within `request_timeout`.
-pub const UPSTREAM_TIMEOUT: i64 = -32007;
 
 /// What link and fan-out tasks tell the connection task.
 #[derive(Debug)]
@@ -100,15 +102,19 @@ pub enum Event {
     },
 }
 
-/// Serve one JSON-RPC client connection until it closes.
-pub async fn serve(
-    stream: TcpStream,
+/// Serve one JSON-RPC client connection until it closes. `cert`: the identity of the client
+/// certificate of an mTLS connection.
+pub async fn serve<IO>(
+    stream: IO,
     ctx: Context,
     listener: Arc<str>,
     peer: SocketAddr,
     runtime: Arc<ListenerRuntime>,
-) {
-    let (read, write) = stream.into_split();
+    cert: Option<Identity>,
+) where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
     let (to_client, client_rx) = mpsc::channel(CLIENT_QUEUE);
     let writer = AbortOnDropHandle::new(tokio::spawn(write_frames(write, client_rx)));
     let home_key = if runtime.config.key.contains(&KeySource::ClientIp) {
@@ -123,7 +129,10 @@ pub async fn serve(
     );
     let (events_tx, events) = mpsc::channel(EVENTS_QUEUE);
     let mut conn = Conn {
-        pool_name: Arc::from(runtime.pool.name()),
+        pool_name: Arc::from(runtime.default_pool().map_or("none", |p| p.name())),
+        caller: None,
+        cert,
+        closing: false,
         max_frame_bytes: runtime.config.max_frame_bytes,
         ctx,
         listener,
@@ -153,7 +162,14 @@ pub async fn serve(
 struct Conn {
     ctx: Context,
     listener: Arc<str>,
+    /// The pool this connection routes into (its caller's, once known); for metric labels.
     pool_name: Arc<str>,
+    /// Who the client is, once it said so (`connect`'s token) or its certificate did.
+    caller: Option<Identity>,
+    /// The client certificate's identity (mTLS).
+    cert: Option<Identity>,
+    /// The client was refused (no identity, no pool): close once the answer is out.
+    closing: bool,
     max_frame_bytes: usize,
     /// The key whose ring owner is this connection's home node.
     home_key: Vec<u8>,
@@ -189,11 +205,12 @@ enum Input {
 }
 
 impl Conn {
-    async fn run(&mut self, mut reader: FrameReader<OwnedReadHalf>) {
+    async fn run<R: AsyncRead + Unpin>(&mut self, mut reader: FrameReader<R>) {
         let shutdown = self.ctx.shutdown.token.clone();
         let mut reading = true;
         loop {
             if self.client_gone
+                || self.closing
                 || (self.draining && self.state.pending_is_empty() && self.work.is_empty())
             {
                 return;
@@ -310,9 +327,11 @@ impl Conn {
         }
     }
 
+    /// The pool this connection routes into now: its caller's.
     fn pool(&self) -> Option<Arc<Pool>> {
         let snapshot = self.ctx.shared.load();
-        snapshot.listener(&self.listener).map(|l| l.pool.clone())
+        let listener = snapshot.listener(&self.listener)?;
+        Some(listener.route_for(self.caller.as_ref())?.pool.clone())
     }
 
     fn owner(&self) -> Owner {

@@ -120,24 +120,63 @@ impl Conn {
                 return self.reply(reply, err);
             }
         }
-        let Some(pool) = self.pool() else {
+        let snapshot = self.ctx.shared.load_full();
+        let Some(listener) = snapshot.listener(&self.listener) else {
             return self.fail(id.as_deref(), reply, "listener is being removed", None);
+        };
+        let Some(body) = self.identify(&snapshot, listener, name, id.as_deref(), body, reply)
+        else {
+            return;
+        };
+        if let Err(why) = self.policy(&snapshot, name) {
+            if let Some(id) = &id {
+                self.reply(reply, error_for(id, FORBIDDEN, &why, &Value::Null));
+            }
+            return;
+        }
+        let Some(pool) = listener
+            .route_for(self.caller.as_ref())
+            .map(|r| r.pool.clone())
+        else {
+            return self.fail(id.as_deref(), reply, "no pool serves this caller", None);
         };
         let req = Request {
             method: name,
             class: method.class,
             session,
-            body,
+            body: &body,
         };
         let facts = ConnFacts {
             home_key: &self.home_key,
             exchanges: self.state.exchanges(),
             new_session_id,
         };
-        match route::decide(&req, &pool, &facts) {
-            Decision::Forward(f) => self.forward(f, name, method.label, id, body, reply, &pool),
+        let decision = route::decide(&req, &pool, &facts);
+        let routed = Routed {
+            label: method.label,
+            id,
+            body,
+            reply,
+            decision,
+            pool,
+        };
+        self.admit(routed);
+    }
+
+    /// Carry out a routing decision.
+    pub(super) fn dispatch(&mut self, routed: Routed) {
+        let Routed {
+            label,
+            id,
+            body,
+            reply,
+            decision,
+            pool,
+        } = routed;
+        match decision {
+            Decision::Forward(f) => self.forward(f, label, id, &body, reply, &pool),
             Decision::Setup { to, replay } => {
-                self.setup(to, replay, method.label, id, body, reply, &pool)
+                self.setup(to, replay, label, id, &body, reply, &pool)
             }
             Decision::Refuse(r) => {
                 if let Some(id) = id {
@@ -154,25 +193,23 @@ impl Conn {
             // Fan-outs answer requests; a notification of these methods has nothing to do.
             _ if id.is_none() => {}
             Decision::FanOut(merge) => {
-                let task = fanout::fan_out(self.owner(), pool, merge, id, body.clone(), reply);
+                let task = fanout::fan_out(self.owner(), pool, merge, id, body, reply);
                 self.work.spawn(task);
             }
             Decision::Split(split) => {
-                let task = fanout::split(self.owner(), pool, split, id, body.clone(), reply);
+                let task = fanout::split(self.owner(), pool, split, id, body, reply);
                 self.work.spawn(task);
             }
             Decision::OpenLast => {
-                let task = fanout::open_last(self.owner(), pool, id, body.clone(), reply);
+                let task = fanout::open_last(self.owner(), pool, id, body, reply);
                 self.work.spawn(task);
             }
         }
     }
-
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &mut self,
         f: Forward,
-        name: &str,
         label: &'static str,
         id: Option<ClientId>,
         body: &Bytes,
@@ -182,7 +219,7 @@ impl Conn {
         if let (true, Some(session)) = (f.unpin, &f.session) {
             pool.pins.unpin(session);
         }
-        if name == "llmInference.httpResponseChunk" {
+        if label == "llmInference.httpResponseChunk" {
             self.maybe_end_exchange(body);
         }
         let sent = f.rewritten.unwrap_or_else(|| body.clone());
