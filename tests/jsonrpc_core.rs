@@ -642,3 +642,105 @@ async fn closing_a_client_ends_its_links() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_while_a_node_waits_for_it_lets_the_node_go_on() {
+    let s = Setup::start(1, RpcYaml::default()).await;
+    let id = id_on(&s.pool(), "cli-0");
+    within(10, async {
+        let mut c = s.client().await;
+        create(&mut c, &id, json!({"hooks": true})).await;
+        let sent = c
+            .request("session.send", session_params(&id, json!({"prompt": "hi"})))
+            .await;
+        c.server_request("hooks.invoke").await;
+        // The client will never answer the hook: it is done sending.
+        c.shutdown_write().await;
+        // The proxy answers the hook for it, so the node's turn goes on and ends.
+        let answer = c.response(&sent).await;
+        assert!(answer["result"]["messageId"].is_string(), "{answer}");
+        c.until_closed().await;
+    })
+    .await;
+    let hooks = s.fleet.get("cli-0").hook_answers();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(
+        hooks[0]["error"]["message"], "the client went away",
+        "{hooks:?}"
+    );
+    poll_until("the link closed", 5, || async {
+        s.fleet.get("cli-0").connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_reading_costs_its_requests_not_the_connection() {
+    // A node that accepts and never reads nor answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (addr, keep) = (blackhole.local_addr().expect("addr"), held.clone());
+    std::thread::spawn(move || {
+        for stream in blackhole.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let fleet = support::jsonrpc::CliFleet::start(1).await;
+    let mut members = fleet.members();
+    members.push(("hole".into(), addr));
+    let yaml = support::jsonrpc::jsonrpc_config(
+        &members,
+        RpcYaml {
+            pool: "    request_timeout: 500ms\n",
+            ..Default::default()
+        },
+    );
+    let proxy = support::Proxy::start_yaml(&yaml).await;
+    let pool = proxy.server.snapshot().pool("fleet").unwrap().clone();
+    let (in_hole, on_cli) = (id_on(&pool, "hole"), id_on(&pool, "cli-0"));
+    within(30, async {
+        let mut c = RpcClient::connect(proxy.addr("cli")).await;
+        create(&mut c, &on_cli, json!({})).await;
+        // Far more than the node's socket buffers and the link's queue (256 frames) hold.
+        let big = "x".repeat(64 * 1024);
+        let mut to_hole = Vec::new();
+        for _ in 0..600 {
+            let params = session_params(&in_hole, json!({ "prompt": &big }));
+            to_hole.push(c.request("session.send", params).await);
+        }
+        let healthy = c
+            .request("session.getMessages", session_params(&on_cli, json!({})))
+            .await;
+        let answer = c.response(&healthy).await;
+        assert!(answer["result"]["events"].is_array(), "{answer}");
+        for id in &to_hole {
+            let failed = c.response(id).await;
+            assert!(failed.get("error").is_some(), "{failed}");
+        }
+    })
+    .await;
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_the_clients_own() {
+    let s = Setup::start(2, RpcYaml::default()).await;
+    within(10, async {
+        let mut c = s.client().await;
+        let reserved = json!("sessiongate-1");
+        c.send(&json!({"jsonrpc": "2.0", "id": &reserved, "method": "ping"}))
+            .await;
+        let answer = c.response(&reserved).await;
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        // One id twice in a batch, the first answered by a task of the proxy.
+        c.send(&json!([
+            {"jsonrpc": "2.0", "id": 7, "method": "sessions.list", "params": {}},
+            {"jsonrpc": "2.0", "id": 7, "method": "ping"},
+        ]))
+        .await;
+        let batch = c.wait_for("the batch", Value::is_array).await;
+        assert!(batch[0]["result"]["sessions"].is_array(), "{batch}");
+        assert_eq!(batch[1]["error"]["code"], -32600, "{batch}");
+    })
+    .await;
+}

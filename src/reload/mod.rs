@@ -154,8 +154,10 @@ impl Server {
 
         let version = next.version;
         let next = Arc::new(next);
-        self.ctx.shared.store(next.clone());
+        // Nothing can refuse the reload any more: apply what the new snapshot shares with the
+        // serving one first, so that no request routes by the new rings with the old drains.
         next.activate(&self.ctx.metrics);
+        self.ctx.shared.store(next.clone());
         self.health.sync(&next);
 
         let listeners_added = to_bind.iter().map(|(n, _, _)| n.clone()).collect();

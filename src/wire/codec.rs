@@ -80,9 +80,9 @@ fn canonical_header(buf: &[u8]) -> Option<(usize, Option<usize>)> {
     if n == 0 || n > 19 || digits.get(n..n + 4)? != b"\r\n\r\n" {
         return None;
     }
-    let len = digits[..n]
-        .iter()
-        .fold(0usize, |acc, d| acc * 10 + usize::from(d - b'0'));
+    let len = digits[..n].iter().try_fold(0usize, |acc, d| {
+        acc.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })?;
     Some((NAME.len() + n + 4, Some(len)))
 }
 

@@ -36,6 +36,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The owner stops reading for a while (its own backpressure): a frame the peer began is
+    /// not late for that, so its clock starts again when reading does.
+    pub fn suspend(&mut self) {
+        self.deadline = None;
+    }
+
     /// Whether part of a frame has arrived and waits for the rest.
     pub fn mid_frame(&self) -> bool {
         !self.frames.read_buffer().is_empty()

@@ -50,6 +50,11 @@ impl RpcClient {
         }
     }
 
+    /// Close the sending half (the client is done sending; it still reads).
+    pub async fn shutdown_write(&mut self) {
+        self.write.shutdown().await.expect("shutdown");
+    }
+
     /// Write raw bytes (no framing added): for malformed input.
     pub async fn send_bytes(&mut self, raw: &[u8]) {
         self.write.write_all(raw).await.expect("write");

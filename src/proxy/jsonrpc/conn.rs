@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -34,8 +35,8 @@ use super::link::{self, Link, LinkFailure, LinkSettings, LINK_QUEUE};
 use super::methods::{self, Class, Learn, Replay};
 use super::route::{self, ConnFacts, Decision, Forward, Request};
 use super::state::{
-    parse_internal_id, ClientId, ConnState, Fired, HashMap, Internal, Pending, Redispatch, ReplyTo,
-    ServerRequest, SetupCall,
+    is_reserved_id, parse_internal_id, ClientId, ConnState, Fired, HashMap, Internal, Pending,
+    Redispatch, ReplyTo, ServerRequest, SetupCall,
 };
 use crate::config::{IdentitySource, KeySource, Secret};
 use crate::identity::Identity;
@@ -57,6 +58,10 @@ const EVENTS_QUEUE: usize = 1024;
 const OUTBOX_PAUSE_LINKS: usize = 256;
 /// ... and before the client itself stops being read (its own error replies pile up there).
 const OUTBOX_PAUSE_CLIENT: usize = 1024;
+/// Requests waiting on nodes before the client stops being read.
+const MAX_PENDING: usize = 4096;
+/// Fan-outs, splits and discoveries in progress before the client stops being read.
+const MAX_WORK: usize = 64;
 /// Events handled in one go before the connection task looks at its other inputs again.
 const EVENT_BATCH: usize = 64;
 /// How long the writer may take to flush the last frames to a closing client.
@@ -86,8 +91,12 @@ pub enum Event {
         body: Bytes,
         reply: oneshot::Sender<Option<Bytes>>,
     },
-    /// A fan-out's answer for the client.
-    Answer { reply: ReplyTo, body: Bytes },
+    /// A fan-out's answer for the client's request `id`.
+    Answer {
+        id: ClientId,
+        reply: ReplyTo,
+        body: Bytes,
+    },
     /// Owner discovery found where a session lives: send the request there.
     Resend {
         id: ClientId,
@@ -97,6 +106,7 @@ pub enum Event {
     },
     /// Owner discovery found the session nowhere: the client gets the node's answer.
     NotFound {
+        id: ClientId,
         pending: Box<Pending>,
         answer: Bytes,
     },
@@ -144,6 +154,7 @@ pub async fn serve<IO>(
         next_generation: 0,
         link_tasks: JoinSet::new(),
         work: JoinSet::new(),
+        work_requests: HashMap::default(),
         events_tx,
         events,
         to_client,
@@ -183,6 +194,8 @@ struct Conn {
     link_tasks: JoinSet<()>,
     /// Fan-outs, splits and owner discoveries in progress.
     work: JoinSet<()>,
+    /// The request each of them answers.
+    work_requests: HashMap<tokio::task::Id, (ClientId, ReplyTo)>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     to_client: mpsc::Sender<Bytes>,
@@ -202,6 +215,8 @@ enum Input {
     LinkRoom(Arc<str>, mpsc::OwnedPermit<Bytes>),
     Shutdown,
     Reaped,
+    /// A fan-out task ended: how, and which task.
+    WorkDone(Result<tokio::task::Id, tokio::task::JoinError>),
 }
 
 impl Conn {
@@ -209,6 +224,9 @@ impl Conn {
         let shutdown = self.ctx.shutdown.token.clone();
         let mut reading = true;
         loop {
+            if self.to_client.is_closed() {
+                self.client_gone = true;
+            }
             if self.client_gone
                 || self.closing
                 || (self.draining && self.state.pending_is_empty() && self.work.is_empty())
@@ -217,13 +235,22 @@ impl Conn {
             }
             let read_client = reading
                 && self.outbox.len() < OUTBOX_PAUSE_CLIENT
+                && self.state.pending_len() < MAX_PENDING
+                && self.work.len() < MAX_WORK
                 && !self.links.values().any(Link::blocked);
+            if !read_client {
+                // The proxy is not reading: a frame the client began is not the client's delay.
+                reader.suspend();
+            }
             let read_events = self.outbox.len() < OUTBOX_PAUSE_LINKS;
             let client_room = (!self.outbox.is_empty()).then(|| self.to_client.clone());
-            let link_room = self
+            let link_rooms: FuturesUnordered<_> = self
                 .links
                 .iter()
-                .find_map(|(name, l)| l.waiting_for_room().map(|tx| (name.clone(), tx)));
+                .filter_map(|(name, l)| l.waiting_for_room().map(|tx| (name.clone(), tx)))
+                .map(|(name, tx)| async move { (name, tx.reserve_owned().await) })
+                .collect();
+            let mut link_rooms = link_rooms;
             let next_sweep = self.state.next_sweep();
             if let Some(at) = next_sweep {
                 if self.sweep.deadline() != at {
@@ -235,9 +262,13 @@ impl Conn {
                 Some(event) = self.events.recv(), if read_events => Input::Event(event),
                 () = &mut self.sweep, if next_sweep.is_some() => Input::Sweep,
                 Some(permit) = room(client_room) => Input::ClientRoom(permit),
-                Some((node, permit)) = link_room_for(link_room) => Input::LinkRoom(node, permit),
+                Some((node, Ok(permit))) = link_rooms.next(), if !link_rooms.is_empty() => {
+                    Input::LinkRoom(node, permit)
+                }
                 frame = reader.next(), if read_client => Input::Client(frame),
-                Some(_) = self.work.join_next(), if !self.work.is_empty() => Input::Reaped,
+                Some(done) = self.work.join_next_with_id(), if !self.work.is_empty() => {
+                    Input::WorkDone(done.map(|(id, ())| id))
+                }
                 Some(_) = self.link_tasks.join_next(), if !self.link_tasks.is_empty() => {
                     Input::Reaped
                 }
@@ -284,9 +315,18 @@ impl Conn {
                     }
                 }
                 Input::Client(None) => {
-                    // The client finished sending; answers still in flight are delivered.
+                    // The client finished sending; answers still in flight are delivered, but
+                    // what nodes asked the client will never be answered: they are told so.
                     reading = false;
                     self.draining = true;
+                    for request in self.state.take_all_server_requests() {
+                        let msg = "the client went away";
+                        let err =
+                            message::error_response(Some(&request.id), INTERNAL_ERROR, msg, None);
+                        if let Some(link) = self.links.get_mut(&request.upstream) {
+                            link.send(err);
+                        }
+                    }
                 }
                 Input::Client(Some(Err(FrameError::Io(e)))) => {
                     return debug!(error = %e, "client connection ended");
@@ -311,6 +351,18 @@ impl Conn {
                 }
                 Input::Shutdown => self.draining = true,
                 Input::Reaped => {}
+                Input::WorkDone(Ok(task)) => {
+                    self.work_requests.remove(&task);
+                }
+                Input::WorkDone(Err(e)) => {
+                    // A task that panicked or was cut off still owes its request an answer.
+                    if let Some((id, reply)) = self.work_requests.remove(&e.id()) {
+                        warn!(error = %e, "a fan-out task failed");
+                        self.state.returned(&id);
+                        let msg = "sessiongate failed to answer this request";
+                        self.reply(reply, error_for(&id, INTERNAL_ERROR, msg, &Value::Null));
+                    }
+                }
             }
         }
     }
@@ -325,6 +377,18 @@ impl Conn {
                 _ = &mut deadline => return,
             }
         }
+    }
+
+    /// Run `task`, which answers the client's request `id`, as work of this connection.
+    fn spawn_work(
+        &mut self,
+        id: ClientId,
+        reply: ReplyTo,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.state.lent(id.clone());
+        let handle = self.work.spawn(task);
+        self.work_requests.insert(handle.id(), (id, reply));
     }
 
     /// The pool this connection routes into now: its caller's.
@@ -411,14 +475,6 @@ async fn room(tx: Option<mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPermit<Bytes
         Some(tx) => tx.reserve_owned().await.ok(),
         None => std::future::pending().await,
     }
-}
-
-async fn link_room_for(
-    waiting: Option<(Arc<str>, mpsc::Sender<Bytes>)>,
-) -> Option<(Arc<str>, mpsc::OwnedPermit<Bytes>)> {
-    let (node, tx) = waiting?;
-    let permit = tx.reserve_owned().await.ok()?;
-    Some((node, permit))
 }
 
 fn new_session_id() -> String {

@@ -89,20 +89,20 @@ impl Owner {
         let _ = self.events.send(event).await;
     }
 
-    async fn answer(&self, reply: ReplyTo, body: Bytes) {
-        self.send(Event::Answer { reply, body }).await;
+    async fn answer(&self, id: ClientId, reply: ReplyTo, body: Bytes) {
+        self.send(Event::Answer { id, reply, body }).await;
     }
 
-    async fn result(&self, id: &str, reply: ReplyTo, result: &Value) {
+    async fn result(&self, id: ClientId, reply: ReplyTo, result: &Value) {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#);
-        self.answer(reply, Bytes::from(body)).await;
+        self.answer(id, reply, Bytes::from(body)).await;
     }
 
-    async fn error(&self, id: &str, reply: ReplyTo, code: i64, message: &str, data: Value) {
-        let raw = serde_json::value::RawValue::from_string(id.to_owned()).ok();
+    async fn error(&self, id: ClientId, reply: ReplyTo, code: i64, message: &str, data: Value) {
+        let raw = serde_json::value::RawValue::from_string(id.to_string()).ok();
         let data = (!data.is_null()).then_some(&data);
         let body = message::error_response(raw.as_deref(), code, message, data);
-        self.answer(reply, body).await;
+        self.answer(id, reply, body).await;
     }
 
     fn skipped(&self, node: &str) {
@@ -147,14 +147,6 @@ fn params_of(body: &[u8]) -> Value {
         .ok()
         .and_then(|mut m| m.get_mut("params").map(Value::take))
         .unwrap_or(Value::Null)
-}
-
-fn method_of(body: &[u8]) -> &'static str {
-    let name = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|m| m["method"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    super::methods::lookup(&name).label
 }
 
 /// The answers of a fan-out, sorted.
@@ -210,13 +202,12 @@ pub async fn fan_out(
     owner: Owner,
     pool: Arc<Pool>,
     kind: Merge,
-    id: Option<ClientId>,
+    method: &'static str,
+    id: ClientId,
     body: Bytes,
     reply: ReplyTo,
 ) {
-    let Some(id) = id else { return };
     let started = Instant::now();
-    let method = method_of(&body);
     let targets = available(&pool);
     // Ordering ids across nodes needs their modification times: read alongside.
     let times = async {
@@ -231,15 +222,22 @@ pub async fn fan_out(
     let (answers, times) = tokio::join!(owner.ask_all(&targets, &body), times);
     let Sorted { results, failed } = sort_answers(&owner, &targets, answers);
     if let Some((msg, data)) = refusal(&pool, method, results.len(), &failed) {
-        return owner
-            .error(&id, reply, SERVER_UNAVAILABLE, &msg, data)
-            .await;
+        return owner.error(id, reply, SERVER_UNAVAILABLE, &msg, data).await;
     }
     let merged = match kind {
         Merge::NewestSession => newest_of(&owner, &results).await,
         Merge::UniqueId => {
             let prefix = params_of(&body)["prefix"].as_str().unwrap_or("").to_owned();
-            unique_match(&owner, &prefix, results).await
+            match unique_match(&owner, &prefix, results).await {
+                Ok(merged) => merged,
+                // A node that could not say whether it has a match makes the answer a guess.
+                Err(failed) => match refusal(&pool, method, 1, &[failed]) {
+                    Some((msg, data)) => {
+                        return owner.error(id, reply, SERVER_UNAVAILABLE, &msg, data).await
+                    }
+                    None => json!({}),
+                },
+            }
         }
         Merge::NewestIds => {
             let mut modified = HashMap::new();
@@ -272,36 +270,44 @@ pub async fn fan_out(
         other => merge::results(other, results.into_iter().map(|(_, r)| r).collect()),
     };
     owner.timed(method, started);
-    owner.result(&id, reply, &merged).await;
+    owner.result(id.clone(), reply, &merged).await;
 }
 
 /// The one session a prefix names fleet-wide. A node answers nothing both when none of its
 /// sessions match and when several do, so when exactly one node found one, the nodes that
 /// found none are asked for their session ids (`sessions.getSizes`): any match there makes the
 /// prefix ambiguous.
-async fn unique_match(owner: &Owner, prefix: &str, results: Vec<(Endpoint, Value)>) -> Value {
+async fn unique_match(
+    owner: &Owner,
+    prefix: &str,
+    results: Vec<(Endpoint, Value)>,
+) -> Result<Value, (Arc<str>, String)> {
     let (found, silent): (Vec<_>, Vec<_>) = results
         .into_iter()
         .partition(|(_, r)| r.get("sessionId").is_some());
     let merged = merge::unique_id(found.into_iter().map(|(_, r)| r).collect());
     if merged.get("sessionId").is_none() || silent.is_empty() {
-        return merged;
+        return Ok(merged);
     }
     let nodes: Vec<Endpoint> = silent.into_iter().map(|(node, _)| node).collect();
     let sizes = owner
         .ask_all(&nodes, &request("sessions.getSizes", json!({})))
         .await;
-    let elsewhere = sizes.iter().any(|answer| match answer {
-        Answer::Result(r) => r["sizes"]
-            .as_object()
-            .is_some_and(|ids| ids.keys().any(|id| id.starts_with(prefix))),
-        Answer::Failed(_) => false,
-    });
-    if elsewhere {
-        json!({})
-    } else {
-        merged
+    let mut elsewhere = false;
+    for (node, answer) in nodes.iter().zip(sizes) {
+        match answer {
+            Answer::Result(r) => {
+                elsewhere |= r["sizes"]
+                    .as_object()
+                    .is_some_and(|ids| ids.keys().any(|id| id.starts_with(prefix)));
+            }
+            Answer::Failed(why) => {
+                owner.skipped(&node.name);
+                return Err((node.name.clone(), why));
+            }
+        }
     }
+    Ok(if elsewhere { json!({}) } else { merged })
 }
 
 /// Of the sessions the nodes proposed, the one modified last (its node's metadata says when).
@@ -354,18 +360,17 @@ pub async fn split(
     owner: Owner,
     pool: Arc<Pool>,
     kind: Split,
-    id: Option<ClientId>,
+    method: &'static str,
+    id: ClientId,
     body: Bytes,
     reply: ReplyTo,
 ) {
-    let Some(id) = id else { return };
     let started = Instant::now();
-    let method = method_of(&body);
     let params = params_of(&body);
     let Some(elements) = merge::split_elements(kind, &params) else {
         let msg = format!("{method}: params.{} must be a list", kind.list_field());
         return owner
-            .error(&id, reply, INVALID_PARAMS, &msg, Value::Null)
+            .error(id, reply, INVALID_PARAMS, &msg, Value::Null)
             .await;
     };
     let order: Vec<String> = elements.iter().map(|(sid, _)| sid.clone()).collect();
@@ -383,7 +388,7 @@ pub async fn split(
                 owner.skipped(node);
                 failed.push((node.clone(), "unavailable".into()));
             }
-            None => {}
+            None => failed.push((Arc::from("none"), "no server can take work".into())),
         }
     }
     let targets: Vec<Endpoint> = groups.iter().map(|(n, _)| n.clone()).collect();
@@ -402,7 +407,7 @@ pub async fn split(
     if !nothing_asked {
         if let Some((msg, data)) = refusal(&pool, method, results.len(), &failed) {
             return owner
-                .error(&id, reply, SERVER_UNAVAILABLE, &msg, data)
+                .error(id.clone(), reply, SERVER_UNAVAILABLE, &msg, data)
                 .await;
         }
     }
@@ -418,7 +423,7 @@ pub async fn split(
         }
     }
     owner.timed(method, started);
-    owner.result(&id, reply, &merged).await;
+    owner.result(id.clone(), reply, &merged).await;
 }
 
 /// The node each session lives on: `Ok(node)`, or `Err(name)` for a pinned node that is down
@@ -492,14 +497,7 @@ async fn owners_of(
 
 /// `sessions.open` with `kind: resumeLast`: the fleet's most relevant session for the context,
 /// resumed on its node; `{status: not_found}` when the fleet has none.
-pub async fn open_last(
-    owner: Owner,
-    pool: Arc<Pool>,
-    id: Option<ClientId>,
-    body: Bytes,
-    reply: ReplyTo,
-) {
-    let Some(id) = id else { return };
+pub async fn open_last(owner: Owner, pool: Arc<Pool>, id: ClientId, body: Bytes, reply: ReplyTo) {
     let params = params_of(&body);
     let mut ask = json!({});
     if let Some(context) = params.get("context") {
@@ -509,10 +507,13 @@ pub async fn open_last(
     let answers = owner
         .ask_all(&targets, &request("sessions.getLastForContext", ask))
         .await;
-    let results = sort_answers(&owner, &targets, answers).results;
+    let Sorted { results, failed } = sort_answers(&owner, &targets, answers);
+    if let Some((msg, data)) = refusal(&pool, "sessions.open", results.len(), &failed) {
+        return owner.error(id, reply, SERVER_UNAVAILABLE, &msg, data).await;
+    }
     let Some((node, sid)) = newest_candidate(&owner, &results).await else {
         return owner
-            .result(&id, reply, &json!({ "status": "not_found" }))
+            .result(id.clone(), reply, &json!({ "status": "not_found" }))
             .await;
     };
     let mut resume = json!({ "kind": "resume", "sessionId": &sid });
@@ -569,6 +570,7 @@ pub async fn discover_owner(
     let Some(session) = pending.session.clone() else {
         return owner
             .send(Event::NotFound {
+                id,
                 pending,
                 answer: not_found,
             })
@@ -607,6 +609,7 @@ pub async fn discover_owner(
         None => {
             owner
                 .send(Event::NotFound {
+                    id,
                     pending,
                     answer: not_found,
                 })

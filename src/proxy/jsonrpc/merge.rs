@@ -161,7 +161,8 @@ pub fn prune(results: Vec<Value>) -> Value {
         deleted.extend(string_list(r, "deleted"));
         candidates.extend(string_list(r, "candidates"));
         skipped.extend(string_list(r, "skipped"));
-        freed += r.get("freedBytes").and_then(Value::as_u64).unwrap_or(0);
+        let bytes = r.get("freedBytes").and_then(Value::as_u64).unwrap_or(0);
+        freed = freed.saturating_add(bytes);
         dry_run &= r.get("dryRun").and_then(Value::as_bool).unwrap_or(false);
     }
     json!({

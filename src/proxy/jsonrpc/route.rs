@@ -103,14 +103,17 @@ pub fn decide(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision
             Ok(to) => Decision::Setup { to, replay },
             Err(refusal) => refusal,
         },
-        Class::GlobalRead | Class::NodeWrite => to_home(pool, facts),
+        // Any node may answer a read: it may move on if home refuses the link. A write to a
+        // node, or a method the proxy does not know, goes home or nowhere.
+        Class::GlobalRead => to_home(pool, facts, true),
+        Class::NodeWrite => to_home(pool, facts, false),
         Class::Session(field) => match session_param(req, field) {
             Some(sid) => to_session(pool, &sid, methods::discovers_owner(req.method)),
-            None => to_home(pool, facts),
+            None => to_home(pool, facts, false),
         },
         Class::Unknown => match req.session {
             Some(sid) => to_session(pool, sid, false),
-            None => to_home(pool, facts),
+            None => to_home(pool, facts, false),
         },
         Class::Create(Create::New) => match req.session {
             Some(sid) => to_new_session(pool, sid, None),
@@ -124,7 +127,7 @@ pub fn decide(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision
         },
         Class::Create(Create::FromSession) => match req.session {
             Some(sid) => to_session(pool, sid, methods::discovers_owner(req.method)),
-            None => to_home(pool, facts),
+            None => to_home(pool, facts, false),
         },
         Class::Open => open(req, pool, facts),
         Class::FanOut(merge) => Decision::FanOut(merge),
@@ -135,7 +138,7 @@ pub fn decide(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision
                 .and_then(|id| facts.exchanges.get(id.as_str()).cloned());
             match node.and_then(|n| pool.upstream(&n).map(|u| u.endpoint.clone())) {
                 Some(to) => Decision::Forward(Forward::plain(to, None)),
-                None => to_home(pool, facts),
+                None => to_home(pool, facts, false),
             }
         }
     }
@@ -144,7 +147,7 @@ pub fn decide(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision
 /// `sessions.open` by `params.kind`.
 fn open(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision {
     let Some(params) = params(req.body) else {
-        return to_home(pool, facts);
+        return to_home(pool, facts, false);
     };
     let kind = params.get("kind").and_then(Value::as_str).unwrap_or("");
     let option_id = params
@@ -154,7 +157,7 @@ fn open(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision {
     match kind {
         "resume" | "attach" => match req.session {
             Some(sid) => to_session(pool, sid, kind == "resume"),
-            None => to_home(pool, facts),
+            None => to_home(pool, facts, false),
         },
         "resumeLast" => Decision::OpenLast,
         "create" => match option_id {
@@ -171,7 +174,7 @@ fn open(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision {
                             options.insert("sessionId".into(), Value::String(sid.clone()));
                         }
                     }
-                    None => return to_home(pool, facts),
+                    None => return to_home(pool, facts, false),
                 }
                 match message::with_param_value(req.body, params) {
                     Ok(body) => to_new_session(pool, &sid, Some(body)),
@@ -191,7 +194,7 @@ fn open(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision {
                 .unwrap_or_else(facts.new_session_id);
             to_new_session(pool, &key, None)
         }
-        _ => to_home(pool, facts),
+        _ => to_home(pool, facts, false),
     }
 }
 
@@ -220,10 +223,10 @@ fn home(pool: &Pool, facts: &ConnFacts<'_>) -> Result<Endpoint, Decision> {
         .ok_or_else(|| no_node(pool))
 }
 
-fn to_home(pool: &Pool, facts: &ConnFacts<'_>) -> Decision {
+fn to_home(pool: &Pool, facts: &ConnFacts<'_>, redispatch: bool) -> Decision {
     match home(pool, facts) {
         Ok(to) => Decision::Forward(Forward {
-            redispatch: true,
+            redispatch,
             ..Forward::plain(to, None)
         }),
         Err(refusal) => refusal,

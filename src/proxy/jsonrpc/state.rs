@@ -22,9 +22,9 @@ use super::methods::{Learn, Replay};
 /// Distinct setup calls remembered per connection (one per method for `Replay::Latest`); more
 /// are forwarded but not replayed.
 pub const MAX_SETUP_CALLS: usize = 32;
-/// Requests a node may have waiting for the client; beyond it the proxy answers the node.
+/// Requests one node may have waiting for the client; beyond it the proxy answers the node.
 pub const MAX_SERVER_REQUESTS: usize = 1024;
-/// Exchanges (LLM inference requests) a node may have open with the client.
+/// Exchanges (LLM inference requests) the connection remembers; the oldest go first.
 pub const MAX_EXCHANGES: usize = 1024;
 
 /// The connection's maps: keyed by what clients and nodes send, hashed with a per-process
@@ -134,6 +134,10 @@ pub struct ConnState {
     batches: HashMap<u64, Batch>,
     next_batch: u64,
     exchanges: HashMap<Box<str>, Arc<str>>,
+    /// The order exchanges began in, to forget the oldest first.
+    exchange_order: std::collections::VecDeque<Box<str>>,
+    /// Ids of requests a task of the connection answers (fan-outs, owner discovery).
+    elsewhere: std::collections::HashSet<ClientId, foldhash::fast::RandomState>,
     /// When the earliest deadline may pass (never later than it; `None`: nothing waits).
     next_sweep: Option<Instant>,
 }
@@ -141,12 +145,28 @@ pub struct ConnState {
 impl ConnState {
     // ---- client requests ------------------------------------------------------------------
 
+    /// Is a request with this id still unanswered (waiting on a node or in a task)?
     pub fn is_pending(&self, id: &str) -> bool {
-        self.pending.contains_key(id)
+        self.pending.contains_key(id) || self.elsewhere.contains(id)
+    }
+
+    /// Requests waiting on nodes.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     pub fn pending_is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.elsewhere.is_empty()
+    }
+
+    /// A task of the connection now answers `id` (it stays taken until [`ConnState::returned`]).
+    pub fn lent(&mut self, id: ClientId) {
+        self.elsewhere.insert(id);
+    }
+
+    /// The task that answered `id` is done with it.
+    pub fn returned(&mut self, id: &str) {
+        self.elsewhere.remove(id);
     }
 
     /// Start waiting for the answer to `id`, for at most `timeout` of the node's time.
@@ -237,16 +257,23 @@ impl ConnState {
         internal_id(n)
     }
 
-    /// The proxy's request `n` was answered (or expired): what it was, and its node.
-    pub fn take_internal(&mut self, n: u64) -> Option<(Arc<str>, Internal)> {
-        let (node, kind, _) = self.internal.remove(&n)?;
-        Some((node, kind))
+    /// The proxy's request `n` was answered by `node` (only the node it went to counts).
+    pub fn take_internal(&mut self, n: u64, node: &str) -> Option<Internal> {
+        match self.internal.get(&n) {
+            Some((to, _, _)) if &**to == node => self.internal.remove(&n).map(|(_, k, _)| k),
+            _ => None,
+        }
     }
 
-    /// Like [`ConnState::take_internal`], by the id as it went into the request.
-    pub fn take_internal_by_id(&mut self, id: &str) -> Option<(Arc<str>, Internal)> {
-        let n = id.strip_prefix(INTERNAL_PREFIX)?.parse().ok()?;
-        self.take_internal(n)
+    /// Forget the proxy's request with this id (as it went into the request): it was never
+    /// sent.
+    pub fn drop_internal(&mut self, id: &str) {
+        if let Some(n) = id
+            .strip_prefix(INTERNAL_PREFIX)
+            .and_then(|n| n.parse().ok())
+        {
+            self.internal.remove(&n);
+        }
     }
 
     /// Every request of the proxy's own waiting on `node`, removed.
@@ -258,26 +285,34 @@ impl ConnState {
             .map(|(n, _)| *n)
             .collect();
         ns.into_iter()
-            .filter_map(|n| self.take_internal(n).map(|(_, kind)| kind))
+            .filter_map(|n| self.internal.remove(&n).map(|(_, kind, _)| kind))
             .collect()
     }
 
     // ---- requests nodes send the client ------------------------------------------------------
 
-    /// A node sent the client a request: the proxy id the client will see, or `None` when the
+    /// The proxy id the next request a node sends the client will have, or `None` when that
     /// node already has too many waiting.
-    pub fn add_server_request(&mut self, request: ServerRequest) -> Option<u64> {
-        if self.server_requests.len() >= MAX_SERVER_REQUESTS {
+    pub fn next_server_request(&mut self, node: &str) -> Option<u64> {
+        let waiting = self
+            .server_requests
+            .values()
+            .filter(|r| &*r.upstream == node)
+            .count();
+        if waiting >= MAX_SERVER_REQUESTS {
             return None;
         }
         self.next_server_request += 1;
-        let n = self.next_server_request;
+        Some(self.next_server_request)
+    }
+
+    /// The request a node sent the client went out as `n`: wait for the client's answer.
+    pub fn add_server_request(&mut self, n: u64, request: ServerRequest) {
         let key = (request.upstream.clone(), request.session.clone());
         let node = request.upstream.clone();
         *self.waiting_on_client.entry(key).or_default() += 1;
         self.server_requests.insert(n, request);
         self.retime(&node);
-        Some(n)
     }
 
     /// The client answered server request `n`.
@@ -312,17 +347,38 @@ impl ConnState {
         self.exchanges.retain(|_, n| &**n != node);
     }
 
+    /// The client can answer nothing any more (it finished sending): every request nodes sent
+    /// it, removed (their nodes' requests run on against their timeouts again).
+    pub fn take_all_server_requests(&mut self) -> Vec<ServerRequest> {
+        let ns: Vec<u64> = self.server_requests.keys().copied().collect();
+        ns.into_iter()
+            .filter_map(|n| self.take_server_request(n))
+            .collect()
+    }
+
     // ---- exchanges -------------------------------------------------------------------------
 
-    /// A node began an exchange the client answers with requests of its own.
+    /// A node began an exchange the client answers with requests of its own. The oldest one
+    /// is forgotten when too many are open (exchanges a client abandoned never end).
     pub fn begin_exchange(&mut self, request_id: &str, node: Arc<str>) {
-        if self.exchanges.len() < MAX_EXCHANGES {
-            self.exchanges.insert(Box::from(request_id), node);
+        if self.exchanges.len() >= MAX_EXCHANGES {
+            while let Some(oldest) = self.exchange_order.pop_front() {
+                if self.exchanges.remove(&oldest).is_some() {
+                    break;
+                }
+            }
         }
+        let id: Box<str> = Box::from(request_id);
+        self.exchange_order.push_back(id.clone());
+        self.exchanges.insert(id, node);
     }
 
     pub fn end_exchange(&mut self, request_id: &str) {
         self.exchanges.remove(request_id);
+        if self.exchange_order.len() > 2 * MAX_EXCHANGES {
+            let live = &self.exchanges;
+            self.exchange_order.retain(|id| live.contains_key(id));
+        }
     }
 
     pub fn exchanges(&self) -> &HashMap<Box<str>, Arc<str>> {
@@ -473,6 +529,12 @@ const INTERNAL_PREFIX: &str = "sessiongate-";
 /// The id of a proxy-internal request, as it goes into the request (a string).
 fn internal_id(n: u64) -> String {
     format!("{INTERNAL_PREFIX}{n}")
+}
+
+/// Does a client's request id collide with the ids the proxy gives its own requests?
+pub fn is_reserved_id(raw: &str) -> bool {
+    raw.strip_prefix('"')
+        .is_some_and(|rest| rest.starts_with(INTERNAL_PREFIX))
 }
 
 /// `Some(n)` if `raw` (an id as JSON text) is the id of a proxy-internal request.

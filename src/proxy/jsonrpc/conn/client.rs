@@ -119,6 +119,11 @@ impl Conn {
                 let err = error_for(id, INVALID_REQUEST, msg, &Value::Null);
                 return self.reply(reply, err);
             }
+            if is_reserved_id(id) {
+                let msg = "request ids starting with \"sessiongate-\" are reserved for the proxy";
+                let err = error_for(id, INVALID_REQUEST, msg, &Value::Null);
+                return self.reply(reply, err);
+            }
         }
         let snapshot = self.ctx.shared.load_full();
         let Some(listener) = snapshot.listener(&self.listener) else {
@@ -190,19 +195,22 @@ impl Conn {
                     self.reply(reply, error_for(&id, r.code, &r.message, &data));
                 }
             }
-            // Fan-outs answer requests; a notification of these methods has nothing to do.
-            _ if id.is_none() => {}
             Decision::FanOut(merge) => {
-                let task = fanout::fan_out(self.owner(), pool, merge, id, body, reply);
-                self.work.spawn(task);
+                // Fan-outs answer requests; a notification of these methods has nothing to do.
+                let Some(id) = id else { return };
+                let task =
+                    fanout::fan_out(self.owner(), pool, merge, label, id.clone(), body, reply);
+                self.spawn_work(id, reply, task);
             }
             Decision::Split(split) => {
-                let task = fanout::split(self.owner(), pool, split, id, body, reply);
-                self.work.spawn(task);
+                let Some(id) = id else { return };
+                let task = fanout::split(self.owner(), pool, split, label, id.clone(), body, reply);
+                self.spawn_work(id, reply, task);
             }
             Decision::OpenLast => {
-                let task = fanout::open_last(self.owner(), pool, id, body, reply);
-                self.work.spawn(task);
+                let Some(id) = id else { return };
+                let task = fanout::open_last(self.owner(), pool, id.clone(), body, reply);
+                self.spawn_work(id, reply, task);
             }
         }
     }
@@ -254,8 +262,13 @@ impl Conn {
             method: label,
             body: body.clone(),
         };
+        // Only requests are recorded: a replayed call gets an id, and a notification has none.
+        let Some(id) = id else {
+            let sent = for_node(&call, to.token.as_ref());
+            return self.send_to(&to, sent, None, pool);
+        };
         self.state.record_setup(call.clone(), replay);
-        if let Some(id) = id {
+        {
             let mut pending = Pending::new(to.name.clone(), label, reply);
             pending.redispatch = Some(Redispatch {
                 body: body.clone(),

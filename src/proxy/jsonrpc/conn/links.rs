@@ -72,7 +72,7 @@ impl Conn {
                     return;
                 }
                 // Not an object (it was forwarded as is): nothing to wait for.
-                Err(_) => drop(self.state.take_internal_by_id(&id)),
+                Err(_) => self.state.drop_internal(&id),
             }
         }
     }

@@ -37,16 +37,20 @@ impl Conn {
                 );
                 match message::with_id(&body, &internal) {
                     Ok(body) => self.send_to(&to, body, None, &pool),
-                    Err(_) => drop(self.state.take_internal_by_id(&internal)),
+                    Err(_) => self.state.drop_internal(&internal),
                 }
             }
-            Event::Answer { reply, body } => self.reply(reply, body),
+            Event::Answer { id, reply, body } => {
+                self.state.returned(&id);
+                self.reply(reply, body);
+            }
             Event::Resend {
                 id,
                 mut pending,
                 to,
                 body,
             } => {
+                self.state.returned(&id);
                 let Some(pool) = self.pool() else {
                     return self.fail(Some(&id), pending.reply, "listener is being removed", None);
                 };
@@ -54,7 +58,12 @@ impl Conn {
                 self.state.wait(id, *pending, pool.config.request_timeout);
                 self.send_to(&to, body, None, &pool);
             }
-            Event::NotFound { pending, answer } => {
+            Event::NotFound {
+                id,
+                pending,
+                answer,
+            } => {
+                self.state.returned(&id);
                 self.observe(&pending, "error");
                 self.reply(pending.reply, answer);
             }
@@ -79,6 +88,18 @@ impl Conn {
                 let Some(id) = env.id.map(RawValue::to_owned) else {
                     return;
                 };
+                let rewritten = self
+                    .state
+                    .next_server_request(&node)
+                    .and_then(|n| Some((n, message::with_id(&body, &n).ok()?)));
+                let Some((n, rewritten)) = rewritten else {
+                    let msg = "too many requests waiting for the client";
+                    let err = message::error_response(env.id, INTERNAL_ERROR, msg, None);
+                    if let Some(link) = self.links.get_mut(&node) {
+                        link.send(err);
+                    }
+                    return;
+                };
                 if env.method.as_deref() == Some("llmInference.httpRequestStart") {
                     if let Ok(msg) = serde_json::from_slice::<Value>(&body) {
                         if let Some(request) = msg["params"]["requestId"].as_str() {
@@ -91,19 +112,8 @@ impl Conn {
                     id,
                     session: env.session_id.as_deref().map(Arc::from),
                 };
-                match self.state.add_server_request(request) {
-                    Some(n) => match message::with_id(&body, &n) {
-                        Ok(rewritten) => self.send_client(rewritten),
-                        Err(e) => debug!(error = %e, "cannot rewrite server request id"),
-                    },
-                    None => {
-                        let msg = "too many requests waiting for the client";
-                        let err = message::error_response(env.id, INTERNAL_ERROR, msg, None);
-                        if let Some(link) = self.links.get_mut(&node) {
-                            link.send(err);
-                        }
-                    }
-                }
+                self.state.add_server_request(n, request);
+                self.send_client(rewritten);
             }
             MessageKind::Response => {
                 let raw = env.id.map_or("null", RawValue::get);
@@ -123,8 +133,8 @@ impl Conn {
     }
 
     pub(super) fn internal_answer(&mut self, n: u64, node: &Arc<str>, body: Bytes) {
-        let Some((_, kind)) = self.state.take_internal(n) else {
-            return;
+        let Some(kind) = self.state.take_internal(n, node) else {
+            return debug!(upstream = %node, "answer to no request of the proxy from that node");
         };
         match kind {
             Internal::Replay => {
@@ -152,17 +162,18 @@ impl Conn {
         let pool = if needs_pool { self.pool() } else { None };
         if let (Some(resend), Some(pool)) = (pending.discover.take(), &pool) {
             if fanout::is_not_found(pending.method, &body, failed) {
+                let reply = pending.reply;
                 let pending = Box::new(pending);
                 let task = fanout::discover_owner(
                     self.owner(),
                     pool.clone(),
                     node,
-                    id,
+                    id.clone(),
                     pending,
                     resend,
                     body,
                 );
-                self.work.spawn(task);
+                self.spawn_work(id, reply, task);
                 return;
             }
         }
@@ -217,6 +228,10 @@ impl Conn {
     }
 
     pub(super) fn on_timer(&mut self, fired: Fired) {
+        let node = match &fired {
+            Fired::Request(_, pending) => pending.upstream.clone(),
+            Fired::Internal(node, _) => node.clone(),
+        };
         match fired {
             Fired::Request(id, pending) => {
                 let timeout = self
@@ -244,6 +259,15 @@ impl Conn {
             }
             Fired::Internal(_, Internal::Ask(reply)) => drop(reply.send(None)),
             Fired::Internal(_, Internal::Discard) => {}
+        }
+        // A node that neither answers nor reads what it is sent is wedged: its link goes (its
+        // requests get errors) so that the client is read again.
+        if self.links.get(&node).is_some_and(Link::blocked) {
+            self.link_down(
+                &node,
+                LinkFailure::Dropped,
+                "stopped reading (its queue stayed full)",
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ use super::{Class, Create, Field, Merge, Replay, Split};
 /// Session-scoped through `params.sessionId`.
 const SESSION: Class = Class::Session(Field::SessionId);
 
-/// Sorted by name (a test checks), for binary search.
+/// Sorted by name (a test checks), so that a reader finds a method and no name is listed twice.
 pub(super) static TABLE: &[(&str, Class)] = &[
     ("account.getAllUsers", Class::GlobalRead),
     ("account.getCurrentAuth", Class::GlobalRead),

@@ -127,16 +127,8 @@ fn routing_table() {
             format!("setup {home} Every"),
         ),
         ("ping", json!({}), format!("forward {home} redispatch")),
-        (
-            "runtime.shutdown",
-            json!({}),
-            format!("forward {home} redispatch"),
-        ),
-        (
-            "no.such.method",
-            json!({}),
-            format!("forward {home} redispatch"),
-        ),
+        ("runtime.shutdown", json!({}), format!("forward {home}")),
+        ("no.such.method", json!({}), format!("forward {home}")),
         (
             "no.such.method",
             json!({"sessionId": on_b}),
@@ -157,11 +149,7 @@ fn routing_table() {
             json!({"sessionId": pinned_to_c}),
             format!("forward c session={pinned_to_c}"),
         ),
-        (
-            "session.send",
-            json!({}),
-            format!("forward {home} redispatch"),
-        ),
+        ("session.send", json!({}), format!("forward {home}")),
         (
             "sessions.transferRemoteControl",
             json!({"toSessionId": on_b}),
@@ -227,7 +215,7 @@ fn routing_table() {
         (
             "llmInference.httpResponseStart",
             json!({"requestId": "unknown"}),
-            format!("forward {home} redispatch"),
+            format!("forward {home}"),
         ),
     ];
     for (method, params, want) in cases {

@@ -74,9 +74,13 @@ async fn internal_ids_round_trip_and_client_ids_are_not_internal() {
     let id = state.add_internal(node, Internal::Discard, Duration::from_secs(1));
     let json = serde_json::to_string(&id).unwrap();
     let n = parse_internal_id(&json).expect("internal");
+    assert!(
+        state.take_internal(n, "b").is_none(),
+        "only the node it went to may answer"
+    );
     assert!(matches!(
-        state.take_internal(n),
-        Some((_, Internal::Discard))
+        state.take_internal(n, "a"),
+        Some(Internal::Discard)
     ));
     assert_eq!(parse_internal_id("42"), None);
     assert_eq!(parse_internal_id("\"42\""), None);
@@ -151,13 +155,7 @@ async fn the_clock_pauses_while_the_node_waits_for_the_client() {
     state.wait("3".into(), pending("b", Some("s")), Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Node a asks the client something about session s.
-    let asked = state
-        .add_server_request(ServerRequest {
-            upstream: Arc::from("a"),
-            id: RawValue::from_string("7".into()).unwrap(),
-            session: Some(Arc::from("s")),
-        })
-        .expect("room");
+    let asked = server_request(&mut state, "a", Some("s"));
     tokio::time::sleep(Duration::from_secs(10)).await;
     // Requests 2 (another session) and 3 (another node) ran on; 1 is paused.
     assert_eq!(requests(&state.sweep(Instant::now())), ["2", "3"]);
@@ -176,13 +174,7 @@ async fn the_clock_pauses_while_the_node_waits_for_the_client() {
 #[tokio::test(start_paused = true)]
 async fn a_server_request_without_a_session_pauses_all_of_its_nodes_requests() {
     let mut state = ConnState::default();
-    state
-        .add_server_request(ServerRequest {
-            upstream: Arc::from("a"),
-            id: RawValue::from_string("1".into()).unwrap(),
-            session: None,
-        })
-        .expect("room");
+    server_request(&mut state, "a", None);
     state.wait("1".into(), pending("a", Some("s")), Duration::from_secs(1));
     state.wait("2".into(), pending("b", None), Duration::from_secs(2));
     assert_eq!(requests(&next_fired(&mut state).await), ["2"]);
@@ -208,20 +200,56 @@ async fn unanswered_questions_of_the_proxy_expire() {
 }
 
 #[test]
-fn server_requests_are_bounded() {
+fn server_requests_are_bounded_per_node() {
     let mut state = ConnState::default();
-    for i in 0..MAX_SERVER_REQUESTS {
-        let request = ServerRequest {
-            upstream: Arc::from("a"),
-            id: RawValue::from_string(i.to_string()).unwrap(),
-            session: None,
-        };
-        assert!(state.add_server_request(request).is_some());
+    for _ in 0..MAX_SERVER_REQUESTS {
+        server_request(&mut state, "a", None);
     }
-    let one_more = ServerRequest {
-        upstream: Arc::from("a"),
-        id: RawValue::from_string("0".into()).unwrap(),
-        session: None,
+    assert_eq!(state.next_server_request("a"), None, "node a has too many");
+    assert!(
+        state.next_server_request("b").is_some(),
+        "node b is not held back by a"
+    );
+    assert_eq!(state.take_all_server_requests().len(), MAX_SERVER_REQUESTS);
+    assert!(state.next_server_request("a").is_some());
+}
+
+/// Node `node` sends the client a request about `session`: its proxy id.
+fn server_request(state: &mut ConnState, node: &str, session: Option<&str>) -> u64 {
+    let n = state.next_server_request(node).expect("room");
+    let request = ServerRequest {
+        upstream: Arc::from(node),
+        id: RawValue::from_string(n.to_string()).unwrap(),
+        session: session.map(Arc::from),
     };
-    assert!(state.add_server_request(one_more).is_none());
+    state.add_server_request(n, request);
+    n
+}
+
+#[test]
+fn ids_held_by_tasks_are_in_flight_and_proxy_ids_are_reserved() {
+    let mut state = ConnState::default();
+    state.lent("7".into());
+    assert!(state.is_pending("7"));
+    assert!(!state.pending_is_empty());
+    state.returned("7");
+    assert!(!state.is_pending("7"));
+    assert!(is_reserved_id("\"sessiongate-3\""));
+    assert!(!is_reserved_id("3"));
+    assert!(!is_reserved_id("\"session-3\""));
+}
+
+#[test]
+fn the_oldest_exchange_goes_first() {
+    let mut state = ConnState::default();
+    for i in 0..MAX_EXCHANGES + 10 {
+        state.begin_exchange(&format!("r{i}"), Arc::from("a"));
+    }
+    assert_eq!(state.exchanges().len(), MAX_EXCHANGES);
+    assert!(!state.exchanges().contains_key("r0"));
+    assert!(state
+        .exchanges()
+        .contains_key(&*format!("r{}", MAX_EXCHANGES + 9)));
+    state.end_exchange("r20");
+    assert!(!state.exchanges().contains_key("r20"));
 }
