@@ -35,6 +35,8 @@
 //!   its own rate windows (a cluster of n replicas admits up to n × limit), and bindings written
 //!   then are kept only in that replica's memory: they are not replayed to Redis when it answers
 //!   again, nor are locks granted in memory.
+//! - A call that timed out may still be carried out by Redis later (a binding written, a request
+//!   counted, a lock taken until its ttl), on top of what was done in memory.
 //! - A binding's in-process copy is trusted until it expires: an unbind or rebind made through
 //!   another replica is seen here only once the copy expires or is evicted.
 //! - Each in-process map holds at most [`CAPACITY`] entries, the least recently used evicted: an

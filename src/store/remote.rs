@@ -26,6 +26,12 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often the probe task pings Redis: the longest a recovered Redis goes unused.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a connection attempt (TCP, then the handshake: AUTH, SELECT) may take. Only the
+/// probe task waits for it, off the request path, so it may be longer than a call.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+const NO_ANSWER: &str = "no answer within the call timeout";
+
 /// The sliding-window rate limit, the twin of `local::admit` (change both together). KEYS[1] is
 /// a hash of the fixed window `w`, its count `c` and the previous window's count `p`; ARGV is
 /// the limit (>= 1) and the window in ms. Redis' clock picks the window, so replicas with skewed
@@ -141,23 +147,23 @@ impl Remote {
 
     /// Ping Redis (connecting first if never connected) and record the outcome.
     async fn probe(&self) {
-        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut connection = match self.connection.get() {
-                Some(connection) => connection.clone(),
-                None => {
-                    let connection =
-                        ConnectionManager::new_with_config(self.client.clone(), manager_config())
-                            .await?;
-                    self.connection.get_or_init(|| connection).clone()
+        let mut connection = match self.connection.get() {
+            Some(connection) => connection.clone(),
+            None => {
+                let connect =
+                    ConnectionManager::new_with_config(self.client.clone(), manager_config());
+                match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                    Ok(Ok(connection)) => self.connection.get_or_init(|| connection).clone(),
+                    Ok(Err(e)) => return self.mark_down(&e),
+                    Err(_) => return self.mark_down(&"no connection within the connect timeout"),
                 }
-            };
-            redis::cmd("PING").query_async::<()>(&mut connection).await
-        })
-        .await;
-        match answer {
+            }
+        };
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<()>(&mut connection)).await {
             Ok(Ok(())) => self.mark_up(),
             Ok(Err(e)) => self.mark_down(&e),
-            Err(_) => self.mark_down(&"no answer within the call timeout"),
+            Err(_) => self.mark_down(&NO_ANSWER),
         }
     }
 
@@ -197,22 +203,16 @@ impl Remote {
                 return None;
             }
         };
-        let error: Box<dyn Display> =
-            match tokio::time::timeout(CALL_TIMEOUT, send(connection)).await {
-                Ok(Ok(answer)) => return Some(answer),
-                Ok(Err(e)) if is_outage(&e) => {
-                    self.mark_down(&e);
-                    Box::new(e)
-                }
-                // Redis answered with an error (a full memory, a read-only replica): it is up,
-                // so only this call is served from memory.
-                Ok(Err(e)) => Box::new(e),
-                Err(_) => {
-                    self.mark_down(&"no answer within the call timeout");
-                    Box::new("no answer within the call timeout")
-                }
-            };
-        debug!(op = op.as_str(), %error, "shared store: redis call failed; served from memory");
+        match tokio::time::timeout(CALL_TIMEOUT, send(connection)).await {
+            Ok(Ok(answer)) => return Some(answer),
+            Ok(Err(e)) if is_outage(&e) => self.mark_down(&e),
+            // Redis answered with an error (a full memory, a read-only replica): it is up, so
+            // only this call is served from memory.
+            Ok(Err(e)) => {
+                debug!(op = op.as_str(), error = %e, "shared store: redis refused a call")
+            }
+            Err(_) => self.mark_down(&NO_ANSWER),
+        }
         self.errors[op as usize].inc();
         self.fallbacks[op as usize].inc();
         None
@@ -346,12 +346,12 @@ async fn probe_task(remote: Weak<Remote>, dropped: CancellationToken) {
     }
 }
 
-/// One connection attempt per reconnect, bounded by the call timeout: the probe task, not the
-/// manager's backoff, sets the pace of retries while Redis is down.
+/// One connection attempt per reconnect: the probe task, not the manager's backoff, sets the
+/// pace of retries while Redis is down.
 fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_number_of_retries(0)
-        .set_connection_timeout(CALL_TIMEOUT)
+        .set_connection_timeout(CONNECT_TIMEOUT)
 }
 
 /// Whether `error` says Redis is unreachable (not an error reply from a Redis that is up).

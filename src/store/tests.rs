@@ -197,6 +197,13 @@ async fn locks_expire_after_their_ttl() {
 }
 
 #[test]
+fn ops_are_listed_in_discriminant_order() {
+    for (index, op) in Op::ALL.into_iter().enumerate() {
+        assert_eq!(op as usize, index, "{}", op.as_str());
+    }
+}
+
+#[test]
 fn an_unreadable_redis_url_is_refused_without_repeating_it() {
     let metrics = Metrics::new(Registry::new()).expect("metrics");
     for url in [
