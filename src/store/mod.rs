@@ -157,6 +157,7 @@ impl Store {
         }
     }
 
+    /// Whether Redis is configured (not whether it answers: that is `sessiongate_redis_up`).
     pub fn has_redis(&self) -> bool {
         self.redis.is_some()
     }
