@@ -28,6 +28,8 @@
 //! - [`sessions`]: session pins, the bounded TTL cache of which node holds each session.
 //! - [`shutdown`]: cancellation token, connection tracker and grace deadline.
 //! - [`snapshot`]: the immutable per-version routing state behind one `ArcSwap`.
+//! - [`store`]: state shared by proxy replicas (session owners, rate limits, session locks) in
+//!   Redis, with an in-process fallback.
 //! - [`upstream`]: upstreams, their connection pools, and state carried across reloads.
 //! - [`wire`]: the CLI's wire format: LSP framing and the JSON-RPC envelope.
 
@@ -51,5 +53,6 @@ pub mod server;
 pub mod sessions;
 pub mod shutdown;
 pub mod snapshot;
+pub mod store;
 pub mod upstream;
 pub mod wire;

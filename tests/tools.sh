@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the outside tools the test suite uses, idempotently, into target/tools:
 #   promtool  - from Debian's prometheus package (binary only: no service is installed or started)
-# and checks node/npm for the interop suite (Debian's nodejs/npm when missing).
+# and checks node/npm for the interop suite (Debian's nodejs/npm when missing) and redis-server
+# for the shared store's tests (Debian's redis-server when missing; the tests start their own
+# servers on free ports, whatever the package's service does).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="$PWD/target/tools"
@@ -26,4 +28,8 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "tools.sh: installing nodejs and npm from Debian"
   apt_install nodejs npm
 fi
-echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), node $(node --version)"
+if ! command -v redis-server >/dev/null; then
+  echo "tools.sh: installing redis-server from Debian"
+  apt_install redis-server
+fi
+echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3)"

@@ -37,6 +37,9 @@ pub mod names {
     pub const UPSTREAM_HEALTH_TRANSITIONS_TOTAL: &str =
         "sessiongate_upstream_health_transitions_total";
     pub const UPSTREAM_EJECTIONS_TOTAL: &str = "sessiongate_upstream_ejections_total";
+    pub const REDIS_UP: &str = "sessiongate_redis_up";
+    pub const REDIS_ERRORS_TOTAL: &str = "sessiongate_redis_errors_total";
+    pub const STORE_FALLBACK_TOTAL: &str = "sessiongate_store_fallback_total";
 }
 
 /// Unknown JSON-RPC method names that get a label of their own.
@@ -74,6 +77,9 @@ pub struct Metrics {
     pub upstream_probe_duration: HistogramVec,
     pub upstream_health_transitions_total: IntCounterVec,
     pub upstream_ejections_total: IntCounterVec,
+    pub redis_up: IntGauge,
+    pub redis_errors_total: IntCounterVec,
+    pub store_fallback_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -219,6 +225,29 @@ impl Metrics {
             ),
             &["pool", "upstream"],
         )?;
+        // The shared store (`crate::store`): its label values are created by the store itself,
+        // and only when Redis is configured.
+        let redis_up = IntGauge::new(
+            REDIS_UP,
+            "1 while the shared store's Redis answers, 0 before the first answer and during outages (only meaningful with Redis configured).",
+        )?;
+        let redis_errors_total = IntCounterVec::new(
+            Opts::new(
+                REDIS_ERRORS_TOTAL,
+                "Shared store operations whose Redis call failed or timed out, by operation.",
+            ),
+            &["op"],
+        )?;
+        let store_fallback_total = IntCounterVec::new(
+            Opts::new(
+                STORE_FALLBACK_TOTAL,
+                "Shared store operations served in-process because Redis was down or failed, by operation.",
+            ),
+            &["op"],
+        )?;
+        registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(redis_errors_total.clone()))?;
+        registry.register(Box::new(store_fallback_total.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
         registry.register(Box::new(upstream_draining.clone()))?;
         registry.register(Box::new(upstream_probe_duration.clone()))?;
@@ -269,6 +298,9 @@ impl Metrics {
             upstream_probe_duration,
             upstream_health_transitions_total,
             upstream_ejections_total,
+            redis_up,
+            redis_errors_total,
+            store_fallback_total,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: config files in a tempdir, an in-process proxy,
-//! mock upstreams ([`upstream`]), small HTTP clients ([`client`]), test certificates ([`tls`])
-//! and the real binary as a child process ([`binary`]). Everything binds 127.0.0.1:0.
+//! mock upstreams ([`upstream`]), small HTTP clients ([`client`]), test certificates ([`tls`]),
+//! the real binary as a child process ([`binary`]) and a real Redis server ([`redis`]).
+//! Everything binds 127.0.0.1:0.
 
 // Each test file uses its own subset of these helpers.
 #![allow(dead_code, unused_imports)]
@@ -12,6 +13,8 @@ pub mod upstream;
 // JSON-RPC client, mock CLI fleet and config; killable upstreams (jsonrpc_routing.rs, health.rs).
 pub mod jsonrpc;
 pub mod nodes;
+// A real redis-server on a free port, stoppable for outages (store_redis.rs).
+pub mod redis;
 
 use std::future::Future;
 use std::net::SocketAddr;
