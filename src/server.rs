@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::StartError;
@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Context;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Shared, Snapshot};
+use crate::store::Store;
 use crate::upstream::prober::HealthSupervisor;
 
 /// A listener the server is accepting on.
@@ -74,12 +75,32 @@ impl Server {
         }
         metrics.config_version.set(snapshot.version as i64);
         snapshot.activate(&metrics);
+        let store = match &snapshot.config.redis {
+            Some(redis) => Store::with_redis(redis.url.expose(), &metrics).map_err(|e| {
+                StartError::Config(crate::config::ConfigError::Invalid {
+                    file: source.to_owned(),
+                    errors: vec![crate::config::FieldError {
+                        path: "redis.url".into(),
+                        message: e.to_string(),
+                    }],
+                })
+            })?,
+            None => {
+                if shares_state(&snapshot.config) {
+                    warn!(
+                        "no redis: configured: session owners, locks and rate limits are kept in \
+                         this process only (other replicas do not see them, a restart forgets them)"
+                    );
+                }
+                Store::local()
+            }
+        };
         let health = HealthSupervisor::new(metrics.clone(), shutdown.token.clone());
         health.sync(&snapshot);
         let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
         let server = Arc::new(Server {
             health,
-            ctx: Context::new(shared, metrics, shutdown),
+            ctx: Context::new(shared, metrics, shutdown, store),
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             admin_addr: admin.local_addr().map_err(|source| StartError::Bind {
@@ -153,4 +174,11 @@ impl Server {
         info!(grace = ?grace, "stopped accepting; draining connections");
         self.ctx.shutdown.drain(grace).await
     }
+}
+
+/// Does this config keep state other replicas would need to see (owners, locks, limits)?
+fn shares_state(config: &Config) -> bool {
+    config.identities.is_some()
+        || config.pools.values().any(|p| p.turns.is_some())
+        || config.listeners.iter().any(|l| l.limits.any())
 }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Shared;
+use crate::store::Store;
+use jsonrpc::turns::TurnQueues;
 
 /// What every connection handler needs: the snapshot handle, metrics and shutdown signal.
 ///
@@ -27,14 +29,20 @@ pub struct Handles {
     pub shared: Shared,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
+    /// State shared with other replicas: ownership bindings, rate limits, session locks.
+    pub store: Store,
+    /// Sends waiting for their session's turn on this replica.
+    pub turn_queues: Arc<TurnQueues>,
 }
 
 impl Context {
-    pub fn new(shared: Shared, metrics: Metrics, shutdown: Shutdown) -> Context {
+    pub fn new(shared: Shared, metrics: Metrics, shutdown: Shutdown, store: Store) -> Context {
         Context(Arc::new(Handles {
             shared,
             metrics,
             shutdown,
+            store,
+            turn_queues: Arc::default(),
         }))
     }
 }

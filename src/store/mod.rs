@@ -162,12 +162,22 @@ impl Store {
         self.redis.is_some()
     }
 
-    /// Record that `user` created `session` of `pool`, for `ttl`.
-    pub async fn bind(&self, pool: &str, session: &str, user: &str, ttl: Duration) {
+    /// Record that `user` created `session` of `pool`, for `ttl`: in this process at once (so
+    /// the next request sees it), in Redis when the returned future runs.
+    pub fn bind(
+        &self,
+        pool: &str,
+        session: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let key = owner_key(pool, session);
         self.local.bind(&key, Arc::from(user), ttl);
-        if let Some(redis) = &self.redis {
-            redis.bind(&key, user, ttl).await;
+        let (redis, user) = (self.redis.clone(), user.to_owned());
+        async move {
+            if let Some(redis) = redis {
+                redis.bind(&key, &user, ttl).await;
+            }
         }
     }
 
@@ -182,11 +192,20 @@ impl Store {
         Some(user)
     }
 
-    pub async fn unbind(&self, pool: &str, session: &str) {
+    /// Forget who created `session` of `pool`: in this process at once, in Redis when the
+    /// returned future runs.
+    pub fn unbind(
+        &self,
+        pool: &str,
+        session: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let key = owner_key(pool, session);
         self.local.unbind(&key);
-        if let Some(redis) = &self.redis {
-            redis.unbind(&key).await;
+        let redis = self.redis.clone();
+        async move {
+            if let Some(redis) = redis {
+                redis.unbind(&key).await;
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -26,9 +26,11 @@ use tracing::{debug, warn};
 mod client;
 mod gate;
 mod links;
+mod turns;
 mod upstream;
 
-use gate::Routed;
+use gate::{Admission, Routed, Verdict};
+use turns::Turn;
 
 use super::fanout::{self, Owner};
 use super::link::{self, Link, LinkFailure, LinkSettings, LINK_QUEUE};
@@ -38,15 +40,16 @@ use super::state::{
     is_reserved_id, parse_internal_id, ClientId, ConnState, Fired, HashMap, Internal, Pending,
     Redispatch, ReplyTo, ServerRequest, SetupCall,
 };
-use crate::config::{IdentitySource, KeySource, Secret};
-use crate::identity::Identity;
+use super::turns::{NoTurn, TurnLock, TURN_METHODS};
+use crate::config::{IdentitySource, KeySource, Limits, Secret, Unowned};
+use crate::identity::{Identities, Identity};
 use crate::proxy::Context;
 use crate::snapshot::{ListenerRuntime, Pool, Snapshot};
 use crate::upstream::{prober, Endpoint};
 use crate::wire::codec::{write_frames, FrameCodec, FrameError};
 use crate::wire::message::{
     self, parse_envelope, MessageKind, AUTHENTICATION_FAILED, FORBIDDEN, INTERNAL_ERROR,
-    INVALID_REQUEST, SERVER_UNAVAILABLE, UPSTREAM_TIMEOUT,
+    INVALID_REQUEST, RATE_LIMITED, SERVER_UNAVAILABLE, SESSION_BUSY, UPSTREAM_TIMEOUT,
 };
 use crate::wire::reader::FrameReader;
 
@@ -143,6 +146,14 @@ pub async fn serve<IO>(
         caller: None,
         cert,
         closing: false,
+        binds: runtime.config.identity.is_some() && ctx.shared.load().identities.is_some(),
+        peer_ip: peer.ip(),
+        holder: Arc::from(uuid::Uuid::new_v4().to_string()),
+        admissions: FuturesOrdered::new(),
+        turn_waits: FuturesUnordered::new(),
+        turns_taken: 0,
+        turns: HashMap::default(),
+        store_tasks: JoinSet::new(),
         max_frame_bytes: runtime.config.max_frame_bytes,
         ctx,
         listener,
@@ -165,6 +176,7 @@ pub async fn serve<IO>(
     drop(runtime);
     conn.run(reader).await;
     conn.flush_outbox().await;
+    conn.release_turns().await;
     // Dropping the connection ends its links and fan-outs and lets the writer finish.
     drop(conn);
     let _ = tokio::time::timeout(FLUSH_GRACE, writer).await;
@@ -181,6 +193,21 @@ struct Conn {
     cert: Option<Identity>,
     /// The client was refused (no identity, no pool): close once the answer is out.
     closing: bool,
+    /// Sessions have owners on this listener: creates bind them, others are checked.
+    binds: bool,
+    peer_ip: std::net::IpAddr,
+    /// This connection, as the holder of turn locks.
+    holder: Arc<str>,
+    /// Requests waiting for admission, answered in order.
+    admissions: FuturesOrdered<Admission>,
+    /// Sends waiting for their session's turn.
+    turn_waits: FuturesUnordered<Admission>,
+    /// Turns this connection has asked for (numbering their lock holders).
+    turns_taken: u64,
+    /// Turn locks this connection holds, by session.
+    turns: HashMap<Arc<str>, Turn>,
+    /// Writes to the shared store (bindings, lock renewals and releases).
+    store_tasks: JoinSet<()>,
     max_frame_bytes: usize,
     /// The key whose ring owner is this connection's home node.
     home_key: Vec<u8>,
@@ -215,6 +242,7 @@ enum Input {
     LinkRoom(Arc<str>, mpsc::OwnedPermit<Bytes>),
     Shutdown,
     Reaped,
+    Admitted(Box<(Routed, Verdict)>),
     /// A fan-out task ended: how, and which task.
     WorkDone(Result<tokio::task::Id, tokio::task::JoinError>),
 }
@@ -229,14 +257,18 @@ impl Conn {
             }
             if self.client_gone
                 || self.closing
-                || (self.draining && self.state.pending_is_empty() && self.work.is_empty())
+                || (self.draining
+                    && self.state.pending_is_empty()
+                    && self.work.is_empty()
+                    && self.admissions.is_empty()
+                    && self.turn_waits.is_empty())
             {
                 return;
             }
             let read_client = reading
                 && self.outbox.len() < OUTBOX_PAUSE_CLIENT
                 && self.state.pending_len() < MAX_PENDING
-                && self.work.len() < MAX_WORK
+                && self.work.len() + self.admissions.len() + self.turn_waits.len() < MAX_WORK
                 && !self.links.values().any(Link::blocked);
             if !read_client {
                 // The proxy is not reading: a frame the client began is not the client's delay.
@@ -266,6 +298,15 @@ impl Conn {
                     Input::LinkRoom(node, permit)
                 }
                 frame = reader.next(), if read_client => Input::Client(frame),
+                Some(admitted) = self.admissions.next(), if !self.admissions.is_empty() => {
+                    Input::Admitted(Box::new(admitted))
+                }
+                Some(admitted) = self.turn_waits.next(), if !self.turn_waits.is_empty() => {
+                    Input::Admitted(Box::new(admitted))
+                }
+                Some(_) = self.store_tasks.join_next(), if !self.store_tasks.is_empty() => {
+                    Input::Reaped
+                }
                 Some(done) = self.work.join_next_with_id(), if !self.work.is_empty() => {
                     Input::WorkDone(done.map(|(id, ())| id))
                 }
@@ -350,6 +391,7 @@ impl Conn {
                     }
                 }
                 Input::Shutdown => self.draining = true,
+                Input::Admitted(admitted) => self.admitted(*admitted),
                 Input::Reaped => {}
                 Input::WorkDone(Ok(task)) => {
                     self.work_requests.remove(&task);

@@ -23,7 +23,10 @@ use crate::config::{FanoutFailure, OnOwnerDown};
 use crate::metrics::Metrics;
 use crate::snapshot::Pool;
 use crate::upstream::Endpoint;
-use crate::wire::message::{self, SERVER_UNAVAILABLE};
+use crate::wire::message::{self, FORBIDDEN, SERVER_UNAVAILABLE};
+
+mod view;
+pub use view::Viewer;
 
 /// sessiongate: the request's params are not what its method takes.
 const INVALID_PARAMS: i64 = -32602;
@@ -197,7 +200,9 @@ fn refusal(
     })
 }
 
-/// A fan-out: the client's request to every available node, the results merged by `kind`.
+/// A fan-out: the client's request to every available node, the results merged by `kind`;
+/// with a `viewer`, kept to (and acting on) the viewer's sessions.
+#[allow(clippy::too_many_arguments)]
 pub async fn fan_out(
     owner: Owner,
     pool: Arc<Pool>,
@@ -206,9 +211,23 @@ pub async fn fan_out(
     id: ClientId,
     body: Bytes,
     reply: ReplyTo,
+    viewer: Option<Arc<Viewer>>,
 ) {
     let started = Instant::now();
     let targets = available(&pool);
+    if let Some(viewer) = &viewer {
+        if let Some(merged) =
+            view::viewed(&owner, &pool, viewer, kind, method, &targets, &body).await
+        {
+            return match merged {
+                Ok(merged) => {
+                    owner.timed(method, started);
+                    owner.result(id, reply, &merged).await
+                }
+                Err((msg, data)) => owner.error(id, reply, SERVER_UNAVAILABLE, &msg, data).await,
+            };
+        }
+    }
     // Ordering ids across nodes needs their modification times: read alongside.
     let times = async {
         match kind {
@@ -220,9 +239,17 @@ pub async fn fan_out(
         }
     };
     let (answers, times) = tokio::join!(owner.ask_all(&targets, &body), times);
-    let Sorted { results, failed } = sort_answers(&owner, &targets, answers);
+    let Sorted {
+        mut results,
+        failed,
+    } = sort_answers(&owner, &targets, answers);
     if let Some((msg, data)) = refusal(&pool, method, results.len(), &failed) {
         return owner.error(id, reply, SERVER_UNAVAILABLE, &msg, data).await;
+    }
+    if let Some(viewer) = &viewer {
+        for (_, result) in &mut results {
+            viewer.filter(pool.name(), kind, result).await;
+        }
     }
     let merged = match kind {
         Merge::NewestSession => newest_of(&owner, &results).await,
@@ -355,7 +382,10 @@ async fn newest_candidate(
 }
 
 /// A request over a list of sessions: each session to its owner (pin, else the node the fleet
-/// says has it, else the ring owner), the answers merged in request order.
+/// says has it, else the ring owner), the answers merged in request order. With a `viewer`,
+/// the ids of sessions the viewer may not touch are refused (named in `refusedSessionIds`, or
+/// as `unavailable` entries of a list answer); when all are, the request is.
+#[allow(clippy::too_many_arguments)]
 pub async fn split(
     owner: Owner,
     pool: Arc<Pool>,
@@ -364,15 +394,31 @@ pub async fn split(
     id: ClientId,
     body: Bytes,
     reply: ReplyTo,
+    viewer: Option<Arc<Viewer>>,
 ) {
     let started = Instant::now();
     let params = params_of(&body);
-    let Some(elements) = merge::split_elements(kind, &params) else {
+    let Some(mut elements) = merge::split_elements(kind, &params) else {
         let msg = format!("{method}: params.{} must be a list", kind.list_field());
         return owner
             .error(id, reply, INVALID_PARAMS, &msg, Value::Null)
             .await;
     };
+    let mut refused = Vec::new();
+    if let Some(viewer) = &viewer {
+        let ids: Vec<String> = elements.iter().map(|(sid, _)| sid.clone()).collect();
+        let others = view::refused(viewer, pool.name(), &ids).await;
+        if !others.is_empty() {
+            elements.retain(|(sid, _)| !others.contains(sid));
+            refused = ids.into_iter().filter(|sid| others.contains(sid)).collect();
+            refused.dedup();
+            if elements.is_empty() {
+                let msg = format!("{method}: the sessions belong to another user");
+                let data = json!({ "refusedSessionIds": refused });
+                return owner.error(id, reply, FORBIDDEN, &msg, data).await;
+            }
+        }
+    }
     let order: Vec<String> = elements.iter().map(|(sid, _)| sid.clone()).collect();
     let owners = owners_of(&owner, &pool, &order).await;
     // Group the elements by node, keeping request order within each group.
@@ -411,7 +457,11 @@ pub async fn split(
                 .await;
         }
     }
-    let merged = merge::split_results(kind, &order, results.into_iter().map(|(_, r)| r).collect());
+    let mut merged =
+        merge::split_results(kind, &order, results.into_iter().map(|(_, r)| r).collect());
+    if !refused.is_empty() {
+        view::mark_refused(&mut merged, &refused);
+    }
     if kind == Split::FreedBytes {
         for deleted in merged["freedBytes"]
             .as_object()
@@ -497,7 +547,14 @@ async fn owners_of(
 
 /// `sessions.open` with `kind: resumeLast`: the fleet's most relevant session for the context,
 /// resumed on its node; `{status: not_found}` when the fleet has none.
-pub async fn open_last(owner: Owner, pool: Arc<Pool>, id: ClientId, body: Bytes, reply: ReplyTo) {
+pub async fn open_last(
+    owner: Owner,
+    pool: Arc<Pool>,
+    id: ClientId,
+    body: Bytes,
+    reply: ReplyTo,
+    viewer: Option<Arc<Viewer>>,
+) {
     let params = params_of(&body);
     let mut ask = json!({});
     if let Some(context) = params.get("context") {
@@ -507,9 +564,19 @@ pub async fn open_last(owner: Owner, pool: Arc<Pool>, id: ClientId, body: Bytes,
     let answers = owner
         .ask_all(&targets, &request("sessions.getLastForContext", ask))
         .await;
-    let Sorted { results, failed } = sort_answers(&owner, &targets, answers);
+    let Sorted {
+        mut results,
+        failed,
+    } = sort_answers(&owner, &targets, answers);
     if let Some((msg, data)) = refusal(&pool, "sessions.open", results.len(), &failed) {
         return owner.error(id, reply, SERVER_UNAVAILABLE, &msg, data).await;
+    }
+    if let Some(viewer) = &viewer {
+        for (_, result) in &mut results {
+            viewer
+                .filter(pool.name(), Merge::NewestSession, result)
+                .await;
+        }
     }
     let Some((node, sid)) = newest_candidate(&owner, &results).await else {
         return owner
@@ -535,6 +602,24 @@ pub async fn open_last(owner: Owner, pool: Arc<Pool>, id: ClientId, body: Bytes,
             body: Bytes::from(body),
         })
         .await;
+}
+
+/// Does any available node of `pool` hold `session` (on disk, loaded or not)? A node that does
+/// not answer counts as holding it: the caller refuses what it cannot rule out.
+pub async fn held_by_fleet(owner: &Owner, pool: &Pool, session: &str) -> bool {
+    let targets = available(pool);
+    let ask = request(
+        "sessions.getClientMetadata",
+        json!({ "sessionIds": [session] }),
+    );
+    owner
+        .ask_all(&targets, &ask)
+        .await
+        .iter()
+        .any(|answer| match answer {
+            Answer::Result(r) => r.pointer("/0/status") == Some(&json!("ok")),
+            Answer::Failed(_) => true,
+        })
 }
 
 /// Did the node answer that it does not have the session (so another node may)?

@@ -13,6 +13,7 @@
 //! - `link`: one upstream link, an I/O-only task.
 //! - `fanout`: fan-outs, splits, resume-last and owner discovery, as tasks of the connection.
 //! - [`merge`]: the pure merge rules of fan-out and split answers.
+//! - `turns`: one turn at a time per session: the turn lock and the line of sends waiting.
 
 mod conn;
 mod fanout;
@@ -21,5 +22,6 @@ pub mod merge;
 pub mod methods;
 mod route;
 mod state;
+pub(crate) mod turns;
 
 pub use conn::serve;

@@ -32,7 +32,7 @@ pub struct ConnFacts<'a> {
     /// Exchanges a node began with the client (LLM inference `requestId` → node).
     pub exchanges: &'a HashMap<Box<str>, Arc<str>>,
     /// Makes the id of a session the client asked to create without one.
-    pub new_session_id: fn() -> String,
+    pub new_session_id: &'a dyn Fn() -> String,
 }
 
 /// Where a request goes.
@@ -67,6 +67,8 @@ pub struct Forward {
     pub redispatch: bool,
     /// The session's pinned node is down and the pool fails over: forget the pin.
     pub unpin: bool,
+    /// The request makes `session` (a create): nobody may own it yet.
+    pub creates: bool,
 }
 
 /// Why the proxy answers a request itself.
@@ -191,7 +193,7 @@ fn open(req: &Request<'_>, pool: &Pool, facts: &ConnFacts<'_>) -> Decision {
                         .and_then(Value::as_str)
                         .map(str::to_owned)
                 })
-                .unwrap_or_else(facts.new_session_id);
+                .unwrap_or_else(|| (facts.new_session_id)());
             to_new_session(pool, &key, None)
         }
         _ => to_home(pool, facts, false),
@@ -279,7 +281,11 @@ fn to_session(pool: &Pool, sid: &str, discover: bool) -> Decision {
 fn to_new_session(pool: &Pool, sid: &str, rewritten: Option<Bytes>) -> Decision {
     if pool.pins.get(sid).is_some() {
         return match to_session(pool, sid, false) {
-            Decision::Forward(f) => Decision::Forward(Forward { rewritten, ..f }),
+            Decision::Forward(f) => Decision::Forward(Forward {
+                rewritten,
+                creates: true,
+                ..f
+            }),
             other => other,
         };
     }
@@ -287,6 +293,7 @@ fn to_new_session(pool: &Pool, sid: &str, rewritten: Option<Bytes>) -> Decision 
         Some(u) => Decision::Forward(Forward {
             rewritten,
             redispatch: true,
+            creates: true,
             ..Forward::plain(u.endpoint.clone(), Some(Arc::from(sid)))
         }),
         None => no_node(pool),
@@ -302,6 +309,7 @@ impl Forward {
             discover: false,
             redispatch: false,
             unpin: false,
+            creates: false,
         }
     }
 }

@@ -151,10 +151,21 @@ impl Conn {
             session,
             body: &body,
         };
+        let prefix = match (&self.caller, &snapshot.identities) {
+            (Some(who), Some(ids)) if self.binds => ids
+                .config
+                .unowned
+                .prefix_for(&who.user, who.tenant.as_deref()),
+            _ => None,
+        };
+        let new_id = move || match &prefix {
+            Some(p) => format!("{p}{}", new_session_id()),
+            None => new_session_id(),
+        };
         let facts = ConnFacts {
             home_key: &self.home_key,
             exchanges: self.state.exchanges(),
-            new_session_id,
+            new_session_id: &new_id,
         };
         let decision = route::decide(&req, &pool, &facts);
         let routed = Routed {
@@ -165,7 +176,7 @@ impl Conn {
             decision,
             pool,
         };
-        self.admit(routed);
+        self.admit(listener, &snapshot, routed);
     }
 
     /// Carry out a routing decision.
@@ -198,18 +209,36 @@ impl Conn {
             Decision::FanOut(merge) => {
                 // Fan-outs answer requests; a notification of these methods has nothing to do.
                 let Some(id) = id else { return };
-                let task =
-                    fanout::fan_out(self.owner(), pool, merge, label, id.clone(), body, reply);
+                let task = fanout::fan_out(
+                    self.owner(),
+                    pool,
+                    merge,
+                    label,
+                    id.clone(),
+                    body,
+                    reply,
+                    self.viewer(),
+                );
                 self.spawn_work(id, reply, task);
             }
             Decision::Split(split) => {
                 let Some(id) = id else { return };
-                let task = fanout::split(self.owner(), pool, split, label, id.clone(), body, reply);
+                let task = fanout::split(
+                    self.owner(),
+                    pool,
+                    split,
+                    label,
+                    id.clone(),
+                    body,
+                    reply,
+                    self.viewer(),
+                );
                 self.spawn_work(id, reply, task);
             }
             Decision::OpenLast => {
                 let Some(id) = id else { return };
-                let task = fanout::open_last(self.owner(), pool, id.clone(), body, reply);
+                let task =
+                    fanout::open_last(self.owner(), pool, id.clone(), body, reply, self.viewer());
                 self.spawn_work(id, reply, task);
             }
         }

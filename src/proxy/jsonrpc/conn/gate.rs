@@ -125,9 +125,289 @@ impl Conn {
     }
 
     /// Admit a routed request: at once when nothing needs the shared store, else in order
-    /// behind the ones already waiting.
-    pub(super) fn admit(&mut self, routed: Routed) {
+    /// behind the ones already waiting (their checks run concurrently, their verdicts are
+    /// taken in request order). A send that must wait for its session's turn leaves the line
+    /// and waits on its own, so it holds up nothing else.
+    pub(super) fn admit(
+        &mut self,
+        listener: &ListenerRuntime,
+        snapshot: &Snapshot,
+        routed: Routed,
+    ) {
+        let gates = self.gates(listener, snapshot, &routed);
+        if gates.is_none() && self.admissions.is_empty() {
+            return self.dispatch(routed);
+        }
+        if let Some(id) = &routed.id {
+            self.state.lent(id.clone());
+        }
+        let admission: Admission = match gates {
+            None => Box::pin(async move { (routed, Verdict::Pass(None)) }),
+            Some(gates) => Box::pin(async move {
+                let verdict = gates.check(&routed).await;
+                (routed, verdict)
+            }),
+        };
+        self.admissions.push_back(admission);
+    }
+
+    /// A request's admission is decided (or, for a send, its wait for the turn begins).
+    pub(super) fn admitted(&mut self, (routed, verdict): (Routed, Verdict)) {
+        let lock = match verdict {
+            Verdict::Pass(lock) => lock,
+            Verdict::WaitTurn(lock) => {
+                let (store, queues) = (self.ctx.store.clone(), self.ctx.turn_queues.clone());
+                let wait: Admission = Box::pin(async move {
+                    let verdict = match queues.wait(&store, &lock).await {
+                        Ok(()) => Verdict::Pass(Some(lock)),
+                        Err(why) => busy(why),
+                    };
+                    (routed, verdict)
+                });
+                return self.turn_waits.push(wait);
+            }
+            Verdict::Refuse(code, message, data) => {
+                if let Some(id) = &routed.id {
+                    self.state.returned(id);
+                    self.reply(routed.reply, error_for(id, code, &message, &data));
+                }
+                return;
+            }
+        };
+        if let Some(id) = &routed.id {
+            self.state.returned(id);
+        }
+        if let (Some(lock), Decision::Forward(f)) = (lock, &routed.decision) {
+            if let Some(session) = &f.session {
+                self.begin_turn(session.clone(), f.to.name.clone(), lock);
+            }
+        }
         self.dispatch(routed);
+    }
+
+    /// What `routed` must pass, if anything.
+    fn gates(
+        &mut self,
+        listener: &ListenerRuntime,
+        snapshot: &Snapshot,
+        routed: &Routed,
+    ) -> Option<Gates> {
+        let limits = &listener.config.limits;
+        let session = match &routed.decision {
+            Decision::Forward(f) => f.session.clone(),
+            _ => None,
+        };
+        let ownership = self.owner_name().is_some() && session.is_some();
+        let turn = match (routed.pool.config.turns, &session) {
+            (Some(limit), Some(s)) if TURN_METHODS.contains(&routed.label) => {
+                let holder = self.turn_holder();
+                Some(TurnLock::new(routed.pool.name(), s, holder, limit))
+            }
+            _ => None,
+        };
+        if !limits.any() && !ownership && turn.is_none() {
+            return None;
+        }
+        let creates = matches!(&routed.decision, Decision::Forward(f) if f.creates);
+        let generated = matches!(&routed.decision, Decision::Forward(f) if f.rewritten.is_some());
+        Some(Gates {
+            ctx: self.ctx.clone(),
+            owner: self.owner(),
+            caller: self.caller.clone(),
+            identities: snapshot.identities.clone().filter(|_| ownership),
+            limits: limits.clone(),
+            caller_key: self.caller.as_ref().map_or_else(
+                || format!("ip:{}", self.peer_ip),
+                |c| format!("user:{}", c.key()),
+            ),
+            session,
+            creates: creates && !generated,
+            turn,
+        })
+    }
+
+    /// Whose a session this connection creates becomes, when ownership applies: its caller's
+    /// user (`""` for callers without identity on a listener where it is optional).
+    pub(super) fn owner_name(&self) -> Option<Arc<str>> {
+        if !self.binds {
+            return None;
+        }
+        Some(
+            self.caller
+                .as_ref()
+                .map_or_else(|| Arc::from(""), |c| c.user.clone()),
+        )
+    }
+
+    /// What the caller may see of the fleet's sessions, when sessions have owners here.
+    pub(super) fn viewer(&self) -> Option<Arc<fanout::Viewer>> {
+        let user = self.owner_name()?;
+        let identities = self.ctx.shared.load().identities.clone()?;
+        let who = match &self.caller {
+            Some(who) => who.clone(),
+            None => Identity { user, tenant: None },
+        };
+        Some(Arc::new(fanout::Viewer {
+            store: self.ctx.store.clone(),
+            who,
+            identities,
+        }))
+    }
+
+    /// The caller's new session `session` is the caller's: bound in this process at once (the
+    /// next request sees it), in the shared store soon after.
+    pub(super) fn bind(&mut self, pool: &Pool, session: &str) {
+        let (Some(user), Some(ttl)) = (self.owner_name(), self.binding_ttl()) else {
+            return;
+        };
+        let write = self.ctx.store.bind(pool.name(), session, &user, ttl);
+        self.store_tasks.spawn(write);
+    }
+
+    /// `session` was deleted: its binding goes.
+    pub(super) fn unbind(&mut self, pool: &Pool, session: &str) {
+        if self.owner_name().is_none() {
+            return;
+        }
+        let write = self.ctx.store.unbind(pool.name(), session);
+        self.store_tasks.spawn(write);
+    }
+
+    fn binding_ttl(&self) -> Option<std::time::Duration> {
+        let snapshot = self.ctx.shared.load();
+        snapshot.identities.as_ref().map(|i| i.config.binding_ttl)
+    }
+}
+
+/// What admission decided about a request.
+pub(crate) enum Verdict {
+    /// Go on, with the turn lock taken if the request needed one.
+    Pass(Option<TurnLock>),
+    /// A send whose session's turn is taken: wait for it.
+    WaitTurn(TurnLock),
+    /// Refused: code, message, data.
+    Refuse(i64, String, Value),
+}
+
+type Refusal = (i64, String, Value);
+
+fn busy(why: NoTurn) -> Verdict {
+    Verdict::Refuse(
+        SESSION_BUSY,
+        format!("the session is busy with another turn ({})", why.reason()),
+        json!({ "retryAfterMs": 1000 }),
+    )
+}
+pub(crate) type Admission =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Routed, Verdict)> + Send>>;
+
+/// What one request must pass, with all it needs to find out.
+struct Gates {
+    ctx: Context,
+    owner: Owner,
+    caller: Option<Identity>,
+    /// Set when ownership applies.
+    identities: Option<Arc<Identities>>,
+    limits: Limits,
+    /// `user:<tenant/user>`, or `ip:<address>` without an identity.
+    caller_key: String,
+    /// The session to check ownership of.
+    session: Option<Arc<str>>,
+    /// The request creates `session` with an id the client chose.
+    creates: bool,
+    turn: Option<TurnLock>,
+}
+
+impl Gates {
+    async fn check(self, routed: &Routed) -> Verdict {
+        if let Err((code, message, data)) = self.rate_limits(routed).await {
+            return Verdict::Refuse(code, message, data);
+        }
+        if let Err((code, message, data)) = self.ownership(routed).await {
+            return Verdict::Refuse(code, message, data);
+        }
+        match self.turn {
+            Some(lock) => Verdict::WaitTurn(lock),
+            None => Verdict::Pass(None),
+        }
+    }
+
+    async fn rate_limits(&self, routed: &Routed) -> Result<(), Refusal> {
+        let store = &self.ctx.store;
+        let session = match &routed.decision {
+            Decision::Forward(f) => f.session.as_deref(),
+            _ => None,
+        };
+        let checks = [
+            (self.limits.per_user, Some(self.caller_key.clone())),
+            (
+                self.limits.per_session,
+                session.map(|s| format!("session:{}:{s}", routed.pool.name())),
+            ),
+            (
+                self.limits.per_method,
+                Some(format!("method:{}:{}", self.caller_key, routed.label)),
+            ),
+        ];
+        for (limit, key) in checks {
+            let (Some(limit), Some(key)) = (limit, key) else {
+                continue;
+            };
+            if let Err(retry) = store.rate(&key, limit.requests, limit.per).await {
+                let which = key.split(':').next().unwrap_or("caller");
+                return Err((
+                    RATE_LIMITED,
+                    format!(
+                        "rate limit of {} requests per {:?} reached ({which})",
+                        limit.requests, limit.per
+                    ),
+                    json!({ "retryAfterMs": retry.as_millis().max(1) as u64 }),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn ownership(&self, routed: &Routed) -> Result<(), Refusal> {
+        let (Some(identities), Some(session)) = (&self.identities, &self.session) else {
+            return Ok(());
+        };
+        let anonymous = Identity {
+            user: Arc::from(""),
+            tenant: None,
+        };
+        let who = self.caller.as_ref().unwrap_or(&anonymous);
+        let owner = self.ctx.store.owner(routed.pool.name(), session).await;
+        let forbidden = || {
+            Err((
+                FORBIDDEN,
+                format!("session {session} belongs to another user"),
+                Value::Null,
+            ))
+        };
+        if !self.creates {
+            return match identities.may_touch(who, session, owner.as_deref()) {
+                true => Ok(()),
+                false => forbidden(),
+            };
+        }
+        // A create with an id the client chose: nobody else's, and under `unowned: deny` not
+        // a session the fleet already holds (creating it again would reset it).
+        match (owner.as_deref(), &identities.config.unowned) {
+            (Some(o), _) if o == &*who.user => Ok(()),
+            (Some(_), _) => forbidden(),
+            (None, Unowned::Allow) => Ok(()),
+            (None, Unowned::Prefix(_)) => match identities.may_touch(who, session, None) {
+                true => Ok(()),
+                false => forbidden(),
+            },
+            (None, Unowned::Deny) => {
+                match fanout::held_by_fleet(&self.owner, &routed.pool, session).await {
+                    false => Ok(()),
+                    true => forbidden(),
+                }
+            }
+        }
     }
 }
 

@@ -123,8 +123,10 @@ impl Conn {
                 None => format!("server {node} is unavailable ({why})"),
             };
             self.observe(&pending, "unavailable");
+            self.send_lost(&pending);
             self.fail(Some(&id), pending.reply, &msg, Some(node));
         }
+        self.end_turns_on(node);
     }
 
     /// Where a request whose node refused the link goes next, with the body to send there;

@@ -83,7 +83,12 @@ impl Conn {
             Err(e) => return self.link_down(&node, LinkFailure::Malformed, &e.to_string()),
         };
         match env.kind {
-            MessageKind::Notification => self.send_client(body),
+            MessageKind::Notification => {
+                if !self.turns.is_empty() && env.method.as_deref() == Some("session.event") {
+                    self.watch_turns(&body, env.session_id.as_deref());
+                }
+                self.send_client(body)
+            }
             MessageKind::Request => {
                 let Some(id) = env.id.map(RawValue::to_owned) else {
                     return;
@@ -180,12 +185,13 @@ impl Conn {
         if let (false, Some(pool)) = (failed, &pool) {
             self.learn(pool, &node, &pending, &body);
         }
+        self.send_answered(&pending, failed);
         self.observe(&pending, if failed { "error" } else { "ok" });
         self.reply(pending.reply, body);
     }
 
     /// What a successful answer teaches the pin table.
-    pub(super) fn learn(&self, pool: &Pool, node: &Arc<str>, pending: &Pending, body: &[u8]) {
+    pub(super) fn learn(&mut self, pool: &Pool, node: &Arc<str>, pending: &Pending, body: &[u8]) {
         let pin = || {
             self.links
                 .get(node)
@@ -197,6 +203,9 @@ impl Conn {
             Learn::PinRequested => {
                 if let (Some(session), Some(pin)) = (&pending.session, pin()) {
                     pool.pins.pin(session, pin);
+                    if pending.method == "session.create" {
+                        self.bind(pool, session);
+                    }
                 }
             }
             Learn::PinAnswered => {
@@ -204,11 +213,16 @@ impl Conn {
                     return;
                 };
                 let result = &msg["result"];
-                let opened = !matches!(result["status"].as_str(), Some("not_found"));
+                let status = result["status"].as_str();
+                let opened = !matches!(status, Some("not_found"));
                 if let (true, Some(session), Some(pin)) =
                     (opened, result["sessionId"].as_str(), pin())
                 {
                     pool.pins.pin(session, pin);
+                    // A fork, a connected remote session or a created one is the caller's.
+                    if !matches!(status, Some("resumed")) {
+                        self.bind(pool, session);
+                    }
                 }
             }
             Learn::Unpin => {
@@ -217,6 +231,7 @@ impl Conn {
                     || body.windows(14).any(|w| w == b"\"success\":true");
                 if let (true, Some(session)) = (deleted, &pending.session) {
                     pool.pins.unpin(session);
+                    self.unbind(pool, session);
                 }
             }
         }
@@ -248,6 +263,7 @@ impl Conn {
                     "timeoutMs": timeout.as_millis() as u64,
                 });
                 self.observe(&pending, "timeout");
+                self.send_lost(&pending);
                 self.reply(pending.reply, error_for(&id, UPSTREAM_TIMEOUT, &msg, &data));
             }
             Fired::Internal(node, Internal::Replay) => {

@@ -80,7 +80,7 @@ fn decide_text(pool: &Pool, method: &str, params: Value) -> String {
     let facts = ConnFacts {
         home_key: b"home",
         exchanges: &exchanges,
-        new_session_id: fixed_id,
+        new_session_id: &fixed_id,
     };
     match decide(&req, pool, &facts) {
         Decision::Forward(f) => {
@@ -93,6 +93,7 @@ fn decide_text(pool: &Pool, method: &str, params: Value) -> String {
                 ("redispatch", f.redispatch),
                 ("unpin", f.unpin),
                 ("rewritten", f.rewritten.is_some()),
+                ("creates", f.creates),
             ] {
                 if on {
                     text += &format!(" {flag}");
@@ -158,13 +159,13 @@ fn routing_table() {
         (
             "session.create",
             json!({"sessionId": on_b}),
-            format!("forward b session={on_b} redispatch"),
+            format!("forward b session={on_b} redispatch creates"),
         ),
         (
             "session.create",
             json!({}),
             format!(
-                "forward {} session=new-id redispatch rewritten",
+                "forward {} session=new-id redispatch rewritten creates",
                 p.route(b"new-id").unwrap().name()
             ),
         ),
@@ -177,14 +178,14 @@ fn routing_table() {
             "sessions.open",
             json!({"kind": "create"}),
             format!(
-                "forward {} session=new-id redispatch rewritten",
+                "forward {} session=new-id redispatch rewritten creates",
                 p.route(b"new-id").unwrap().name()
             ),
         ),
         (
             "sessions.open",
             json!({"kind": "create", "options": {"sessionId": on_b}}),
-            format!("forward b session={on_b} redispatch"),
+            format!("forward b session={on_b} redispatch creates"),
         ),
         (
             "sessions.open",
