@@ -15,6 +15,7 @@
 //! - [`error`]: `thiserror` error enums for reload and start-up.
 //! - [`identity`]: who a caller is: hashed tokens, client certificates, method policy, owners.
 //! - [`key`]: where a request's key comes from (header, cookie, query, path, SNI, client IP).
+//! - [`limits`]: rate limits per caller, session and method, for both protocols.
 //! - [`listener`]: binding, accept loop with connection limit, TLS termination.
 //! - [`metrics`]: every metric name and the registry-passing `Metrics` handle.
 //! - [`mockcli`]: an in-process mock Copilot CLI server for tests, benches and the demo (feature
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod error;
 pub mod identity;
 pub mod key;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 #[cfg(feature = "demo")]

@@ -347,7 +347,7 @@ async fn start_demo_fleet(fleet: &DemoFleet) -> anyhow::Result<()> {
     for (name, addr) in &fleet.cli {
         let opts = sessiongate::mockcli::MockCliOptions {
             name: name.clone(),
-            token: None,
+            ..Default::default()
         };
         sessiongate::mockcli::MockCli::start(*addr, opts, stop.clone())
             .await

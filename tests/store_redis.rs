@@ -108,6 +108,23 @@ async fn bindings_made_by_one_replica_are_seen_by_another() {
 }
 
 #[tokio::test]
+async fn a_session_is_claimed_once_across_replicas() {
+    within(30, async {
+        let redis = RedisServer::start().await;
+        let (a, _) = replica(&redis).await;
+        let (b, _) = replica(&redis).await;
+        let (first, second) = tokio::join!(
+            a.claim("api", "s1", "alice", MINUTE),
+            b.claim("api", "s1", "bob", MINUTE)
+        );
+        assert_eq!(first, second, "both replicas agree on one owner");
+        let (c, _) = replica(&redis).await;
+        assert_eq!(c.owner("api", "s1").await, Some(first));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_rate_limit_is_shared_by_replicas() {
     within(30, async {
         let redis = RedisServer::start().await;

@@ -34,6 +34,15 @@
 //! and across kill/revive; [`MockCli::requests_for`] counts the requests per method, so a test
 //! can tell whether a request reached this node.
 //!
+//! Turns: `session.send` is answered `{messageId}` at once, followed by `user.message`; the turn
+//! then runs for [`MockCliOptions::turn_duration`] (changeable with [`MockCli::set_turn_duration`];
+//! zero, the default, ends it at once) and ends with `session.error` then `session.idle` (and
+//! lifecycle `session.updated`). A send to a session whose turn is still running starts a turn
+//! alongside it (each ends after its own duration) and is counted by
+//! [`MockCli::overlapping_turns`], with [`MockCli::max_concurrent_turns`] the most turns one
+//! session ever ran at once: the detector for proxies that must serialize turns. Running turns
+//! die with the process ([`MockCli::kill`]), without their closing events.
+//!
 //! Deliberate divergences from the real CLI (1.0.102):
 //! - `session.create` persists its `session.start` event at once, so a created-but-never-messaged
 //!   session is listed, has metadata, and is resumable (the real CLI needs a first message).
@@ -115,6 +124,9 @@ pub struct MockCliOptions {
     pub name: String,
     /// Like `COPILOT_CONNECTION_TOKEN`: when set, `connect` must carry it in `params.token`.
     pub token: Option<String>,
+    /// How long a turn runs between the answer to `session.send` (and `user.message`) and its
+    /// closing `session.error` + `session.idle`. Zero (the default): all at once.
+    pub turn_duration: Duration,
 }
 
 /// Handle to a running mock CLI server. Cloning shares the same server. Dropping the handle does
@@ -155,6 +167,23 @@ struct State {
     next_conn: u64,
     /// Global modification counter: orders sessions modified within the same millisecond.
     seq: u64,
+    /// How long the turns started from now on run.
+    turn_duration: Duration,
+    /// The turns running, by session: their numbers. Cleared by kill (the process died).
+    running: HashMap<String, BTreeSet<u64>>,
+    /// Turn counts, kept across kill/revive.
+    turns: TurnStats,
+}
+
+/// What the turn detector saw.
+#[derive(Default)]
+struct TurnStats {
+    /// Turns started (the number of the next one).
+    started: u64,
+    /// Turns started while another turn of the same session was running.
+    overlapping: u64,
+    /// The most turns one session ran at once.
+    max_concurrent: usize,
 }
 
 struct Conn {
@@ -219,7 +248,10 @@ impl MockCli {
             stop: stop.child_token(),
             requests: AtomicU64::new(0),
             faults: faults::Faults::default(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                turn_duration: opts.turn_duration,
+                ..State::default()
+            }),
         });
         Inner::go_live(&inner, listener);
         Ok(MockCli { inner })
@@ -262,6 +294,33 @@ impl MockCli {
     /// response objects, `result` or `error` included), oldest first.
     pub fn hook_answers(&self) -> Vec<Value> {
         self.inner.lock().hook_answers.clone()
+    }
+
+    /// Turns started so far (sends delivered to a loaded session), across kill/revive.
+    pub fn turns_started(&self) -> u64 {
+        self.inner.lock().turns.started
+    }
+
+    /// Turns started while another turn of the same session was still running: nonzero means
+    /// some client (or proxy) let two turns of one session overlap.
+    pub fn overlapping_turns(&self) -> u64 {
+        self.inner.lock().turns.overlapping
+    }
+
+    /// The most turns one session has run at once (1 if turns never overlapped, 0 if none ran).
+    pub fn max_concurrent_turns(&self) -> usize {
+        self.inner.lock().turns.max_concurrent
+    }
+
+    /// Turns of session `id` running now.
+    pub fn turns_running(&self, id: &str) -> usize {
+        self.inner.lock().running.get(id).map_or(0, BTreeSet::len)
+    }
+
+    /// How long the turns started from now on run (see [`MockCliOptions::turn_duration`]);
+    /// turns already running keep theirs.
+    pub fn set_turn_duration(&self, duration: Duration) {
+        self.inner.lock().turn_duration = duration;
     }
 
     /// Whether the server is accepting connections (not killed, not shut down).
@@ -609,10 +668,10 @@ fn send_message(
         return st.respond(conn, id, Err(not_found_for("session.send", sid)));
     };
     let Some(hook_conn) = session.hooks else {
-        return st.deliver(conn, id, sid, prompt);
+        return st.deliver(inner, conn, id, sid, prompt);
     };
     let Some(c) = st.conns.get_mut(&hook_conn) else {
-        return st.deliver(conn, id, sid, prompt);
+        return st.deliver(inner, conn, id, sid, prompt);
     };
     let server_id = c.next_server_id;
     c.next_server_id += 1;
@@ -635,7 +694,7 @@ fn send_message(
         let answered = wait.await.is_ok();
         let mut st = inner.lock();
         if answered {
-            st.deliver(conn, &id, &sid, &prompt);
+            st.deliver(&inner, conn, &id, &sid, &prompt);
         } else {
             let reason = "Request session.send failed with message: hooks.invoke was not answered";
             st.respond(conn, &id, Err((INTERNAL_ERROR, reason.to_owned())));
@@ -881,9 +940,10 @@ impl State {
         self.emit(sid, &event, [conn]);
     }
 
-    /// The unauthenticated turn: `{messageId}`, then `user.message`, `session.error` and
-    /// `session.idle` to the attached connections, then lifecycle `session.updated` to all.
-    fn deliver(&mut self, conn: u64, id: &RawValue, sid: &str, prompt: &str) {
+    /// The unauthenticated turn: `{messageId}`, then `user.message` to the attached connections;
+    /// after the turn duration (at once if zero) `session.error` and `session.idle` to the
+    /// connections attached then, and lifecycle `session.updated` to all.
+    fn deliver(&mut self, inner: &Arc<Inner>, conn: u64, id: &RawValue, sid: &str, prompt: &str) {
         let seq = self.next_seq();
         let Some(session) = self
             .sessions
@@ -896,8 +956,58 @@ impl State {
         if session.summary.is_empty() {
             session.summary = summary_of(prompt);
         }
+        let user = session.record("user.message", json!({ "content": prompt }), false);
+        let to: Vec<u64> = session.attached.iter().copied().collect();
+        let message_id = uuid::Uuid::new_v4().to_string();
+        self.respond(conn, id, Ok(json!({ "messageId": message_id })));
+        self.emit(sid, &user, to);
+        let turn = self.begin_turn(sid);
+        let duration = self.turn_duration;
+        if duration.is_zero() {
+            return self.end_turn(sid, turn);
+        }
+        let Some(life) = self.life.clone() else {
+            return;
+        };
+        let (inner, sid) = (inner.clone(), sid.to_owned());
+        tokio::spawn(async move {
+            tokio::select! {
+                // Killed: the turn died with the process (kill forgot it).
+                _ = life.cancelled() => {}
+                _ = tokio::time::sleep(duration) => inner.lock().end_turn(&sid, turn),
+            }
+        });
+    }
+
+    /// A turn of `sid` starts: counted, and checked against the turns running there.
+    fn begin_turn(&mut self, sid: &str) -> u64 {
+        let turn = self.turns.started;
+        self.turns.started += 1;
+        let running = self.running.entry(sid.to_owned()).or_default();
+        if !running.is_empty() {
+            self.turns.overlapping += 1;
+        }
+        running.insert(turn);
+        self.turns.max_concurrent = self.turns.max_concurrent.max(running.len());
+        turn
+    }
+
+    /// Turn `turn` of `sid` ends, if still running: `session.error` and `session.idle` to the
+    /// connections attached to the session (if it still exists), lifecycle `session.updated`.
+    fn end_turn(&mut self, sid: &str, turn: u64) {
+        let Some(running) = self.running.get_mut(sid) else {
+            return;
+        };
+        if !running.remove(&turn) {
+            return;
+        }
+        if running.is_empty() {
+            self.running.remove(sid);
+        }
+        let Some(session) = self.sessions.get_mut(sid) else {
+            return;
+        };
         let events = [
-            session.record("user.message", json!({ "content": prompt }), false),
             session.record(
                 "session.error",
                 json!({"errorType": "query", "message": "mock: no model"}),
@@ -906,8 +1016,6 @@ impl State {
             session.record("session.idle", json!({}), true),
         ];
         let to: Vec<u64> = session.attached.iter().copied().collect();
-        let message_id = uuid::Uuid::new_v4().to_string();
-        self.respond(conn, id, Ok(json!({ "messageId": message_id })));
         for event in &events {
             self.emit(sid, event, to.iter().copied());
         }
@@ -937,6 +1045,7 @@ impl State {
             c.token.cancel();
         }
         self.pending.clear();
+        self.running.clear();
         for session in self.sessions.values_mut() {
             session.attached.clear();
             session.hooks = None;

@@ -3,6 +3,7 @@
 
 mod faults;
 mod sessions;
+mod turns;
 
 use std::time::Duration;
 
@@ -125,6 +126,7 @@ async fn mock(name: &str, token: Option<&str>) -> MockCli {
     let opts = MockCliOptions {
         name: name.into(),
         token: token.map(Into::into),
+        ..Default::default()
     };
     MockCli::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -727,7 +729,7 @@ async fn stop_token_and_shutdown_end_the_server_for_good() {
     let stop = CancellationToken::new();
     let opts = MockCliOptions {
         name: "s".into(),
-        token: None,
+        ..Default::default()
     };
     let cli = MockCli::start("127.0.0.1:0".parse().unwrap(), opts.clone(), stop.clone())
         .await

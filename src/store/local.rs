@@ -163,6 +163,23 @@ impl Local {
         Some(binding.user)
     }
 
+    /// Bind `key` to `user` unless it is bound (and unexpired): the owner either way.
+    pub(super) fn claim(&self, key: &str, user: Arc<str>, ttl: Duration) -> Arc<str> {
+        let now = Instant::now();
+        let entry = self
+            .bindings
+            .entry(key.to_owned())
+            .and_upsert_with(|held| match held {
+                Some(held) if held.value().expires_at > now => held.into_value(),
+                _ => Binding {
+                    user,
+                    expires_at: now + ttl,
+                    ttl,
+                },
+            });
+        entry.into_value().user
+    }
+
     pub(super) fn unbind(&self, key: &str) {
         self.bindings.invalidate(key);
     }

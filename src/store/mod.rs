@@ -192,6 +192,22 @@ impl Store {
         Some(user)
     }
 
+    /// Bind `session` of `pool` to `user` unless someone owns it already (first use wins, also
+    /// across replicas): the owner either way.
+    pub async fn claim(&self, pool: &str, session: &str, user: &str, ttl: Duration) -> Arc<str> {
+        let key = owner_key(pool, session);
+        if let Some(owner) = self.local.owner(&key) {
+            return owner;
+        }
+        if let Some(redis) = &self.redis {
+            if let Some((owner, left)) = redis.claim(&key, user, ttl).await {
+                self.local.bind(&key, owner.clone(), left);
+                return owner;
+            }
+        }
+        self.local.claim(&key, Arc::from(user), ttl)
+    }
+
     /// Forget who created `session` of `pool`: in this process at once, in Redis when the
     /// returned future runs.
     pub fn unbind(

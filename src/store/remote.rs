@@ -92,6 +92,21 @@ return 0
     )
 });
 
+/// Bind KEYS[1] to ARGV[1] for ARGV[2] ms unless it is bound. Returns the owner and the
+/// binding's remaining ms.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = redis.call('GET', KEYS[1])
+if held then
+  return {held, redis.call('PTTL', KEYS[1])}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {ARGV[1], tonumber(ARGV[2])}
+",
+    )
+});
+
 /// Whether Redis answers: before the first answer, answering, or not.
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -248,6 +263,28 @@ impl Remote {
         // PTTL is negative for a key without expiry (not written by this store) or already gone.
         let ttl = Duration::from_millis(u64::try_from(ttl_ms).ok().filter(|&ms| ms > 0)?);
         Some((Arc::from(user?), ttl))
+    }
+
+    /// Bind `key` to `user` unless it is bound: the owner and the binding's remaining time.
+    /// `None` if Redis did not answer.
+    pub(super) async fn claim(
+        self: &Arc<Self>,
+        key: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> Option<(Arc<str>, Duration)> {
+        let (owner, ttl_ms) = self
+            .call(Op::Bind, |mut c| async move {
+                CLAIM
+                    .key(key)
+                    .arg(user)
+                    .arg(millis(ttl))
+                    .invoke_async::<(String, i64)>(&mut c)
+                    .await
+            })
+            .await?;
+        let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0).max(1));
+        Some((Arc::from(owner), ttl))
     }
 
     pub(super) async fn unbind(self: &Arc<Self>, key: &str) {

@@ -41,6 +41,21 @@ async fn bindings_expire_after_their_ttl() {
     assert_eq!(store.owner("api", "s1").await, None);
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_first_claim_of_a_session_wins_until_its_binding_expires() {
+    let store = Store::local();
+    let ttl = Duration::from_secs(10);
+    assert_eq!(&*store.claim("api", "s1", "alice", ttl).await, "alice");
+    assert_eq!(&*store.claim("api", "s1", "bob", ttl).await, "alice");
+    assert_eq!(
+        &*store.claim("web", "s1", "bob", ttl).await,
+        "bob",
+        "per pool"
+    );
+    advance(ttl).await;
+    assert_eq!(&*store.claim("api", "s1", "bob", ttl).await, "bob");
+}
+
 #[tokio::test]
 async fn bindings_are_bounded_least_recently_used_first() {
     let store = Store::local_with_capacity(3);

@@ -203,6 +203,7 @@ impl CliFleet {
             let opts = MockCliOptions {
                 name: format!("cli-{i}"),
                 token: token.map(str::to_owned),
+                ..MockCliOptions::default()
             };
             let cli = MockCli::start("127.0.0.1:0".parse().expect("addr"), opts, stop.clone())
                 .await

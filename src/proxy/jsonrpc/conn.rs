@@ -43,6 +43,7 @@ use super::state::{
 use super::turns::{NoTurn, TurnLock, TURN_METHODS};
 use crate::config::{IdentitySource, KeySource, Limits, Secret, Unowned};
 use crate::identity::{Identities, Identity};
+use crate::limits;
 use crate::proxy::Context;
 use crate::snapshot::{ListenerRuntime, Pool, Snapshot};
 use crate::upstream::{prober, Endpoint};

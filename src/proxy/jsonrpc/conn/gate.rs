@@ -333,39 +333,21 @@ impl Gates {
     }
 
     async fn rate_limits(&self, routed: &Routed) -> Result<(), Refusal> {
-        let store = &self.ctx.store;
         let session = match &routed.decision {
             Decision::Forward(f) => f.session.as_deref(),
             _ => None,
         };
-        let checks = [
-            (self.limits.per_user, Some(self.caller_key.clone())),
-            (
-                self.limits.per_session,
-                session.map(|s| format!("session:{}:{s}", routed.pool.name())),
-            ),
-            (
-                self.limits.per_method,
-                Some(format!("method:{}:{}", self.caller_key, routed.label)),
-            ),
-        ];
-        for (limit, key) in checks {
-            let (Some(limit), Some(key)) = (limit, key) else {
-                continue;
-            };
-            if let Err(retry) = store.rate(&key, limit.requests, limit.per).await {
-                let which = key.split(':').next().unwrap_or("caller");
-                return Err((
-                    RATE_LIMITED,
-                    format!(
-                        "rate limit of {} requests per {:?} reached ({which})",
-                        limit.requests, limit.per
-                    ),
-                    json!({ "retryAfterMs": retry.as_millis().max(1) as u64 }),
-                ));
-            }
-        }
-        Ok(())
+        let request = limits::Request {
+            caller: &self.caller_key,
+            session: session.map(|s| (routed.pool.name(), s)),
+            method: routed.label,
+        };
+        limits::check(&self.ctx.store, &self.limits, &request)
+            .await
+            .map_err(|limited| {
+                let data = json!({ "retryAfterMs": limited.retry_after_ms() });
+                (RATE_LIMITED, limited.message(), data)
+            })
     }
 
     async fn ownership(&self, routed: &Routed) -> Result<(), Refusal> {
@@ -392,21 +374,28 @@ impl Gates {
             };
         }
         // A create with an id the client chose: nobody else's, and under `unowned: deny` not
-        // a session the fleet already holds (creating it again would reset it).
-        match (owner.as_deref(), &identities.config.unowned) {
-            (Some(o), _) if o == &*who.user => Ok(()),
-            (Some(_), _) => forbidden(),
-            (None, Unowned::Allow) => Ok(()),
-            (None, Unowned::Prefix(_)) => match identities.may_touch(who, session, None) {
-                true => Ok(()),
-                false => forbidden(),
-            },
+        // a session the fleet already holds (creating it again would reset it). The id is
+        // claimed before the create goes on, so of two users racing to create it, one wins.
+        let free = match (owner.as_deref(), &identities.config.unowned) {
+            (Some(o), _) => o == &*who.user,
+            (None, Unowned::Allow) => true,
+            (None, Unowned::Prefix(_)) => identities.may_touch(who, session, None),
             (None, Unowned::Deny) => {
-                match fanout::held_by_fleet(&self.owner, &routed.pool, session).await {
-                    false => Ok(()),
-                    true => forbidden(),
-                }
+                !fanout::held_by_fleet(&self.owner, &routed.pool, session).await
             }
+        };
+        if !free {
+            return forbidden();
+        }
+        let ttl = identities.config.binding_ttl;
+        let owner = self
+            .ctx
+            .store
+            .claim(routed.pool.name(), session, &who.user, ttl)
+            .await;
+        match *owner == *who.user {
+            true => Ok(()),
+            false => forbidden(),
         }
     }
 }
