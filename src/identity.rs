@@ -54,6 +54,15 @@ impl Identities {
         Ok(ids)
     }
 
+    /// The rules of `config` with no tokens listed (for tests of the rules).
+    #[cfg(test)]
+    pub(crate) fn from_config_for_tests(config: IdentitiesConfig) -> Identities {
+        Identities {
+            by_hash: HashMap::new(),
+            config,
+        }
+    }
+
     fn parse(text: &str, file: &Path) -> Result<Identities, String> {
         let entries: Vec<TokenEntry> = if text.trim().is_empty() {
             Vec::new()

@@ -20,6 +20,7 @@
 //! - [`metrics`]: every metric name and the registry-passing `Metrics` handle.
 //! - [`mockcli`]: an in-process mock Copilot CLI server for tests, benches and the demo (feature
 //!   `demo`; not in the product build).
+//! - [`ownership`]: who may use a session: its creator's, claimed once across replicas.
 //! - [`proxy`]: the data path per protocol: HTTP, TCP passthrough, JSON-RPC.
 //! - [`proxy::idle`]: idle HTTP/1 keep-alive connections parked between requests, holding only
 //!   their socket.
@@ -48,6 +49,7 @@ pub mod listener;
 pub mod metrics;
 #[cfg(feature = "demo")]
 pub mod mockcli;
+pub mod ownership;
 pub mod proxy;
 pub mod reload;
 pub mod ring;

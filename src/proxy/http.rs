@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+mod admission;
+
 use super::idle::{self, Opening};
 use super::Context;
 use crate::config::{IdentitySource, NoKey};
@@ -215,7 +217,33 @@ impl Conn {
             peer: self.peer.ip(),
             caller: caller_key.as_deref(),
         };
-        let index = match listener.http_keys.extract(&head) {
+        let key = listener.http_keys.extract_keyed(&head);
+        let admission = admission::Admission {
+            snapshot: &snapshot,
+            listener,
+            pool: pool.name(),
+            caller: caller.as_ref(),
+            peer: self.peer.ip(),
+            method: req.method(),
+            session: None,
+        };
+        if admission.applies() {
+            let refused = match &key {
+                Some((key, true)) => {
+                    let session = key.with(|k| k.to_vec());
+                    let admission = admission::Admission {
+                        session: Some(&session),
+                        ..admission
+                    };
+                    admission.check(&self.ctx.store).await
+                }
+                _ => admission.check(&self.ctx.store).await,
+            };
+            if let Err(resp) = refused {
+                return self.finish(started, Some(route), None, resp);
+            }
+        }
+        let index = match key.map(|(key, _)| key) {
             Some(key) => key.with(|k| pool.route_index(k)),
             None if listener.config.no_key == NoKey::Reject => {
                 let msg = format!(

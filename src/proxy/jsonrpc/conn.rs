@@ -41,7 +41,7 @@ use super::state::{
     Redispatch, ReplyTo, ServerRequest, SetupCall,
 };
 use super::turns::{NoTurn, TurnLock, TURN_METHODS};
-use crate::config::{IdentitySource, KeySource, Limits, Secret, Unowned};
+use crate::config::{IdentitySource, KeySource, Limits, Secret};
 use crate::identity::{Identities, Identity};
 use crate::limits;
 use crate::proxy::Context;

@@ -5,6 +5,7 @@
 //! store, so it runs as futures answered in request order.
 
 use super::*;
+use crate::ownership;
 
 /// A request routed and waiting for admission.
 pub(crate) struct Routed {
@@ -359,43 +360,29 @@ impl Gates {
             tenant: None,
         };
         let who = self.caller.as_ref().unwrap_or(&anonymous);
-        let owner = self.ctx.store.owner(routed.pool.name(), session).await;
-        let forbidden = || {
-            Err((
+        let how = match self.creates {
+            true => ownership::Use::Create,
+            false => ownership::Use::Existing,
+        };
+        let fleet_holds = fanout::held_by_fleet(&self.owner, &routed.pool, session);
+        let pool = routed.pool.name();
+        match ownership::may_use(
+            &self.ctx.store,
+            identities,
+            pool,
+            who,
+            session,
+            how,
+            fleet_holds,
+        )
+        .await
+        {
+            true => Ok(()),
+            false => Err((
                 FORBIDDEN,
                 format!("session {session} belongs to another user"),
                 Value::Null,
-            ))
-        };
-        if !self.creates {
-            return match identities.may_touch(who, session, owner.as_deref()) {
-                true => Ok(()),
-                false => forbidden(),
-            };
-        }
-        // A create with an id the client chose: nobody else's, and under `unowned: deny` not
-        // a session the fleet already holds (creating it again would reset it). The id is
-        // claimed before the create goes on, so of two users racing to create it, one wins.
-        let free = match (owner.as_deref(), &identities.config.unowned) {
-            (Some(o), _) => o == &*who.user,
-            (None, Unowned::Allow) => true,
-            (None, Unowned::Prefix(_)) => identities.may_touch(who, session, None),
-            (None, Unowned::Deny) => {
-                !fanout::held_by_fleet(&self.owner, &routed.pool, session).await
-            }
-        };
-        if !free {
-            return forbidden();
-        }
-        let ttl = identities.config.binding_ttl;
-        let owner = self
-            .ctx
-            .store
-            .claim(routed.pool.name(), session, &who.user, ttl)
-            .await;
-        match *owner == *who.user {
-            true => Ok(()),
-            false => forbidden(),
+            )),
         }
     }
 }
