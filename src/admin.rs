@@ -46,6 +46,9 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
 }
 
 async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
+    if let Err(refused) = authorize(server, &req) {
+        return refused;
+    }
     let query: HashMap<String, String> = req
         .uri()
         .query()
@@ -100,6 +103,39 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
             "/metrics" | "/healthz" | "/readyz" | "/admin/route" | "/admin/ring" | "/admin/reload",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// With `admin.token_env` set, `/admin/*` (and the probes and metrics, if protected) need
+/// `Authorization: Bearer <token>`. Read from the snapshot, so a reload rotates the token.
+fn authorize(server: &Server, req: &Request<Incoming>) -> Result<(), AdminResponse> {
+    let snapshot = server.snapshot();
+    let auth = &snapshot.config.admin_auth;
+    let Some(token) = &auth.token else {
+        return Ok(());
+    };
+    let probe = matches!(req.uri().path(), "/metrics" | "/healthz" | "/readyz");
+    if probe && !auth.protect_probes {
+        return Ok(());
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Compared as digests, so the time taken says nothing about the token.
+    let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+    match presented {
+        Some(p) if digest(p).as_ref() == digest(token.expose()).as_ref() => Ok(()),
+        _ => {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sessiongate-admin\""),
+            );
+            Err(resp)
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 mod support;
 
 use support::upstream::Fleet;
-use support::{metric_value, poll_until, web_config, within, Proxy};
+use support::{client, metric_value, poll_until, web_config, within, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints_after_traffic() {
@@ -136,4 +136,57 @@ async fn the_connections_gauge_follows_clients_opening_and_closing() {
         .await;
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_guards_admin_paths_and_optionally_the_probes() {
+    const TOKEN: &str = "admin-secret-5b1e0c";
+    std::env::set_var("SG_ADMIN_TEST_TOKEN", TOKEN);
+    within(30, async {
+        let fleet = Fleet::start(&["u1"]).await;
+        let base = web_config(&fleet.members, "", "");
+        let guarded = base.replace(
+            "  listen: 127.0.0.1:0\nshutdown_grace",
+            "  listen: 127.0.0.1:0\n  token_env: SG_ADMIN_TEST_TOKEN\nshutdown_grace",
+        );
+        assert_ne!(guarded, base);
+        let proxy = Proxy::start_yaml(&guarded).await;
+        let admin = proxy.admin();
+        let get = |path: &'static str, token: Option<&'static str>| async move {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            client::get(admin, path, &headers).await
+        };
+        for path in [
+            "/admin/ring?pool=api",
+            "/admin/upstreams",
+            "/admin/route?pool=api&key=k",
+        ] {
+            for token in [None, Some("wrong")] {
+                let reply = get(path, token).await;
+                assert_eq!(reply.status, 401, "{path} {token:?}: {}", reply.body);
+                assert!(reply.headers.contains_key("www-authenticate"));
+            }
+            let reply = get(path, Some(TOKEN)).await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+            assert!(!reply.body.contains(TOKEN), "{path} shows the token");
+        }
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert_eq!(get(path, None).await.status, 200, "{path} stays open");
+        }
+        assert!(!get("/metrics", None).await.body.contains(TOKEN));
+
+        // Protected probes: the same token, now for everything. A reload applies it.
+        let protected = guarded.replace(
+            "  token_env: SG_ADMIN_TEST_TOKEN\n",
+            "  token_env: SG_ADMIN_TEST_TOKEN\n  protect_probes: true\n",
+        );
+        proxy.reload_with(&protected).await.expect("reload");
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert_eq!(get(path, None).await.status, 401, "{path}");
+            assert_eq!(get(path, Some(TOKEN)).await.status, 200, "{path}");
+        }
+    })
+    .await
 }

@@ -139,3 +139,36 @@ async fn route_prints_name_and_address_per_key_like_the_running_proxy() {
     })
     .await
 }
+
+#[test]
+fn check_refuses_an_open_admin_listener_without_a_token() {
+    let cases = [
+        (
+            VALID.replace(
+                "  listen: 127.0.0.1:0\nlisteners",
+                "  listen: 0.0.0.0:0\nlisteners",
+            ),
+            "admin.listen: 0.0.0.0:0 is not a loopback address",
+        ),
+        (
+            VALID.replace(
+                "  listen: 127.0.0.1:0\nlisteners",
+                "  listen: 127.0.0.1:0\n  protect_probes: true\nlisteners",
+            ),
+            "admin.protect_probes: needs admin.token_env",
+        ),
+        (
+            VALID.replace(
+                "  listen: 127.0.0.1:0\nlisteners",
+                "  listen: 0.0.0.0:0\n  token_env: SG_CLI_TEST_UNSET_ADMIN_TOKEN\nlisteners",
+            ),
+            "admin.token_env: environment variable SG_CLI_TEST_UNSET_ADMIN_TOKEN is not set",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let out = sessiongate(&["check"], &ConfigDir::new(&yaml));
+        assert_eq!(out.status.code(), Some(2), "{expected}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+}
