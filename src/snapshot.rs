@@ -209,7 +209,7 @@ impl Snapshot {
         // metrics.
         let identities = match &config.identities {
             Some(ids) => Some(Arc::new(Identities::load(ids).map_err(|message| {
-                ConfigError::Tls {
+                ConfigError::File {
                     file: source.to_owned(),
                     path: "identities.tokens_file".into(),
                     message,
@@ -228,7 +228,7 @@ impl Snapshot {
                 _ => &[],
             };
             let acceptor =
-                tls::acceptor(files, alpn).map_err(|(field, message)| ConfigError::Tls {
+                tls::acceptor(files, alpn).map_err(|(field, message)| ConfigError::File {
                     file: source.to_owned(),
                     path: format!("listeners[{i}].tls.{field}"),
                     message,

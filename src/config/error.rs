@@ -26,8 +26,9 @@ pub enum ConfigError {
         file: PathBuf,
         errors: Vec<FieldError>,
     },
+    /// A file the configuration names (tokens, certificates, keys) cannot be used.
     #[error("{file}: {path}: {message}")]
-    Tls {
+    File {
         file: PathBuf,
         path: String,
         message: String,

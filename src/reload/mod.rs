@@ -130,6 +130,10 @@ impl Server {
         if config.worker_threads != current.config.worker_threads {
             warn!("runtime.worker_threads changed; it takes effect at the next restart");
         }
+        // The store holds live locks and counters: swapping it mid-flight would lose them.
+        if config.redis != current.config.redis {
+            warn!("redis changed; it takes effect at the next restart");
+        }
         let next = Snapshot::build(config, &current.source, Some(&current), &self.ctx.metrics)?;
         let pools = diff(&current, &next);
 

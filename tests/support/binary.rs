@@ -27,12 +27,18 @@ pub struct Binary {
 impl Binary {
     /// Start `sessiongate --log-format json --config <config>`.
     pub fn spawn(config: &Path) -> Binary {
+        Binary::spawn_env(config, &[])
+    }
+
+    /// Like [`Binary::spawn`], with extra environment variables (`RUST_LOG` included).
+    pub fn spawn_env(config: &Path, env: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
             .arg("--log-format")
             .arg("json")
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -144,6 +150,14 @@ impl Binary {
             Ok(status) => status.expect("wait"),
             Err(_) => panic!("sessiongate did not exit; log:\n{}", self.log()),
         }
+    }
+
+    /// Every line the process logged, once it has exited ([`Binary::wait`]).
+    pub async fn whole_log(&mut self) -> String {
+        while let Ok(Some(line)) = tokio::time::timeout(LOG_WAIT, self.lines.recv()).await {
+            self.seen.push(line);
+        }
+        self.log()
     }
 
     /// Peak resident set size (`VmHWM`) in KiB.

@@ -104,6 +104,8 @@ impl Conn {
     /// `-32002` to the request (with id `null` for a notification: the client must learn why
     /// it is cut off), then the connection closes.
     fn refuse_identity(&mut self, id: Option<&str>, reply: ReplyTo, why: &str) -> Option<Bytes> {
+        // Never the token: only that it was wrong or missing.
+        tracing::info!(listener = %self.listener, peer = %self.peer_ip, why, "caller refused");
         let err = match id {
             Some(id) => error_for(id, AUTHENTICATION_FAILED, why, &Value::Null),
             None => message::error_response(None, AUTHENTICATION_FAILED, why, None),
