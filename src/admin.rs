@@ -46,7 +46,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
 }
 
 async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
-    if let Err(refused) = authorize(server, &req) {
+    if let Some(refused) = unauthorized(server, &req) {
         return refused;
     }
     let query: HashMap<String, String> = req
@@ -108,15 +108,14 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
 
 /// With `admin.token_env` set, `/admin/*` (and the probes and metrics, if protected) need
 /// `Authorization: Bearer <token>`. Read from the snapshot, so a reload rotates the token.
-fn authorize(server: &Server, req: &Request<Incoming>) -> Result<(), AdminResponse> {
+/// The 401 to answer, if the request lacks the token it needs.
+fn unauthorized(server: &Server, req: &Request<Incoming>) -> Option<AdminResponse> {
     let snapshot = server.snapshot();
     let auth = &snapshot.config.admin_auth;
-    let Some(token) = &auth.token else {
-        return Ok(());
-    };
+    let token = auth.token.as_ref()?;
     let probe = matches!(req.uri().path(), "/metrics" | "/healthz" | "/readyz");
     if probe && !auth.protect_probes {
-        return Ok(());
+        return None;
     }
     let presented = req
         .headers()
@@ -127,14 +126,14 @@ fn authorize(server: &Server, req: &Request<Incoming>) -> Result<(), AdminRespon
     // Compared as digests, so the time taken says nothing about the token.
     let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
     match presented {
-        Some(p) if digest(p).as_ref() == digest(token.expose()).as_ref() => Ok(()),
+        Some(p) if digest(p).as_ref() == digest(token.expose()).as_ref() => None,
         _ => {
             let mut resp = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"sessiongate-admin\""),
             );
-            Err(resp)
+            Some(resp)
         }
     }
 }
