@@ -75,6 +75,9 @@ enum Command {
     /// Print the JSON-RPC method table: each method the Copilot SDK can send, and its routing
     /// class (one per line, tab-separated).
     Methods,
+    /// Read a token from stdin (one line) and print the `sha256` that `tokens.yaml` lists for
+    /// it. From stdin, so the token stays out of shell history and the process list.
+    HashToken,
     /// Start a demo fleet and the proxy in front of it (uses the built-in demo config; needs a
     /// build with `--features demo`).
     Demo,
@@ -94,6 +97,17 @@ fn main() -> ExitCode {
         }),
         Command::Route { pool, keys } => {
             load(&cli.config).and_then(|c| route(c, &cli.config, &pool, &keys))
+        }
+        Command::HashToken => {
+            let mut line = String::new();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(_) => {
+                    let token = line.trim_end_matches(['\r', '\n']);
+                    outln!("{}", sessiongate::identity::token_hash(token));
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::anyhow!("reading the token from stdin: {e}").into()),
+            }
         }
         Command::Methods => {
             for (name, class) in sessiongate::proxy::jsonrpc::methods::all() {

@@ -172,3 +172,26 @@ fn check_refuses_an_open_admin_listener_without_a_token() {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
 }
+
+#[test]
+fn hash_token_reads_stdin_and_prints_what_tokens_yaml_lists() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+        .arg("hash-token")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sessiongate");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret-token\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let printed = text(&out.stdout);
+    assert_eq!(printed.trim(), sessiongate::identity::token_hash("s3cret-token"));
+    assert_eq!(printed.trim().len(), 64);
+    assert!(!printed.contains("s3cret"));
+}
