@@ -11,6 +11,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 
 use crate::config::Secret;
+use crate::upstream::Upstream;
 
 /// The node a session lives on. The address is kept with the name so that a session pinned to
 /// an upstream a reload removed can still be reached while it drains.
@@ -27,9 +28,10 @@ pub struct SessionPins {
     cache: Cache<Arc<str>, Pin>,
     ttl: Duration,
     capacity: u64,
-    /// Connection tokens of upstreams a reload removed, while their pinned sessions drain: a
-    /// new link to such a node still needs its token. Shared by every copy of the table.
-    retired: Arc<Mutex<HashMap<Arc<str>, Secret>>>,
+    /// Upstreams a reload removed, while their pinned sessions drain: a new link to such a
+    /// node still needs its token, an HTTP request its connection pool. Shared by every copy of
+    /// the table.
+    retired: Arc<Mutex<HashMap<Arc<str>, Arc<Upstream>>>>,
 }
 
 impl std::fmt::Debug for SessionPins {
@@ -105,19 +107,21 @@ impl SessionPins {
         keys.len()
     }
 
-    /// Keep the token of `upstream`, removed by a reload, while its pinned sessions drain.
-    pub fn retire(&self, upstream: &str, token: Option<Secret>) {
+    /// Keep `upstream`, removed by a reload, while its pinned sessions drain.
+    pub fn retire(&self, upstream: Arc<Upstream>) {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        match token {
-            Some(token) => retired.insert(Arc::from(upstream), token),
-            None => retired.remove(upstream),
-        };
+        retired.insert(Arc::from(upstream.name()), upstream);
+    }
+
+    /// `upstream` if a reload removed it and it is still draining.
+    pub fn retired(&self, upstream: &str) -> Option<Arc<Upstream>> {
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.get(upstream).cloned()
     }
 
     /// The token of `upstream` if a reload removed it and it is still draining.
     pub fn retired_token(&self, upstream: &str) -> Option<Secret> {
-        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.get(upstream).cloned()
+        self.retired(upstream)?.config.token.clone()
     }
 
     /// `upstream` finished draining: forget its token.
@@ -183,11 +187,26 @@ mod tests {
         assert_eq!(changed.count_on("b"), 1);
     }
 
-    #[test]
-    fn retired_tokens_are_shared_across_policy_changes_until_forgotten() {
+    /// Upstream `a` of a pool whose connection token is `t`.
+    fn upstream_a() -> Arc<Upstream> {
+        std::env::set_var("SG_SESSIONS_TEST_TOKEN", "t");
+        let yaml = "listeners: []\npools:\n  p:\n    token_env: SG_SESSIONS_TEST_TOKEN\n    upstreams:\n      - { name: a, addr: 127.0.0.1:9 }\n";
+        let config =
+            crate::config::Config::parse(yaml, std::path::Path::new("t.yaml")).expect("config");
+        let pool = &config.pools["p"];
+        let metrics = crate::metrics::Metrics::new(prometheus::Registry::new()).expect("metrics");
+        Upstream::build(pool, &pool.upstreams[0], None, &metrics, None)
+    }
+
+    #[tokio::test]
+    async fn retired_upstreams_are_shared_across_policy_changes_until_forgotten() {
         let pins = SessionPins::new(Duration::from_secs(60), 100);
         let changed = pins.with_policy(Duration::from_secs(10), 100);
-        pins.retire("a", Some(Secret("t".into())));
+        pins.retire(upstream_a());
+        assert_eq!(
+            changed.retired("a").map(|u| u.addr().to_owned()).as_deref(),
+            Some("127.0.0.1:9")
+        );
         assert_eq!(
             changed.retired_token("a").as_ref().map(Secret::expose),
             Some("t")

@@ -3,7 +3,7 @@
 //! [`Snapshot`] behind one `ArcSwap`; the data path loads it once per request or message, and
 //! new snapshots are built off the data path by the reload code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,8 +39,13 @@ pub struct Pool {
     pub config: PoolConfig,
     pub ring: Ring,
     pub upstreams: Vec<Arc<Upstream>>,
-    /// Where JSON-RPC sessions live; carried across reloads by pool name.
+    /// Where sessions live (JSON-RPC sessions, and HTTP sessions learned from responses);
+    /// carried across reloads by pool name.
     pub pins: SessionPins,
+    /// An HTTP listener learns pins into this pool (`learn:`): HTTP requests into it follow
+    /// pins, and pins on a removed upstream stay after its drain (answered per
+    /// `on_owner_down`, since no other upstream holds those sessions).
+    pub learned_pins: bool,
 }
 
 /// Per-listener runtime settings derived from its config.
@@ -98,7 +103,12 @@ pub struct UpstreamStats {
 }
 
 impl Pool {
-    fn build(config: &PoolConfig, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
+    fn build(
+        config: &PoolConfig,
+        previous: Option<&Pool>,
+        metrics: &Metrics,
+        learned_pins: bool,
+    ) -> Pool {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -122,6 +132,7 @@ impl Pool {
             ring,
             upstreams,
             pins,
+            learned_pins,
         }
     }
 
@@ -235,12 +246,22 @@ impl Snapshot {
                 })?;
             acceptors.push(Some(acceptor));
         }
+        let learning: HashSet<&str> = config
+            .listeners
+            .iter()
+            .filter(|l| !l.learn.is_empty())
+            .flat_map(|l| l.pools())
+            .collect();
         let pools: HashMap<String, Arc<Pool>> = config
             .pools
             .values()
             .map(|p| {
                 let prev = previous.and_then(|s| s.pools.get(&p.name)).map(|p| &**p);
-                (p.name.clone(), Arc::new(Pool::build(p, prev, metrics)))
+                let learns = learning.contains(p.name.as_str());
+                (
+                    p.name.clone(),
+                    Arc::new(Pool::build(p, prev, metrics, learns)),
+                )
             })
             .collect();
         let mut listeners = HashMap::new();

@@ -191,7 +191,10 @@ fn hash_token_reads_stdin_and_prints_what_tokens_yaml_lists() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let printed = text(&out.stdout);
-    assert_eq!(printed.trim(), sessiongate::identity::token_hash("s3cret-token"));
+    assert_eq!(
+        printed.trim(),
+        sessiongate::identity::token_hash("s3cret-token")
+    );
     assert_eq!(printed.trim().len(), 64);
     assert!(!printed.contains("s3cret"));
 }

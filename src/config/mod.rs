@@ -84,6 +84,27 @@ pub struct ListenerConfig {
     /// Callers routed to pools of their own, by user or tenant.
     pub tenants: Vec<TenantRoute>,
     pub limits: Limits,
+    /// `protocol: http`: where upstream responses name a session to pin to their upstream.
+    pub learn: Vec<LearnSource>,
+}
+
+/// Where a response names a session its upstream now holds (MCP's `Mcp-Session-Id`, a
+/// session cookie): learned as a pin, so later requests carrying it as their key follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LearnSource {
+    /// A response header (names match case-insensitively).
+    ResponseHeader(http::HeaderName),
+    /// A cookie the response sets (`Set-Cookie: NAME=value; ...`).
+    SetCookie(String),
+}
+
+impl std::fmt::Display for LearnSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LearnSource::ResponseHeader(h) => write!(f, "response_header {h}"),
+            LearnSource::SetCookie(c) => write!(f, "set_cookie {c}"),
+        }
+    }
 }
 
 impl ListenerConfig {
@@ -102,6 +123,9 @@ pub enum OnOwnerDown {
     Error,
     /// Re-place the session on the ring (fleets on shared storage).
     Failover,
+    /// HTTP: answer 404 for the pinned key, so the client starts a new session (what MCP
+    /// clients do on a 404); JSON-RPC: as `Error`.
+    NotFound,
 }
 
 /// What a fan-out answers when some nodes give no result.

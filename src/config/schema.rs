@@ -136,6 +136,16 @@ pub struct RawListener {
     pub tenants: Option<Vec<RawTenantRoute>>,
     pub default_pool: Option<String>,
     pub limits: Option<RawLimits>,
+    pub learn: Option<Vec<RawLearnSource>>,
+}
+
+/// One entry of an HTTP listener's `learn:` list (`- response_header: Mcp-Session-Id` or
+/// `- set_cookie: SESSIONID`). Exactly one field must be set; validation checks that.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLearnSource {
+    pub response_header: Option<String>,
+    pub set_cookie: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::schema::{
-    RawConfig, RawHealth, RawKeySource, RawListener, RawPassive, RawPool, RawUpstream,
+    RawConfig, RawHealth, RawKeySource, RawLearnSource, RawListener, RawPassive, RawPool,
+    RawUpstream,
 };
 use super::*;
 
@@ -269,7 +270,10 @@ fn listener_config(
         );
     }
 
+    let learn = learn_sources(errs, path, protocol, l.learn.take());
+
     ListenerConfig {
+        learn,
         name: l.name,
         listen,
         protocol,
@@ -293,6 +297,38 @@ fn listener_config(
             Duration::from_secs(30),
         ),
     }
+}
+
+fn learn_sources(
+    errs: &mut Errors,
+    path: &str,
+    protocol: Protocol,
+    raw: Option<Vec<RawLearnSource>>,
+) -> Vec<LearnSource> {
+    let raw = raw.unwrap_or_default();
+    if !raw.is_empty() && protocol != Protocol::Http {
+        errs.push(format!("{path}.learn"), "only for protocol http");
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, source) in raw.into_iter().enumerate() {
+        let at = format!("{path}.learn[{i}]");
+        match (source.response_header, source.set_cookie) {
+            (Some(name), None) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => out.push(LearnSource::ResponseHeader(h)),
+                Err(_) => errs.push(format!("{at}.response_header"), "not a valid header name"),
+            },
+            (None, Some(name)) => {
+                if name.is_empty() || name.contains(['=', ';', ' ', ',']) {
+                    errs.push(format!("{at}.set_cookie"), "not a valid cookie name");
+                } else {
+                    out.push(LearnSource::SetCookie(name));
+                }
+            }
+            _ => errs.push(at, "set exactly one of response_header, set_cookie"),
+        }
+    }
+    out
 }
 
 fn key_source(
@@ -461,6 +497,7 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         &[
             ("error", OnOwnerDown::Error),
             ("failover", OnOwnerDown::Failover),
+            ("not_found", OnOwnerDown::NotFound),
         ],
     );
     let max_pinned_sessions = p.max_pinned_sessions.unwrap_or(1_000_000);

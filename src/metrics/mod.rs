@@ -27,6 +27,8 @@ pub mod names {
     pub const JSONRPC_REQUEST_DURATION: &str = "sessiongate_jsonrpc_request_duration_seconds";
     pub const PINNED_SESSIONS: &str = "sessiongate_pinned_sessions";
     pub const OWNER_DISCOVERY_TOTAL: &str = "sessiongate_owner_discovery_total";
+    pub const PINS_LEARNED_TOTAL: &str = "sessiongate_pins_learned_total";
+    pub const PINS_DROPPED_TOTAL: &str = "sessiongate_pins_dropped_total";
     pub const JSONRPC_UNKNOWN_METHODS_TOTAL: &str = "sessiongate_jsonrpc_unknown_methods_total";
     pub const FANOUT_SKIPPED_TOTAL: &str = "sessiongate_fanout_skipped_total";
     pub const UPSTREAM_LINK_FAILURES_TOTAL: &str = "sessiongate_upstream_link_failures_total";
@@ -66,6 +68,8 @@ pub struct Metrics {
     pub jsonrpc_request_duration: HistogramVec,
     pub pinned_sessions: IntGaugeVec,
     pub owner_discovery_total: IntCounterVec,
+    pub pins_learned_total: IntCounterVec,
+    pub pins_dropped_total: IntCounterVec,
     jsonrpc_unknown_methods_total: IntCounterVec,
     /// The unknown method names that have a label of their own (the rest count as `other`).
     unknown_method_labels: Arc<Mutex<HashSet<String>>>,
@@ -162,6 +166,20 @@ impl Metrics {
                 "Owner discoveries for sessions without a pin, by result.",
             ),
             &["pool", "result"],
+        )?;
+        let pins_learned_total = IntCounterVec::new(
+            Opts::new(
+                PINS_LEARNED_TOTAL,
+                "HTTP sessions pinned to the upstream whose response named them (listener learn:).",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let pins_dropped_total = IntCounterVec::new(
+            Opts::new(
+                PINS_DROPPED_TOTAL,
+                "Learned HTTP pins dropped, by reason (deleted: a DELETE the upstream accepted; owner_gone: the pinned upstream was down or removed).",
+            ),
+            &["pool", "reason"],
         )?;
         let jsonrpc_unknown_methods_total = IntCounterVec::new(
             Opts::new(
@@ -266,6 +284,8 @@ impl Metrics {
         registry.register(Box::new(jsonrpc_request_duration.clone()))?;
         registry.register(Box::new(pinned_sessions.clone()))?;
         registry.register(Box::new(owner_discovery_total.clone()))?;
+        registry.register(Box::new(pins_learned_total.clone()))?;
+        registry.register(Box::new(pins_dropped_total.clone()))?;
         registry.register(Box::new(jsonrpc_unknown_methods_total.clone()))?;
         registry.register(Box::new(fanout_skipped_total.clone()))?;
         registry.register(Box::new(upstream_link_failures_total.clone()))?;
@@ -288,6 +308,8 @@ impl Metrics {
             jsonrpc_request_duration,
             pinned_sessions,
             owner_discovery_total,
+            pins_learned_total,
+            pins_dropped_total,
             jsonrpc_unknown_methods_total,
             unknown_method_labels: Arc::default(),
             fanout_skipped_total,

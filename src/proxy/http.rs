@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,14 +22,16 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 mod admission;
+mod affinity;
 
 use super::idle::{self, Opening};
 use super::Context;
 use crate::config::{IdentitySource, NoKey};
 use crate::identity::Identity;
 use crate::key::http::RequestHead;
-use crate::snapshot::{ListenerRuntime, PoolRoute, Snapshot};
-use crate::upstream::{prober, PooledBody};
+use crate::snapshot::{ListenerRuntime, Pool, PoolRoute, Snapshot};
+use crate::upstream::{prober, PooledBody, Upstream};
+use affinity::{Placement, Target};
 
 /// Response bodies: the upstream's, streamed, or a short local one (errors).
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -243,24 +245,31 @@ impl Conn {
                 return self.finish(started, Some(route), None, resp);
             }
         }
-        let index = match key.map(|(key, _)| key) {
-            Some(key) => key.with(|k| pool.route_index(k)),
+        let deleting = req.method() == Method::DELETE;
+        let placed = match key.map(|(key, _)| key) {
+            Some(key) => key.with(|k| self.place(pool, k, deleting)),
             None if listener.config.no_key == NoKey::Reject => {
                 let msg = format!(
                     "no session key in request; expected one of: {}",
                     listener.http_keys.described
                 );
-                let resp = local(StatusCode::BAD_REQUEST, msg);
+                Err(local(StatusCode::BAD_REQUEST, msg))
+            }
+            None => Ok((pool.route_random_index().map(Target::Index), None)),
+        };
+        let (target, ending) = match placed {
+            Ok((Some(target), ending)) => (target, ending),
+            Ok((None, _)) => {
+                let msg = format!("no upstream available in pool {}", pool.name());
+                let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
                 return self.finish(started, Some(route), None, resp);
             }
-            None => pool.route_random_index(),
+            Err(resp) => return self.finish(started, Some(route), None, resp),
         };
-        let Some(index) = index else {
-            let msg = format!("no upstream available in pool {}", pool.name());
-            let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
-            return self.finish(started, Some(route), None, resp);
+        let (upstream, index) = match &target {
+            Target::Index(i) => (&pool.upstreams[*i], Some(*i)),
+            Target::Retired(u) => (u, None),
         };
-        let upstream = &pool.upstreams[index];
         if listener.config.identity.is_some() {
             set_identity_headers(req.headers_mut(), caller.as_ref());
         }
@@ -269,7 +278,7 @@ impl Conn {
             is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         if let Err(why) = self.rewrite_request(&mut req, client_upgrade.is_some()) {
             let resp = local(StatusCode::BAD_REQUEST, why);
-            return self.finish(started, Some(route), Some(index), resp);
+            return self.finish(started, Some(route), index, resp);
         }
         let timeout = pool.config.request_timeout;
         let passive = pool.config.passive.as_ref();
@@ -307,10 +316,88 @@ impl Conn {
                 } else {
                     strip_hop_by_hop(resp.headers_mut());
                 }
+                self.learn(listener, pool, upstream, &resp);
+                if let Some(session) = ending {
+                    if affinity::ends_session(&Method::DELETE, resp.status()) {
+                        pool.pins.unpin(&session);
+                        self.dropped_pin(pool, "deleted");
+                    }
+                }
                 resp.map(Either::Left)
             }
         };
-        self.finish(started, Some(route), Some(index), resp)
+        match index {
+            Some(_) => self.finish(started, Some(route), index, resp),
+            None => self.finish_retired(started, pool, upstream, resp),
+        }
+    }
+
+    /// Where a request with key `key` goes: its learned pin, if the pool has learned pins, else
+    /// the ring (`None`: no upstream can take it). With the session's key when the request is a
+    /// `DELETE` that may end a pinned session.
+    fn place(
+        &self,
+        pool: &Pool,
+        key: &[u8],
+        deleting: bool,
+    ) -> Result<(Option<Target>, Option<String>), Response<ProxyBody>> {
+        if !pool.learned_pins {
+            return Ok((pool.route_index(key).map(Target::Index), None));
+        }
+        let session = String::from_utf8_lossy(key);
+        let (state, target) = affinity::lookup(pool, &session);
+        match affinity::placement(state, pool.config.on_owner_down) {
+            Placement::Ring => {}
+            Placement::Pinned => {
+                return Ok((target, deleting.then(|| session.into_owned())));
+            }
+            Placement::Replace => {
+                pool.pins.unpin(&session);
+                self.dropped_pin(pool, "owner_gone");
+            }
+            Placement::NotFound => {
+                pool.pins.unpin(&session);
+                self.dropped_pin(pool, "owner_gone");
+                let msg = "session not found: the upstream that held it is gone";
+                return Err(local(StatusCode::NOT_FOUND, msg));
+            }
+            Placement::Unavailable => {
+                let msg = "the upstream holding this session is unavailable";
+                return Err(local(StatusCode::SERVICE_UNAVAILABLE, msg));
+            }
+        }
+        Ok((pool.route_index(key).map(Target::Index), None))
+    }
+
+    /// Pin the session `resp` names (the listener's `learn:` sources) to `upstream`.
+    fn learn(
+        &self,
+        listener: &ListenerRuntime,
+        pool: &Pool,
+        upstream: &Upstream,
+        resp: &Response<PooledBody>,
+    ) {
+        if listener.config.learn.is_empty() {
+            return;
+        }
+        let Some(session) = affinity::learned(&listener.config.learn, resp.headers()) else {
+            return;
+        };
+        if affinity::learn(pool, &String::from_utf8_lossy(session), upstream) {
+            self.ctx
+                .metrics
+                .pins_learned_total
+                .with_label_values(&[pool.name(), upstream.name()])
+                .inc();
+        }
+    }
+
+    fn dropped_pin(&self, pool: &Pool, reason: &str) {
+        self.ctx
+            .metrics
+            .pins_dropped_total
+            .with_label_values(&[pool.name(), reason])
+            .inc();
     }
 
     /// Who sends this request, when the listener has `identity:`: the client certificate's
@@ -441,6 +528,24 @@ impl Conn {
                 self.count(pool, "none", resp.status());
             }
         }
+        resp
+    }
+
+    /// Like [`Conn::finish`] for an upstream a reload removed (it has no per-route handles).
+    fn finish_retired(
+        &self,
+        started: Instant,
+        pool: &Pool,
+        upstream: &Upstream,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let labels = [&*self.listener, pool.name(), upstream.name()];
+        self.ctx
+            .metrics
+            .request_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.count(pool.name(), upstream.name(), resp.status());
         resp
     }
 

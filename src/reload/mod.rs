@@ -93,9 +93,11 @@ impl Server {
                 continue;
             };
             for name in &diff.removed {
-                // A new link to it (another client resuming a pinned session) needs its token.
-                let token = old_pool.upstream(name).and_then(|u| u.config.token.clone());
-                old_pool.pins.retire(name, token);
+                // A new link to it (another client resuming a pinned session) needs its token,
+                // an HTTP request its connection pool.
+                if let Some(upstream) = old_pool.upstream(name) {
+                    old_pool.pins.retire(upstream.clone());
+                }
                 let pinned = old_pool.pins.count_on(name);
                 let timeout = old_pool.config.drain_timeout;
                 info!(pool = %diff.pool, upstream = %name, pinned, "upstream removed: draining its pinned sessions for up to {timeout:?}");
@@ -113,6 +115,12 @@ impl Server {
                     };
                     if pool.upstream(&name).is_none() {
                         pool.pins.forget_retired(&name);
+                        if pool.learned_pins {
+                            // No other upstream holds these sessions: their pins stay, so a
+                            // request for one is answered per on_owner_down (and unpins).
+                            info!(pool = %pool_name, upstream = %name, "drain_timeout passed: removed upstream no longer served");
+                            return;
+                        }
                         let dropped = pool.pins.unpin_all_on(&name);
                         info!(pool = %pool_name, upstream = %name, dropped, "drain_timeout passed: pins of removed upstream dropped");
                     }

@@ -502,7 +502,7 @@ async fn owners_of(
             (false, _) => {
                 owners.insert(sid.clone(), Ok(pool.pinned_endpoint(&pin)));
             }
-            (true, OnOwnerDown::Error) => {
+            (true, OnOwnerDown::Error | OnOwnerDown::NotFound) => {
                 owners.insert(sid.clone(), Err(pin.upstream.clone()));
             }
             (true, OnOwnerDown::Failover) => unknown.push(sid.clone()),

@@ -257,7 +257,7 @@ fn to_session(pool: &Pool, sid: &str, discover: bool) -> Decision {
     };
     match pool.upstream(&pin.upstream) {
         Some(u) if !u.state.is_available() => match pool.config.on_owner_down {
-            OnOwnerDown::Error => Refusal::unavailable(
+            OnOwnerDown::Error | OnOwnerDown::NotFound => Refusal::unavailable(
                 format!("session {sid}: its server {} is unavailable", pin.upstream),
                 Some(pin.upstream.clone()),
             ),
