@@ -125,7 +125,9 @@ async fn without_redis_each_replica_locks_alone_and_turns_overlap() {
             cli.overlapping_turns() > 0,
             "two replicas with their own locks did not overlap"
         );
-        assert_eq!(cli.max_concurrent_turns(), 2, "at most one turn per replica");
+        // Not bounded by 2: a holder's turn ends at the session's next idle or error, which may
+        // be that of the other replica's turn (events do not say which turn they end).
+        assert!(cli.max_concurrent_turns() > 1);
     })
     .await;
 }
@@ -138,13 +140,13 @@ async fn alice(addr: SocketAddr) -> RpcClient {
     client
 }
 
-/// The -32005 refusal, with a positive `data.retryAfterMs` (returned).
-fn assert_rate_limited(resp: &Value) -> u64 {
+/// The -32005 refusal of a limit of `limit` per minute, with `data.retryAfterMs` positive and
+/// at most a window and a `limit`th of one (the store's bound).
+fn assert_rate_limited(resp: &Value, limit: u64) {
     let err = error_of(resp);
     assert_eq!(err["code"], -32005, "{resp}");
     let retry = err["data"]["retryAfterMs"].as_u64().unwrap_or(0);
-    assert!(retry > 0 && retry <= 66_000, "{resp}");
-    retry
+    assert!(retry > 0 && retry <= 60_000 + 60_000 / limit, "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,8 +187,8 @@ async fn a_user_rate_limit_is_shared_by_replicas() {
             }
         }
         // The seventh is refused on either replica.
-        assert_rate_limited(&on_a.call("ping", json!({})).await);
-        assert_rate_limited(&on_b.call("ping", json!({})).await);
+        assert_rate_limited(&on_a.call("ping", json!({})).await, 6);
+        assert_rate_limited(&on_b.call("ping", json!({})).await, 6);
         assert_eq!(
             fleet.get(NODE).requests_for("ping"),
             4,
@@ -226,7 +228,7 @@ async fn a_redis_outage_is_logged_once_and_limits_are_counted_in_memory_until_re
             let pong = client.call("ping", json!({})).await;
             assert!(pong.get("result").is_some(), "served during the outage: {pong}");
         }
-        assert_rate_limited(&client.call("ping", json!({})).await);
+        assert_rate_limited(&client.call("ping", json!({})).await, 3);
         a.wait_log(FALLBACK_LOG, |_| true).await;
         // Let the probe (every second) fail a few more times: the outage is still logged once.
         // (No event marks a failed probe.)
@@ -249,12 +251,13 @@ async fn a_redis_outage_is_logged_once_and_limits_are_counted_in_memory_until_re
         // Redis came back empty: three requests across both replicas, then refused on both.
         let mut on_a = RpcClient::connect(a_addr).await;
         let mut on_b = RpcClient::connect(b_addr).await;
-        for client in [&mut on_a, &mut on_b, &mut on_a] {
+        for on_a_first in [true, false, true] {
+            let client = if on_a_first { &mut on_a } else { &mut on_b };
             let pong = client.call("ping", json!({})).await;
             assert!(pong.get("result").is_some(), "shared again: {pong}");
         }
-        assert_rate_limited(&on_b.call("ping", json!({})).await);
-        assert_rate_limited(&on_a.call("ping", json!({})).await);
+        assert_rate_limited(&on_b.call("ping", json!({})).await, 3);
+        assert_rate_limited(&on_a.call("ping", json!({})).await, 3);
     })
     .await;
 }
