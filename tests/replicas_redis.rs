@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::binary::Binary;
 use support::jsonrpc::{
-    all_at_once, attached_clients, create, error_of, jsonrpc_config, CliFleet, RpcClient,
-    RpcYaml,
+    all_at_once, attached_clients, create, error_of, jsonrpc_config, send_and_finish,
+    session_params, CliFleet, RpcClient, RpcYaml,
 };
 use support::redis::RedisServer;
 use support::{metric_value, poll_until, within, ConfigDir, Proxy};
@@ -306,6 +306,73 @@ async fn with_redis_down_one_replica_still_serializes_turns() {
         let text = proxy.metrics_text().await;
         let after = metric_value(&text, "sessiongate_store_fallback_total", &[("op", "lock")]);
         assert_eq!(after, locks, "locks through Redis again");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_begun_during_an_outage_keeps_its_session_when_redis_is_back() {
+    within(90, async {
+        let mut redis = RedisServer::start().await;
+        let fleet = CliFleet::start(1).await;
+        let top = redis_top(&redis);
+        // The lock lives 6s and is renewed every 2s: renewed through Redis once it is back.
+        let pool = "    session_concurrency: 1\n    turn_timeout: 6s\n    max_queue: 4\n";
+        let extra = RpcYaml {
+            top: &top,
+            pool,
+            ..RpcYaml::default()
+        };
+        let proxy = replica(&fleet, extra).await;
+        wait_redis_up(&proxy, true).await;
+        let addr = proxy.addr("cli");
+        let (_creator, sid) = new_session(addr).await;
+        let mut clients = attached_clients(addr, &sid, 2).await;
+        let mut second = clients.pop().expect("client");
+        let mut first = clients.pop().expect("client");
+        let cli = fleet.get(NODE);
+
+        // The first turn begins while Redis is down: its lock is granted in memory.
+        redis.stop();
+        cli.set_turn_duration(Duration::from_secs(5));
+        let answer = first
+            .call("session.send", session_params(&sid, json!({"prompt": "outage"})))
+            .await;
+        assert!(answer.get("result").is_some(), "{answer}");
+        wait_redis_up(&proxy, false).await;
+
+        redis.restart().await;
+        wait_redis_up(&proxy, true).await;
+        assert_eq!(cli.turns_running(&sid), 1, "the first turn still runs");
+        // At its next renewal the lock is taken in Redis too, so other replicas see it.
+        let key = format!("sessiongate:lock:turn:fleet:{sid}");
+        let client = redis::Client::open(redis.url()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        poll_until("the lock is in Redis", 5, || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move {
+                let holder: Option<String> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("GET");
+                holder.is_some()
+            }
+        })
+        .await;
+        assert_eq!(cli.turns_running(&sid), 1, "the first turn still runs");
+        cli.set_turn_duration(Duration::from_millis(20));
+        let answer = send_and_finish(&mut second, &sid, "after").await;
+        assert!(answer.get("result").is_some(), "{answer}");
+        assert_eq!(cli.turns_started(), 2);
+        assert_eq!(
+            cli.overlapping_turns(),
+            0,
+            "the second send waited for the turn begun during the outage"
+        );
     })
     .await;
 }
