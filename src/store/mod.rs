@@ -27,7 +27,8 @@
 //!   windows after the last admitted request.
 //! - `lock:{key}`: the holder, `SET NX PX ttl`; renew and unlock are compare-and-set scripts, so
 //!   only the holder extends or deletes it. A lock Redis granted is also recorded in memory, so
-//!   its holder can still renew and release it during an outage.
+//!   its holder can still renew and release it during an outage; while a holder in this process
+//!   holds a lock, the others here are refused it without asking Redis.
 //!
 //! # Limits
 //!
