@@ -198,3 +198,72 @@ async fn a_turn_that_never_ends_gives_the_session_up_at_turn_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_of_different_sessions_do_not_wait_for_each_other() {
+    within(60, async {
+        let (setup, mut creator, busy) = session_setup(
+            "    session_concurrency: 1\n    turn_timeout: 30s\n    max_queue: 4\n",
+        )
+        .await;
+        let other = uuid::Uuid::new_v4().to_string();
+        create(&mut creator, &other, json!({})).await;
+        let cli = setup.fleet.get(NODE);
+
+        // A turn of `busy` that runs all through the test.
+        cli.set_turn_duration(Duration::from_secs(600));
+        let mut holder = attached(&setup, &busy, 1).await.remove(0);
+        let first = holder
+            .call("session.send", session_params(&busy, json!({"prompt": "long"})))
+            .await;
+        assert!(first.get("result").is_some(), "{first}");
+
+        cli.set_turn_duration(Duration::from_millis(20));
+        let mut client = attached(&setup, &other, 1).await.remove(0);
+        for i in 0..3 {
+            let answer = send_and_finish(&mut client, &other, &format!("other {i}")).await;
+            assert!(answer.get("result").is_some(), "{answer}");
+        }
+        assert_eq!(cli.turns_running(&busy), 1);
+        assert_eq!(cli.turns_started(), 4);
+        assert_eq!(cli.overlapping_turns(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_gives_its_turn_back_at_once() {
+    within(20, async {
+        // A lock kept after a failed send would hold the next send for 10s or more.
+        let (setup, _creator, sid) = session_setup(
+            "    session_concurrency: 1\n    turn_timeout: 10s\n    max_queue: 4\n",
+        )
+        .await;
+        let cli = setup.fleet.get(NODE);
+        // A session the CLI does not have: it answers each send with an error.
+        let mut stranger = setup.client().await;
+        let unknown = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        for _ in 0..3 {
+            let answer = stranger
+                .call("session.send", session_params(&unknown, json!({"prompt": "x"})))
+                .await;
+            assert!(answer.get("error").is_some(), "{answer}");
+            assert_ne!(answer["error"]["code"], -32004, "{answer}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "three failed sends took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(cli.requests_for("session.send"), 3);
+        assert_eq!(cli.turns_started(), 0);
+
+        // And the session's own turns still run.
+        let mut client = attached(&setup, &sid, 1).await.remove(0);
+        cli.set_turn_duration(Duration::from_millis(20));
+        let answer = send_and_finish(&mut client, &sid, "ok").await;
+        assert!(answer.get("result").is_some(), "{answer}");
+    })
+    .await;
+}
