@@ -83,7 +83,10 @@ async fn turns_are_serialized_across_replicas_sharing_redis() {
 
         let answers = ten_through_each(a.addr("cli"), b.addr("cli")).await;
         for answer in &answers {
-            assert!(answer.get("result").is_some(), "every send is admitted: {answer}");
+            assert!(
+                answer.get("result").is_some(),
+                "every send is admitted: {answer}"
+            );
         }
         assert_eq!(answers.len(), 20);
         assert_eq!(cli.turns_started(), 20);
@@ -95,7 +98,11 @@ async fn turns_are_serialized_across_replicas_sharing_redis() {
         assert_eq!(cli.max_concurrent_turns(), 1);
         let a_metrics = a.metrics_text().await;
         assert_eq!(
-            metric_value(&a_metrics, "sessiongate_store_fallback_total", &[("op", "lock")]),
+            metric_value(
+                &a_metrics,
+                "sessiongate_store_fallback_total",
+                &[("op", "lock")]
+            ),
             Some(0.0),
             "every lock went through Redis"
         );
@@ -226,7 +233,10 @@ async fn a_redis_outage_is_logged_once_and_limits_are_counted_in_memory_until_re
         let mut client = RpcClient::connect(a_addr).await;
         for _ in 0..3 {
             let pong = client.call("ping", json!({})).await;
-            assert!(pong.get("result").is_some(), "served during the outage: {pong}");
+            assert!(
+                pong.get("result").is_some(),
+                "served during the outage: {pong}"
+            );
         }
         assert_rate_limited(&client.call("ping", json!({})).await, 3);
         a.wait_log(FALLBACK_LOG, |_| true).await;
@@ -283,7 +293,10 @@ async fn with_redis_down_one_replica_still_serializes_turns() {
         redis.stop();
         let answers = all_at_once(attached_clients(addr, &sid, 10).await, &sid).await;
         for answer in &answers {
-            assert!(answer.get("result").is_some(), "served from memory: {answer}");
+            assert!(
+                answer.get("result").is_some(),
+                "served from memory: {answer}"
+            );
         }
         wait_redis_up(&proxy, false).await;
         assert_eq!(cli.turns_started(), 10);
@@ -336,7 +349,10 @@ async fn a_turn_begun_during_an_outage_keeps_its_session_when_redis_is_back() {
         redis.stop();
         cli.set_turn_duration(Duration::from_secs(5));
         let answer = first
-            .call("session.send", session_params(&sid, json!({"prompt": "outage"})))
+            .call(
+                "session.send",
+                session_params(&sid, json!({"prompt": "outage"})),
+            )
             .await;
         assert!(answer.get("result").is_some(), "{answer}");
         wait_redis_up(&proxy, false).await;
@@ -347,7 +363,7 @@ async fn a_turn_begun_during_an_outage_keeps_its_session_when_redis_is_back() {
         // At its next renewal the lock is taken in Redis too, so other replicas see it.
         let key = format!("sessiongate:lock:turn:fleet:{sid}");
         let client = redis::Client::open(redis.url()).expect("url");
-        let mut conn = client
+        let conn = client
             .get_multiplexed_async_connection()
             .await
             .expect("connect to redis");

@@ -45,10 +45,9 @@ async fn attached(setup: &Setup, sid: &str, n: usize) -> Vec<RpcClient> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_senders_to_one_session_take_turns_one_at_a_time() {
     within(60, async {
-        let (setup, _creator, sid) = session_setup(
-            "    session_concurrency: 1\n    turn_timeout: 20s\n    max_queue: 32\n",
-        )
-        .await;
+        let (setup, _creator, sid) =
+            session_setup("    session_concurrency: 1\n    turn_timeout: 20s\n    max_queue: 32\n")
+                .await;
         let cli = setup.fleet.get(NODE);
         cli.set_turn_duration(Duration::from_millis(40));
         let clients = attached(&setup, &sid, 20).await;
@@ -56,11 +55,18 @@ async fn twenty_senders_to_one_session_take_turns_one_at_a_time() {
         let answers = all_at_once(clients, &sid).await;
         assert_eq!(answers.len(), 20);
         for answer in &answers {
-            assert!(answer.get("result").is_some(), "every send is admitted: {answer}");
+            assert!(
+                answer.get("result").is_some(),
+                "every send is admitted: {answer}"
+            );
         }
         assert_eq!(cli.turns_started(), 20);
         assert_eq!(cli.requests_for("session.send"), 20);
-        assert_eq!(cli.overlapping_turns(), 0, "no two turns of the session ran at once");
+        assert_eq!(
+            cli.overlapping_turns(),
+            0,
+            "no two turns of the session ran at once"
+        );
         assert_eq!(cli.max_concurrent_turns(), 1);
     })
     .await;
@@ -92,10 +98,9 @@ async fn without_session_concurrency_the_same_senders_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_line_refuses_the_next_send_before_it_reaches_the_cli() {
     within(60, async {
-        let (setup, _creator, sid) = session_setup(
-            "    session_concurrency: 1\n    turn_timeout: 30s\n    max_queue: 2\n",
-        )
-        .await;
+        let (setup, _creator, sid) =
+            session_setup("    session_concurrency: 1\n    turn_timeout: 30s\n    max_queue: 2\n")
+                .await;
         let cli = setup.fleet.get(NODE);
         let mut clients = attached(&setup, &sid, 4).await;
 
@@ -103,7 +108,10 @@ async fn a_full_line_refuses_the_next_send_before_it_reaches_the_cli() {
         cli.set_turn_duration(Duration::from_secs(3));
         let mut holder = clients.remove(0);
         let first = holder
-            .call("session.send", session_params(&sid, json!({"prompt": "long"})))
+            .call(
+                "session.send",
+                session_params(&sid, json!({"prompt": "long"})),
+            )
             .await;
         assert!(first.get("result").is_some(), "{first}");
         cli.set_turn_duration(Duration::from_millis(20));
@@ -131,7 +139,9 @@ async fn a_full_line_refuses_the_next_send_before_it_reaches_the_cli() {
             "{refused}"
         );
         assert!(
-            err["data"]["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0),
+            err["data"]["retryAfterMs"]
+                .as_u64()
+                .is_some_and(|ms| ms > 0),
             "{refused}"
         );
         // Refused while the first turn still runs, and nothing but the first send reached the
@@ -175,7 +185,10 @@ async fn a_turn_that_never_ends_gives_the_session_up_at_turn_timeout() {
         // The CLI never reports the end of this turn (within the test).
         cli.set_turn_duration(Duration::from_secs(600));
         let first = holder
-            .call("session.send", session_params(&sid, json!({"prompt": "hang"})))
+            .call(
+                "session.send",
+                session_params(&sid, json!({"prompt": "hang"})),
+            )
             .await;
         assert!(first.get("result").is_some(), "{first}");
         let first_at = Instant::now();
@@ -202,10 +215,9 @@ async fn a_turn_that_never_ends_gives_the_session_up_at_turn_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turns_of_different_sessions_do_not_wait_for_each_other() {
     within(60, async {
-        let (setup, mut creator, busy) = session_setup(
-            "    session_concurrency: 1\n    turn_timeout: 30s\n    max_queue: 4\n",
-        )
-        .await;
+        let (setup, mut creator, busy) =
+            session_setup("    session_concurrency: 1\n    turn_timeout: 30s\n    max_queue: 4\n")
+                .await;
         let other = uuid::Uuid::new_v4().to_string();
         create(&mut creator, &other, json!({})).await;
         let cli = setup.fleet.get(NODE);
@@ -214,7 +226,10 @@ async fn turns_of_different_sessions_do_not_wait_for_each_other() {
         cli.set_turn_duration(Duration::from_secs(600));
         let mut holder = attached(&setup, &busy, 1).await.remove(0);
         let first = holder
-            .call("session.send", session_params(&busy, json!({"prompt": "long"})))
+            .call(
+                "session.send",
+                session_params(&busy, json!({"prompt": "long"})),
+            )
             .await;
         assert!(first.get("result").is_some(), "{first}");
 
@@ -235,10 +250,9 @@ async fn turns_of_different_sessions_do_not_wait_for_each_other() {
 async fn a_failed_send_gives_its_turn_back_at_once() {
     within(20, async {
         // A lock kept after a failed send would hold the next send for 10s or more.
-        let (setup, _creator, sid) = session_setup(
-            "    session_concurrency: 1\n    turn_timeout: 10s\n    max_queue: 4\n",
-        )
-        .await;
+        let (setup, _creator, sid) =
+            session_setup("    session_concurrency: 1\n    turn_timeout: 10s\n    max_queue: 4\n")
+                .await;
         let cli = setup.fleet.get(NODE);
         // A session the CLI does not have: it answers each send with an error.
         let mut stranger = setup.client().await;
@@ -246,7 +260,10 @@ async fn a_failed_send_gives_its_turn_back_at_once() {
         let started = Instant::now();
         for _ in 0..3 {
             let answer = stranger
-                .call("session.send", session_params(&unknown, json!({"prompt": "x"})))
+                .call(
+                    "session.send",
+                    session_params(&unknown, json!({"prompt": "x"})),
+                )
                 .await;
             assert!(answer.get("error").is_some(), "{answer}");
             assert_ne!(answer["error"]["code"], -32004, "{answer}");

@@ -519,7 +519,10 @@ pub async fn attached_clients(addr: SocketAddr, sid: &str, n: usize) -> Vec<RpcC
 /// first `session.idle` after the answer; the client must be attached). Returns the answer.
 pub async fn send_and_finish(client: &mut RpcClient, sid: &str, prompt: &str) -> Value {
     let answer = client
-        .call("session.send", session_params(sid, json!({ "prompt": prompt })))
+        .call(
+            "session.send",
+            session_params(sid, json!({ "prompt": prompt })),
+        )
         .await;
     if answer.get("result").is_some() {
         assert!(answer["result"]["messageId"].is_string(), "{answer}");
