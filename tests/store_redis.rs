@@ -220,13 +220,14 @@ async fn a_redis_outage_is_served_from_memory_until_redis_is_back() {
         a.unlock("session:s1", "a").await;
 
         assert_eq!(metrics.redis_up.get(), 0);
-        // Every operation that needed Redis was served from memory; s1 and s2 were known here.
+        // Every operation that needed Redis was served from memory; s1 and s2 were known here,
+        // and so was a's lock when b asked for it.
         let expected = [
             ("bind", 1),
             ("owner", 1),
             ("unbind", 0),
             ("rate", 2),
-            ("lock", 2),
+            ("lock", 1),
             ("renew", 1),
             ("unlock", 1),
         ];
@@ -287,6 +288,41 @@ async fn a_hung_redis_costs_one_call_timeout_not_one_per_operation() {
         a.bind("api", "t1", "carol", MINUTE).await;
         let (b, _) = replica(&redis).await;
         assert_eq!(b.owner("api", "t1").await.as_deref(), Some("carol"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lock_granted_during_an_outage_is_taken_in_redis_at_its_renewal() {
+    within(60, async {
+        let mut redis = RedisServer::start().await;
+        let (a, metrics) = replica(&redis).await;
+
+        redis.stop();
+        assert!(
+            a.try_lock("session:s1", "a1", MINUTE).await,
+            "granted in memory"
+        );
+        redis.restart().await;
+        wait_redis_up(&metrics).await;
+
+        // Redis came back empty, yet a's other holders are still refused.
+        assert!(!a.try_lock("session:s1", "a2", MINUTE).await);
+        let (b, _) = replica(&redis).await;
+        // The renewal takes it in Redis, so other replicas see it from then on.
+        assert!(a.renew("session:s1", "a1", MINUTE).await);
+        let held: Option<String> = redis::cmd("GET")
+            .arg("sessiongate:lock:session:s1")
+            .query_async(&mut inspect(&redis).await)
+            .await
+            .expect("GET");
+        assert_eq!(held.as_deref(), Some("a1"));
+        assert!(!b.try_lock("session:s1", "b1", MINUTE).await);
+        a.unlock("session:s1", "a1").await;
+        assert!(b.try_lock("session:s1", "b1", MINUTE).await);
+        // Another replica took it: a's late renewal fails and does not take it back.
+        assert!(!a.renew("session:s1", "a1", MINUTE).await);
+        assert!(!a.try_lock("session:s1", "a2", MINUTE).await);
     })
     .await;
 }

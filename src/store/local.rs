@@ -239,6 +239,15 @@ impl Local {
         taken
     }
 
+    /// Who holds the lock at `key` now, as far as this process knows.
+    pub(super) fn holder(&self, key: &str) -> Option<Arc<str>> {
+        let now = Instant::now();
+        self.locks
+            .get(key)
+            .filter(|lock| lock.expires_at > now)
+            .map(|lock| lock.holder)
+    }
+
     /// Record that `holder` holds the lock at `key` (Redis said so), for use during an outage.
     pub(super) fn hold(&self, key: &str, holder: &str, ttl: Duration) {
         let lock = Lock {

@@ -27,14 +27,17 @@
 //!   windows after the last admitted request.
 //! - `lock:{key}`: the holder, `SET NX PX ttl`; renew and unlock are compare-and-set scripts, so
 //!   only the holder extends or deletes it. A lock Redis granted is also recorded in memory, so
-//!   its holder can still renew and release it during an outage.
+//!   its holder can still renew and release it during an outage; while a holder in this process
+//!   holds a lock, the others here are refused it without asking Redis.
 //!
 //! # Limits
 //!
 //! - The fallback is per replica. During an outage each replica grants its own locks and counts
 //!   its own rate windows (a cluster of n replicas admits up to n × limit), and bindings written
 //!   then are kept only in that replica's memory: they are not replayed to Redis when it answers
-//!   again, nor are locks granted in memory.
+//!   again. A lock granted in memory still keeps the lock from the replica's other would-be
+//!   holders when Redis is back, and is taken in Redis at its next renewal (if no other replica
+//!   took it meanwhile); until then other replicas may take it.
 //! - A call that timed out may still be carried out by Redis later (a binding written, a request
 //!   counted, a lock taken until its ttl), on top of what was done in memory.
 //! - A binding's in-process copy is trusted until it expires: an unbind or rebind made through
@@ -247,6 +250,11 @@ impl Store {
     pub async fn try_lock(&self, key: &str, holder: &str, ttl: Duration) -> bool {
         let key = lock_key(key);
         if let Some(redis) = &self.redis {
+            // A holder in this process keeps the lock from the others here, also when Redis
+            // does not know it (granted in memory during an outage, Redis back empty).
+            if self.local.holder(&key).is_some_and(|h| *h != *holder) {
+                return false;
+            }
             if let Some(taken) = redis.try_lock(&key, holder, ttl).await {
                 if taken {
                     self.local.hold(&key, holder, ttl);
@@ -262,7 +270,15 @@ impl Store {
     pub async fn renew(&self, key: &str, holder: &str, ttl: Duration) -> bool {
         let key = lock_key(key);
         if let Some(redis) = &self.redis {
-            if let Some(renewed) = redis.renew(&key, holder, ttl).await {
+            if let Some(mut renewed) = redis.renew(&key, holder, ttl).await {
+                // Granted in memory during an outage, the lock is not in Redis: take it there
+                // now, unless another replica took it meanwhile.
+                if !renewed && self.local.holder(&key).is_some_and(|h| *h == *holder) {
+                    match redis.try_lock(&key, holder, ttl).await {
+                        Some(taken) => renewed = taken,
+                        None => return self.local.renew(&key, holder, ttl),
+                    }
+                }
                 if renewed {
                     self.local.hold(&key, holder, ttl);
                 } else {

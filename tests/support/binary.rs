@@ -96,6 +96,15 @@ impl Binary {
         }
     }
 
+    /// How many log lines received so far have `fields.message` equal to `message` (lines
+    /// still in the pipe are not counted: wait for a later line first).
+    pub fn count_log(&self, message: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .count()
+    }
+
     /// The address listener `name` was (most recently) bound to, waiting for it if needed.
     pub async fn listener_addr(&mut self, name: &str) -> SocketAddr {
         let is_bind = |l: &Value| {

@@ -166,6 +166,12 @@ impl RpcClient {
         panic!("connection still open after 10000 frames");
     }
 
+    /// Forget the frames kept for later waits: the next wait sees only frames that arrive
+    /// from now on (e.g. the events after a response, not those before it).
+    pub fn forget_kept(&mut self) {
+        self.inbox.clear();
+    }
+
     /// How many responses (frames without `method`) carrying `id` were received so far.
     pub fn responses_to(&self, id: &Value) -> usize {
         self.received
@@ -492,4 +498,56 @@ pub fn assert_unavailable(resp: &Value, session: &str) {
     );
     assert!(message.contains("unavailable"), "{message}");
     assert!(err["data"]["retryAfterMs"].as_u64().is_some(), "{resp}");
+}
+
+/// `n` clients of the listener at `addr`, each attached to `sid` (resumed), so each sees the
+/// session's events.
+pub async fn attached_clients(addr: SocketAddr, sid: &str, n: usize) -> Vec<RpcClient> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let mut client = RpcClient::connect(addr).await;
+        let resumed = client
+            .result("session.resume", session_params(sid, json!({})))
+            .await;
+        assert_eq!(resumed["sessionId"], sid, "{resumed}");
+        clients.push(client);
+    }
+    clients
+}
+
+/// Send a prompt to `sid`; when it is answered, wait for the end of the turn it began (the
+/// first `session.idle` after the answer; the client must be attached). Returns the answer.
+pub async fn send_and_finish(client: &mut RpcClient, sid: &str, prompt: &str) -> Value {
+    let answer = client
+        .call(
+            "session.send",
+            session_params(sid, json!({ "prompt": prompt })),
+        )
+        .await;
+    if answer.get("result").is_some() {
+        assert!(answer["result"]["messageId"].is_string(), "{answer}");
+        // Events kept from before the answer belong to earlier turns.
+        client.forget_kept();
+        client.event(sid, "session.idle").await;
+    }
+    answer
+}
+
+/// Every client sends one prompt to `sid` at once (released together by a barrier), each
+/// waiting for the end of its turn; returns the answers.
+pub async fn all_at_once(clients: Vec<RpcClient>, sid: &str) -> Vec<Value> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let (barrier, sid) = (barrier.clone(), sid.to_owned());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            send_and_finish(&mut client, &sid, &format!("prompt {i}")).await
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = tasks.join_next().await {
+        answers.push(answer.expect("sender task"));
+    }
+    answers
 }

@@ -26,6 +26,10 @@ const MAX_LOCK_TTL: Duration = Duration::from_secs(30);
 /// replica is seen within the longer pause.
 const FIRST_POLL: Duration = Duration::from_millis(10);
 const MAX_POLL: Duration = Duration::from_millis(100);
+/// How much longer than `turn_timeout` a send waits for its turn: the turn ahead of it may run
+/// all of its `turn_timeout`, and its release reaches the head of the line a little later (a
+/// poll on another replica, then one store call).
+const WAIT_GRACE: Duration = Duration::from_millis(500);
 
 /// The lock of one session's turn, for one holder (one turn of one connection).
 #[derive(Debug, Clone)]
@@ -55,10 +59,12 @@ impl TurnLock {
     /// Keep the lock while the turn lasts: renewed every third of its ttl, released at
     /// `turn_timeout` (the turn is then over for the proxy). Ends early if the lock was lost.
     pub async fn keep(self, store: Store, queues: Arc<TurnQueues>) {
-        let started = Instant::now();
+        // Released at turn_timeout itself, not at the first renewal after it: a send queued
+        // right behind a turn that never ends waits little longer than turn_timeout.
+        let over = Instant::now() + self.limit.turn_timeout;
         loop {
-            tokio::time::sleep(self.ttl() / 3).await;
-            if started.elapsed() >= self.limit.turn_timeout {
+            tokio::time::sleep_until((Instant::now() + self.ttl() / 3).min(over)).await;
+            if Instant::now() >= over {
                 return self.release(&store, &queues).await;
             }
             if !store.renew(&self.key, &self.holder, self.ttl()).await {
@@ -109,7 +115,8 @@ struct Line {
 
 impl TurnQueues {
     /// Wait in `lock`'s line (at most `max_queue` long) until the store grants the lock, for
-    /// at most `turn_timeout`.
+    /// at most `turn_timeout` (and [`WAIT_GRACE`], so the send right behind a turn that never
+    /// ends gets the turn when that one is given up at its `turn_timeout`).
     pub async fn wait(&self, store: &Store, lock: &TurnLock) -> Result<(), NoTurn> {
         let line = {
             let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,7 +132,7 @@ impl TurnQueues {
             key: &lock.key,
             line: line.clone(),
         };
-        let deadline = Instant::now() + lock.limit.turn_timeout;
+        let deadline = Instant::now() + lock.limit.turn_timeout + WAIT_GRACE;
         let taken = tokio::time::timeout_at(deadline, async {
             let _head = line.head.lock().await;
             let mut pause = FIRST_POLL;
