@@ -798,3 +798,74 @@ pools:
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_made_without_a_client_id_belong_to_their_maker() {
+    let fleet = CliFleet::start(3).await;
+    let proxy = start(&fleet, "  unowned: deny\n", "").await;
+    within(30, async {
+        let mut alice = login(&proxy, ALICE).await;
+        let mut bob = login(&proxy, BOB).await;
+        create(&mut alice, "alice-src", json!({})).await;
+        send(&mut alice, "alice-src").await;
+
+        // Ids the proxy or a node chose: a create without id, sessions.open create without
+        // id, and a fork (the node names the copy).
+        let made = alice.result("session.create", json!({})).await;
+        let opened = alice
+            .result("sessions.open", json!({ "kind": "create" }))
+            .await;
+        let forked = alice
+            .result("sessions.fork", json!({ "sessionId": "alice-src" }))
+            .await;
+        let ids: Vec<String> = [&made, &opened, &forked]
+            .iter()
+            .map(|r| r["sessionId"].as_str().expect("an id").to_owned())
+            .collect();
+        for id in &ids {
+            assert_eq!(fleet.holders(id).len(), 1, "{id} exists");
+            let resp = bob
+                .call("sessions.getMetadata", session_params(id, json!({})))
+                .await;
+            assert_eq!(refusal(&resp).0, -32003, "bob on alice's {id}: {resp}");
+            let resp = alice
+                .call("sessions.getMetadata", session_params(id, json!({})))
+                .await;
+            assert!(resp.get("result").is_some(), "alice on her {id}: {resp}");
+        }
+        let list = alice.result("sessions.list", json!({})).await;
+        let mut all = ids.clone();
+        all.push("alice-src".into());
+        assert_eq!(ids_in(&list["sessions"]), set(&all), "{list}");
+        let list = bob.result("sessions.list", json!({})).await;
+        assert!(ids_in(&list["sessions"]).is_empty(), "{list}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_keeps_the_identity_it_began_with() {
+    let fleet = CliFleet::start(1).await;
+    let proxy = start(&fleet, "", "").await;
+    within(30, async {
+        let mut alice = login(&proxy, ALICE).await;
+        create(&mut alice, "alice-1", json!({})).await;
+        // connect again with the same token: fine; with another: refused and cut off.
+        alice.result("connect", json!({ "token": ALICE })).await;
+        let id = alice.request("connect", json!({ "token": BOB })).await;
+        let frames = alice.until_closed().await;
+        let answer = frames
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap_or_else(|| panic!("no answer: {frames:?}"));
+        assert_eq!(refusal(answer).0, -32002, "{answer}");
+        // A later unknown token on a known connection is refused too.
+        let mut bob = login(&proxy, BOB).await;
+        let id = bob.request("connect", json!({ "token": "guess" })).await;
+        let frames = bob.until_closed().await;
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["id"], id);
+        assert_eq!(refusal(&frames[0]).0, -32002);
+    })
+    .await
+}

@@ -222,6 +222,7 @@ impl Conn {
             ),
             session,
             creates: creates && !generated,
+            generated,
             turn,
         })
     }
@@ -315,6 +316,8 @@ struct Gates {
     session: Option<Arc<str>>,
     /// The request creates `session` with an id the client chose.
     creates: bool,
+    /// The request creates `session` with a fresh id the proxy chose: nobody's yet.
+    generated: bool,
     turn: Option<TurnLock>,
 }
 
@@ -367,6 +370,11 @@ impl Gates {
                 Value::Null,
             ))
         };
+        if self.generated {
+            // Bound to the caller once the node answers; under `unowned: deny` the check below
+            // would refuse every create that leaves the id to the proxy.
+            return Ok(());
+        }
         if !self.creates {
             return match identities.may_touch(who, session, owner.as_deref()) {
                 true => Ok(()),
