@@ -869,3 +869,32 @@ async fn a_connection_keeps_the_identity_it_began_with() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_session_id_is_the_callers_own() {
+    let fleet = CliFleet::start(1).await;
+    let proxy = start(&fleet, "", "").await;
+    within(30, async {
+        let mut alice = login(&proxy, ALICE).await;
+        let mut bob = login(&proxy, BOB).await;
+        let last = bob.result("session.getLastId", json!({})).await;
+        assert_eq!(last, json!({}), "nothing of bob's yet");
+        create(&mut bob, "bob-1", json!({})).await;
+        send(&mut bob, "bob-1").await;
+        create(&mut alice, "alice-1", json!({})).await;
+        send(&mut alice, "alice-1").await;
+        // alice-1 is the node's newest.
+        let last = alice.result("session.getLastId", json!({})).await;
+        assert_eq!(last["sessionId"], "alice-1", "{last}");
+        let last = bob.result("session.getLastId", json!({})).await;
+        assert_ne!(last["sessionId"], "alice-1", "bob learns alice's session: {last}");
+        for method in ["session.getLastId", "sessions.getLastForContext"] {
+            let last = bob.result(method, json!({})).await;
+            assert!(
+                last["sessionId"].as_str().is_none_or(|id| id == "bob-1"),
+                "{method}: {last}"
+            );
+        }
+    })
+    .await
+}
