@@ -898,3 +898,42 @@ async fn the_last_session_id_is_the_callers_own() {
     })
     .await
 }
+
+/// Lifecycle notifications a node sends every connection, for the sessions of `client` that
+/// arrived so far (a round trip first, so the node's earlier notifications are in).
+async fn lifecycle_ids(client: &mut RpcClient) -> HashSet<String> {
+    client.result("ping", json!({})).await;
+    client
+        .received
+        .iter()
+        .filter(|m| m["method"] == "session.lifecycle")
+        .filter_map(|m| m["params"]["sessionId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_notifications_name_only_the_callers_sessions() {
+    let fleet = CliFleet::start(1).await;
+    let proxy = start(&fleet, "", "").await;
+    within(30, async {
+        let mut alice = login(&proxy, ALICE).await;
+        let mut bob = login(&proxy, BOB).await;
+        bob.result("ping", json!({})).await;
+        create(&mut bob, "bob-1", json!({})).await;
+        create(&mut alice, "alice-1", json!({})).await;
+        send(&mut alice, "alice-1").await;
+        let made = alice.result("session.create", json!({})).await;
+        let generated = made["sessionId"].as_str().unwrap().to_owned();
+        let seen = lifecycle_ids(&mut bob).await;
+        assert!(seen.contains("bob-1"), "bob hears of his own: {seen:?}");
+        assert!(
+            !seen.contains("alice-1") && !seen.contains(&generated),
+            "bob hears of alice's sessions: {seen:?}"
+        );
+        let seen = lifecycle_ids(&mut alice).await;
+        assert!(seen.contains("alice-1"), "{seen:?}");
+        assert!(seen.contains(&generated), "{seen:?}");
+        assert!(!seen.contains("bob-1"), "{seen:?}");
+    })
+    .await
+}

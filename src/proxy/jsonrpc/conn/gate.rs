@@ -255,6 +255,25 @@ impl Conn {
         }))
     }
 
+    /// May the caller hear of `session`, named by a node's `session.lifecycle` notification
+    /// (sent to every connection of the node)? Decided on the owners this process knows, as a
+    /// notification cannot wait for the shared store: a session bound only in Redis (made
+    /// through another replica) counts as unowned.
+    pub(super) fn may_hear_of(&self, session: Option<&str>) -> bool {
+        let (Some(user), Some(session)) = (self.owner_name(), session) else {
+            return true;
+        };
+        let Some(identities) = self.ctx.shared.load().identities.clone() else {
+            return true;
+        };
+        let who = match &self.caller {
+            Some(who) => who.clone(),
+            None => Identity { user, tenant: None },
+        };
+        let owner = self.ctx.store.known_owner(&self.pool_name, session);
+        identities.may_touch(&who, session, owner.as_deref())
+    }
+
     /// The caller's new session `session` is the caller's: bound in this process at once (the
     /// next request sees it), in the shared store soon after.
     pub(super) fn bind(&mut self, pool: &Pool, session: &str) {
@@ -370,12 +389,7 @@ impl Gates {
                 Value::Null,
             ))
         };
-        if self.generated {
-            // Bound to the caller once the node answers; under `unowned: deny` the check below
-            // would refuse every create that leaves the id to the proxy.
-            return Ok(());
-        }
-        if !self.creates {
+        if !self.creates && !self.generated {
             return match identities.may_touch(who, session, owner.as_deref()) {
                 true => Ok(()),
                 false => forbidden(),
@@ -386,6 +400,10 @@ impl Gates {
         // claimed before the create goes on, so of two users racing to create it, one wins.
         let free = match (owner.as_deref(), &identities.config.unowned) {
             (Some(o), _) => o == &*who.user,
+            // A fresh id the proxy made up: nobody's (under `unowned: deny` the rule below would
+            // refuse every create that leaves the id to the proxy). Claimed like the others, so
+            // it is the caller's before the node's notifications name it.
+            (None, _) if self.generated => true,
             (None, Unowned::Allow) => true,
             (None, Unowned::Prefix(_)) => identities.may_touch(who, session, None),
             (None, Unowned::Deny) => {
