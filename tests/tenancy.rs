@@ -937,3 +937,61 @@ async fn lifecycle_notifications_name_only_the_callers_sessions() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_keep_users_to_their_sessions() {
+    let redis = support::redis::RedisServer::start().await;
+    let fleet = CliFleet::start(3).await;
+    let top = format!("redis:\n  url: {}\n{}", redis.url(), identities(""));
+    let extra = RpcYaml {
+        top: &top,
+        listener: REQUIRED,
+        pool: "",
+    };
+    let yaml = jsonrpc_config(&fleet.members(), extra);
+    let one = start_yaml(&yaml).await;
+    let two = start_yaml(&yaml).await;
+    within(60, async {
+        // Both replicas reach Redis before anything is bound (else each keeps its own).
+        for proxy in [&one, &two] {
+            let up = proxy.server.metrics().redis_up.clone();
+            support::poll_until("sessiongate_redis_up is 1", 10, move || {
+                let up = up.clone();
+                async move { up.get() == 1 }
+            })
+            .await;
+        }
+        let mut alice = login(&one, ALICE).await;
+        let mine = alices_sessions(&one, &mut alice, 1).await;
+        let made = alice.result("session.create", json!({})).await;
+        let generated = made["sessionId"].as_str().unwrap().to_owned();
+
+        let mut bob = login(&two, BOB).await;
+        let before = served(&fleet);
+        for id in mine.iter().chain([&generated]) {
+            for method in ["session.getMessages", "session.resume", "sessions.delete"] {
+                let resp = bob.call(method, session_params(id, json!({}))).await;
+                assert_eq!(refusal(&resp).0, -32003, "{method} {id}: {resp}");
+            }
+            let resp = bob.call("session.create", json!({ "sessionId": id })).await;
+            assert_eq!(refusal(&resp).0, -32003, "create {id}: {resp}");
+        }
+        assert_eq!(served(&fleet), before, "a refused request reached a node");
+        let list = bob.result("sessions.list", json!({})).await;
+        assert!(ids_in(&list["sessions"]).is_empty(), "{list}");
+        let seen = lifecycle_ids(&mut bob).await;
+        assert!(seen.is_empty(), "bob hears of alice's sessions: {seen:?}");
+
+        // Alice, through the other replica, has all of hers.
+        let mut again = login(&two, ALICE).await;
+        let list = again.result("sessions.list", json!({})).await;
+        let mut all = mine.clone();
+        all.push(generated.clone());
+        assert_eq!(ids_in(&list["sessions"]), set(&all), "{list}");
+        again
+            .result("session.resume", session_params(&mine[0], json!({})))
+            .await;
+        send(&mut again, &mine[0]).await;
+    })
+    .await
+}
