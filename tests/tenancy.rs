@@ -190,9 +190,13 @@ async fn a_required_identity_refuses_unknown_callers_before_any_node_hears_of_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_get_their_own_token_never_the_clients() {
     std::env::set_var("SG_TENANCY_NODE_TOKEN_2", NODE_TOKEN);
-    let recorder = Recorder::start().await;
-    let members = vec![("rec".to_owned(), recorder.addr)];
-    // The recorder answers for any session: let the caller touch the sessions it names.
+    let recorders = [Recorder::start().await, Recorder::start().await];
+    let members: Vec<(String, std::net::SocketAddr)> = recorders
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("rec-{i}"), r.addr))
+        .collect();
+    // The recorders answer for any session: let the caller touch the sessions it names.
     let top = identities("  unowned: allow\n");
     let extra = RpcYaml {
         top: &top,
@@ -202,24 +206,29 @@ async fn nodes_get_their_own_token_never_the_clients() {
     let proxy = start_yaml(&jsonrpc_config(&members, extra)).await;
     within(30, async {
         let mut alice = login(&proxy, ALICE).await;
-        alice
-            .result("session.getMessages", json!({ "sessionId": "s-1" }))
-            .await;
-        alice
-            .result("sessions.getMetadata", json!({ "sessionId": "s-1" }))
-            .await;
-        let frames = recorder.frames();
-        let connects: Vec<&Value> = frames.iter().filter(|f| f["method"] == "connect").collect();
-        assert!(!connects.is_empty(), "the node was connected: {frames:?}");
-        for c in &connects {
-            assert_eq!(c["params"]["token"], NODE_TOKEN, "{c}");
+        // Sessions on both nodes: the connect is replayed on the second link.
+        for i in 0..20 {
+            let id = format!("s-{i}");
+            alice
+                .result("session.getMessages", json!({ "sessionId": id }))
+                .await;
         }
-        for f in &frames {
-            let text = f.to_string();
-            assert!(!text.contains(ALICE), "the client's token reached the node: {text}");
-            assert!(!text.contains(&token_hash(ALICE)), "{text}");
+        alice.result("sessions.list", json!({})).await;
+        for (i, recorder) in recorders.iter().enumerate() {
+            let frames = recorder.frames();
+            let connects: Vec<&Value> =
+                frames.iter().filter(|f| f["method"] == "connect").collect();
+            assert!(!connects.is_empty(), "rec-{i} was connected: {frames:?}");
+            for c in &connects {
+                assert_eq!(c["params"]["token"], NODE_TOKEN, "rec-{i}: {c}");
+            }
+            for f in &frames {
+                let text = f.to_string();
+                assert!(!text.contains(ALICE), "the client's token reached rec-{i}: {text}");
+                assert!(!text.contains(&token_hash(ALICE)), "{text}");
+            }
+            assert!(frames.iter().any(|f| f["method"] == "session.getMessages"));
         }
-        assert!(frames.iter().any(|f| f["method"] == "session.getMessages"));
     })
     .await
 }
