@@ -1004,3 +1004,37 @@ async fn replicas_sharing_redis_keep_users_to_their_sessions() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_count_per_user_across_connections() {
+    let fleet = CliFleet::start(1).await;
+    let top = identities("");
+    let listener = format!("{REQUIRED}    limits:\n      per_user: {{ requests: 5, per: 10m }}\n");
+    let extra = RpcYaml {
+        top: &top,
+        listener: &listener,
+        pool: "",
+    };
+    let proxy = start_yaml(&jsonrpc_config(&fleet.members(), extra)).await;
+    within(30, async {
+        // connect counts too: 1 + 4 pings.
+        let mut alice = login(&proxy, ALICE).await;
+        for _ in 0..4 {
+            alice.result("ping", json!({})).await;
+        }
+        let pings = fleet_requests(&fleet, "ping");
+        let resp = alice.call("ping", json!({})).await;
+        let err = error_of(&resp);
+        assert_eq!(err["code"], -32005, "{resp}");
+        assert!(err["data"]["retryAfterMs"].as_u64().unwrap() > 0, "{resp}");
+        // Another connection of the same user shares the budget.
+        let mut again = RpcClient::connect(proxy.addr("cli")).await;
+        let resp = again.call("connect", json!({ "token": ALICE })).await;
+        assert_eq!(error_of(&resp)["code"], -32005, "{resp}");
+        assert_eq!(fleet_requests(&fleet, "ping"), pings, "a limited request went on");
+        // Another user of the same tenant has a budget of its own.
+        let mut bob = login(&proxy, BOB).await;
+        bob.result("ping", json!({})).await;
+    })
+    .await
+}
