@@ -1038,3 +1038,56 @@ async fn rate_limits_count_per_user_across_connections() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_tenants_land_on_their_pool() {
+    let (a, b) = (echo_upstream("p1-up").await, echo_upstream("shared-up").await);
+    let p1 = vec![("p1-up".to_owned(), a.addr)];
+    let shared = vec![("shared-up".to_owned(), b.addr)];
+    let yaml = |default: &str| {
+        format!(
+            "admin:
+  listen: 127.0.0.1:0
+{}listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    protocol: http
+    identity: {{ from: [token], required: true }}
+    tenants:
+      - {{ tenant: t1, pool: p1 }}
+{default}pools:
+  p1:
+    upstreams:
+{}  shared:
+    upstreams:
+{}",
+            identities(""),
+            upstreams_yaml(&p1),
+            upstreams_yaml(&shared)
+        )
+    };
+    within(30, async {
+        let proxy = start_yaml(&yaml("    default_pool: shared\n")).await;
+        let web = proxy.addr("web");
+        for (token, upstream) in [
+            (ALICE, "p1-up"),
+            (BOB, "p1-up"),
+            (CAROL, "shared-up"),
+            (ERIN, "shared-up"),
+        ] {
+            let bearer = format!("Bearer {token}");
+            let reply = client::get(web, "/", &[("authorization", bearer.as_str())]).await;
+            assert_eq!(reply.status, 200, "{token}: {}", reply.body);
+            assert_eq!(reply.upstream(), upstream, "{token}");
+        }
+        let proxy = start_yaml(&yaml("")).await;
+        let web = proxy.addr("web");
+        let bearer = format!("Bearer {ALICE}");
+        let reply = client::get(web, "/", &[("authorization", bearer.as_str())]).await;
+        assert_eq!(reply.upstream(), "p1-up");
+        let bearer = format!("Bearer {CAROL}");
+        let reply = client::get(web, "/", &[("authorization", bearer.as_str())]).await;
+        assert_eq!(reply.status, 403, "{}", reply.body);
+    })
+    .await
+}
