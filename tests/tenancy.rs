@@ -140,7 +140,11 @@ async fn a_required_identity_refuses_unknown_callers_before_any_node_hears_of_th
             c.request("session.create", json!({ "sessionId": "sneaky" }))
                 .await;
             let frames = c.until_closed().await;
-            assert_eq!(frames.len(), 1, "{what}: one answer, then the close: {frames:?}");
+            assert_eq!(
+                frames.len(),
+                1,
+                "{what}: one answer, then the close: {frames:?}"
+            );
             assert_eq!(frames[0]["id"], id, "{what}: {frames:?}");
             let (code, _) = refusal(&frames[0]);
             assert_eq!(code, -32002, "{what}: {frames:?}");
@@ -171,7 +175,13 @@ async fn a_required_identity_refuses_unknown_callers_before_any_node_hears_of_th
         assert_eq!(error_of(&frames[0])["code"], -32002);
 
         assert_eq!(served(&fleet), 0, "a refused caller reached a node");
-        for method in ["connect", "session.create", "sessions.list", "ping", "session.abort"] {
+        for method in [
+            "connect",
+            "session.create",
+            "sessions.list",
+            "ping",
+            "session.abort",
+        ] {
             assert_eq!(fleet_requests(&fleet, method), 0, "{method}");
         }
         assert!(fleet.holders("sneaky").is_empty() && fleet.holders("early").is_empty());
@@ -224,7 +234,10 @@ async fn nodes_get_their_own_token_never_the_clients() {
             }
             for f in &frames {
                 let text = f.to_string();
-                assert!(!text.contains(ALICE), "the client's token reached rec-{i}: {text}");
+                assert!(
+                    !text.contains(ALICE),
+                    "the client's token reached rec-{i}: {text}"
+                );
                 assert!(!text.contains(&token_hash(ALICE)), "{text}");
             }
             assert!(frames.iter().any(|f| f["method"] == "session.getMessages"));
@@ -289,7 +302,10 @@ async fn another_users_sessions_are_forbidden_and_invisible() {
             }
         }
         let after: Vec<u64> = methods.iter().map(|m| fleet_requests(&fleet, m)).collect();
-        assert_eq!(before, after, "refused requests reached a node ({methods:?})");
+        assert_eq!(
+            before, after,
+            "refused requests reached a node ({methods:?})"
+        );
         let opens = fleet_requests(&fleet, "sessions.open");
         for id in &mine {
             for params in [
@@ -353,7 +369,10 @@ async fn another_users_sessions_are_forbidden_and_invisible() {
         let freed = mixed["freedBytes"].as_object().expect("freedBytes");
         assert_eq!(freed.len(), 1, "{mixed}");
         assert!(freed[&bobs[0]].as_u64().unwrap() > 0, "{mixed}");
-        assert!(fleet.holders(&bobs[0]).is_empty(), "bob's own session deleted");
+        assert!(
+            fleet.holders(&bobs[0]).is_empty(),
+            "bob's own session deleted"
+        );
         for id in &mine {
             assert_eq!(fleet.holders(id).len(), 1, "{id} survived bob's bulkDelete");
         }
@@ -383,7 +402,11 @@ async fn another_users_sessions_are_forbidden_and_invisible() {
             set(&[mine[2].clone()]),
             "{enriched}"
         );
-        assert_eq!(ids_in(&enriched["sessions"]), set(&[bobs[1].clone()]), "{enriched}");
+        assert_eq!(
+            ids_in(&enriched["sessions"]),
+            set(&[bobs[1].clone()]),
+            "{enriched}"
+        );
         assert!(
             enriched["sessions"][0]["summary"].is_string(),
             "bob's own is enriched: {enriched}"
@@ -492,7 +515,11 @@ async fn unowned_deny_refuses_sessions_the_proxy_did_not_see_created() {
             .await;
         assert_eq!(refusal(&resp).0, -32003, "{resp}");
         assert_eq!(fleet_requests(&fleet, "session.resume"), resume_before);
-        assert_eq!(fleet_requests(&fleet, "session.create"), 1, "the direct one");
+        assert_eq!(
+            fleet_requests(&fleet, "session.create"),
+            1,
+            "the direct one"
+        );
         let list = alice.result("sessions.list", json!({})).await;
         assert!(ids_in(&list["sessions"]).is_empty(), "{list}");
         // An id nobody holds is free to create.
@@ -545,7 +572,10 @@ async fn unowned_prefix_allows_only_the_callers_prefix() {
         bob.result("session.resume", session_params("bob-older", json!({})))
             .await;
         let resp = bob
-            .call("session.getMessages", session_params("alice-older", json!({})))
+            .call(
+                "session.getMessages",
+                session_params("alice-older", json!({})),
+            )
             .await;
         assert_eq!(refusal(&resp).0, -32003, "{resp}");
         assert_eq!(fleet.clis[0].requests_for("session.getMessages"), 0);
@@ -687,7 +717,10 @@ async fn method_policies_deny_and_allow_by_glob() {
         let freed = bob
             .result("sessions.bulkDelete", json!({ "sessionIds": ["bob-1"] }))
             .await;
-        assert!(freed["freedBytes"]["bob-1"].as_u64().unwrap() > 0, "{freed}");
+        assert!(
+            freed["freedBytes"]["bob-1"].as_u64().unwrap() > 0,
+            "{freed}"
+        );
 
         // An allow list: only those methods (and connect).
         let mut carol = login(&proxy, CAROL).await;
@@ -703,7 +736,11 @@ async fn method_policies_deny_and_allow_by_glob() {
             assert_eq!(code, -32003, "{method}: {resp}");
             assert!(message.contains(method), "{message}");
         }
-        assert_eq!(served(&fleet), before, "a method off the allow list reached a node");
+        assert_eq!(
+            served(&fleet),
+            before,
+            "a method off the allow list reached a node"
+        );
     })
     .await
 }
@@ -896,7 +933,10 @@ async fn the_last_session_id_is_the_callers_own() {
         let last = alice.result("session.getLastId", json!({})).await;
         assert_eq!(last["sessionId"], "alice-1", "{last}");
         let last = bob.result("session.getLastId", json!({})).await;
-        assert_ne!(last["sessionId"], "alice-1", "bob learns alice's session: {last}");
+        assert_ne!(
+            last["sessionId"], "alice-1",
+            "bob learns alice's session: {last}"
+        );
         for method in ["session.getLastId", "sessions.getLastForContext"] {
             let last = bob.result(method, json!({})).await;
             assert!(
@@ -1031,7 +1071,11 @@ async fn rate_limits_count_per_user_across_connections() {
         let mut again = RpcClient::connect(proxy.addr("cli")).await;
         let resp = again.call("connect", json!({ "token": ALICE })).await;
         assert_eq!(error_of(&resp)["code"], -32005, "{resp}");
-        assert_eq!(fleet_requests(&fleet, "ping"), pings, "a limited request went on");
+        assert_eq!(
+            fleet_requests(&fleet, "ping"),
+            pings,
+            "a limited request went on"
+        );
         // Another user of the same tenant has a budget of its own.
         let mut bob = login(&proxy, BOB).await;
         bob.result("ping", json!({})).await;
@@ -1041,7 +1085,10 @@ async fn rate_limits_count_per_user_across_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_tenants_land_on_their_pool() {
-    let (a, b) = (echo_upstream("p1-up").await, echo_upstream("shared-up").await);
+    let (a, b) = (
+        echo_upstream("p1-up").await,
+        echo_upstream("shared-up").await,
+    );
     let p1 = vec![("p1-up".to_owned(), a.addr)];
     let shared = vec![("shared-up".to_owned(), b.addr)];
     let yaml = |default: &str| {

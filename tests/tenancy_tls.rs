@@ -87,12 +87,11 @@ fn client_config(server: &TestCert, cert: Option<&ClientCert>) -> Arc<ClientConf
     for c in CertificateDer::pem_slice_iter(server.cert_pem.as_bytes()) {
         roots.add(c.expect("pem")).expect("root");
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
     let config = match cert {
         None => builder.with_no_client_auth(),
         Some(c) => builder
@@ -330,7 +329,13 @@ async fn with_tokens_too_a_missing_certificate_is_a_missing_identity() {
             .expect("handshake without a certificate");
         let hello = call(&mut c, 0, "connect", json!({ "token": TOKEN })).await;
         assert!(hello.get("result").is_some(), "{hello}");
-        let made = call(&mut c, 1, "session.create", json!({ "sessionId": "dave-1" })).await;
+        let made = call(
+            &mut c,
+            1,
+            "session.create",
+            json!({ "sessionId": "dave-1" }),
+        )
+        .await;
         assert_eq!(made["result"]["sessionId"], "dave-1", "{made}");
 
         // A certificate from another CA is still refused at the handshake.
