@@ -1138,3 +1138,47 @@ async fn http_tenants_land_on_their_pool() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_identity_optional_anonymous_callers_share_only_anonymous_sessions() {
+    let fleet = CliFleet::start(2).await;
+    let top = identities("");
+    let extra = RpcYaml {
+        top: &top,
+        listener: "    identity: { from: [token], required: false }\n",
+        pool: "",
+    };
+    let proxy = start_yaml(&jsonrpc_config(&fleet.members(), extra)).await;
+    within(30, async {
+        let mut anon = RpcClient::connect(proxy.addr("cli")).await;
+        anon.result("connect", json!({})).await;
+        create(&mut anon, "anon-1", json!({})).await;
+        let mut alice = login(&proxy, ALICE).await;
+        create(&mut alice, "alice-1", json!({})).await;
+
+        let resp = alice
+            .call("session.getMessages", session_params("anon-1", json!({})))
+            .await;
+        assert_eq!(refusal(&resp).0, -32003, "{resp}");
+        let resp = anon
+            .call("session.getMessages", session_params("alice-1", json!({})))
+            .await;
+        assert_eq!(refusal(&resp).0, -32003, "{resp}");
+        // An unknown token is still refused where identities are optional.
+        let mut guess = RpcClient::connect(proxy.addr("cli")).await;
+        let resp = guess.call("connect", json!({ "token": "guess" })).await;
+        assert_eq!(refusal(&resp).0, -32002, "{resp}");
+
+        // Another anonymous caller shares the anonymous sessions (no identity to tell apart).
+        let mut other = RpcClient::connect(proxy.addr("cli")).await;
+        let list = other.result("sessions.list", json!({})).await;
+        assert_eq!(ids_in(&list["sessions"]), set(&["anon-1".into()]), "{list}");
+        let list = alice.result("sessions.list", json!({})).await;
+        assert_eq!(
+            ids_in(&list["sessions"]),
+            set(&["alice-1".into()]),
+            "{list}"
+        );
+    })
+    .await
+}
