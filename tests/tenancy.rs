@@ -1182,3 +1182,34 @@ async fn with_identity_optional_anonymous_callers_share_only_anonymous_sessions(
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rereads_the_tokens_file() {
+    let fleet = CliFleet::start(1).await;
+    let proxy = start(&fleet, "", "").await;
+    within(30, async {
+        login(&proxy, BOB).await;
+        // Bob's token revoked, dave's added.
+        let tokens = format!(
+            "- {{ sha256: {}, user: alice, tenant: t1 }}\n- {{ sha256: {}, user: dave }}\n",
+            token_hash(ALICE),
+            token_hash("dave-token")
+        );
+        proxy.config.file("tokens.yaml", tokens);
+        proxy.server.reload().await.expect("reload");
+        let mut bob = RpcClient::connect(proxy.addr("cli")).await;
+        let resp = bob.call("connect", json!({ "token": BOB })).await;
+        assert_eq!(refusal(&resp).0, -32002, "{resp}");
+        let mut dave = login(&proxy, "dave-token").await;
+        create(&mut dave, "dave-1", json!({})).await;
+        login(&proxy, ALICE).await;
+        // A broken file is refused; the tokens from before keep working.
+        proxy
+            .config
+            .file("tokens.yaml", "- { sha256: nothex, user: x }\n");
+        let err = proxy.server.reload().await.expect_err("a bad tokens file");
+        assert!(err.to_string().contains("sha256"), "{err}");
+        login(&proxy, "dave-token").await;
+    })
+    .await
+}
