@@ -1213,3 +1213,23 @@ async fn a_reload_rereads_the_tokens_file() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_by_task_id_finds_only_the_callers_sessions() {
+    let fleet = CliFleet::start(3).await;
+    let proxy = start(&fleet, "", "").await;
+    within(30, async {
+        let mut alice = login(&proxy, ALICE).await;
+        let mut bob = login(&proxy, BOB).await;
+        create(&mut alice, "alice-task", json!({ "taskId": "task-7" })).await;
+        let found = alice
+            .result("sessions.findByTaskId", json!({ "taskId": "task-7" }))
+            .await;
+        assert_eq!(found["sessionId"], "alice-task", "{found}");
+        let found = bob
+            .result("sessions.findByTaskId", json!({ "taskId": "task-7" }))
+            .await;
+        assert!(found.get("sessionId").is_none(), "{found}");
+    })
+    .await
+}
