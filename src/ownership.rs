@@ -16,6 +16,9 @@ pub enum Use {
     Existing,
     /// A create with an id the client chose.
     Create,
+    /// A create with a fresh id the proxy made up: nobody's yet, whatever the `unowned` rule
+    /// (under `deny` every create leaving the id to the proxy would be refused).
+    Generated,
     /// An HTTP request: there is no create, so the first request with a key makes the session.
     FirstUse,
 }
@@ -38,6 +41,7 @@ pub async fn may_use(
     }
     let unowned = &identities.config.unowned;
     let free = match (how, unowned) {
+        (Use::Generated, _) => true,
         (Use::Existing, _) | (_, Unowned::Prefix(_)) => identities.may_touch(who, session, None),
         (Use::Create, Unowned::Deny) => !fleet_holds.await,
         (Use::Create | Use::FirstUse, _) => true,
@@ -90,6 +94,8 @@ mod tests {
             (prefix(), Use::Create, false, "alice-1", true),
             (Unowned::Deny, Use::FirstUse, true, "s", true),
             (prefix(), Use::FirstUse, false, "bob-1", false),
+            (Unowned::Deny, Use::Generated, true, "s", true),
+            (prefix(), Use::Generated, false, "bob-1", true),
         ];
         for (rule, how, holds, session, expected) in cases {
             let ids = identities(rule.clone());

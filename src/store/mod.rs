@@ -195,6 +195,12 @@ impl Store {
         Some(user)
     }
 
+    /// The owner of `session` of `pool` as this process knows it (no Redis round trip): for
+    /// decisions that cannot wait, such as passing on a node's notification.
+    pub fn known_owner(&self, pool: &str, session: &str) -> Option<Arc<str>> {
+        self.local.owner(&owner_key(pool, session))
+    }
+
     /// Bind `session` of `pool` to `user` unless someone owns it already (first use wins, also
     /// across replicas): the owner either way.
     pub async fn claim(&self, pool: &str, session: &str, user: &str, ttl: Duration) -> Arc<str> {

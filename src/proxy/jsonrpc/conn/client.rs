@@ -99,7 +99,12 @@ impl Conn {
         body: &Bytes,
         reply: ReplyTo,
     ) {
-        let method = methods::lookup(name);
+        let mut method = methods::lookup(name);
+        if self.binds && name == "session.getLastId" {
+            // A node's last session may be another user's: where sessions have owners, ask
+            // every node and keep the caller's newest, as for sessions.getLastForContext.
+            method.class = Class::FanOut(methods::Merge::NewestSession);
+        }
         if method.class == Class::Unknown {
             self.ctx.metrics.unknown_method(&self.pool_name, name);
         }

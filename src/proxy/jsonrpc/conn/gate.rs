@@ -225,6 +225,7 @@ impl Conn {
             ),
             session,
             creates: creates && !generated,
+            generated,
             turn,
         })
     }
@@ -255,6 +256,25 @@ impl Conn {
             who,
             identities,
         }))
+    }
+
+    /// May the caller hear of `session`, named by a node's `session.lifecycle` notification
+    /// (sent to every connection of the node)? Decided on the owners this process knows, as a
+    /// notification cannot wait for the shared store: a session bound only in Redis (made
+    /// through another replica) counts as unowned.
+    pub(super) fn may_hear_of(&self, session: Option<&str>) -> bool {
+        let (Some(user), Some(session)) = (self.owner_name(), session) else {
+            return true;
+        };
+        let Some(identities) = self.ctx.shared.load().identities.clone() else {
+            return true;
+        };
+        let who = match &self.caller {
+            Some(who) => who.clone(),
+            None => Identity { user, tenant: None },
+        };
+        let owner = self.ctx.store.known_owner(&self.pool_name, session);
+        identities.may_touch(&who, session, owner.as_deref())
     }
 
     /// The caller's new session `session` is the caller's: bound in this process at once (the
@@ -318,6 +338,8 @@ struct Gates {
     session: Option<Arc<str>>,
     /// The request creates `session` with an id the client chose.
     creates: bool,
+    /// The request creates `session` with a fresh id the proxy chose: nobody's yet.
+    generated: bool,
     turn: Option<TurnLock>,
 }
 
@@ -362,9 +384,10 @@ impl Gates {
             tenant: None,
         };
         let who = self.caller.as_ref().unwrap_or(&anonymous);
-        let how = match self.creates {
-            true => ownership::Use::Create,
-            false => ownership::Use::Existing,
+        let how = match (self.creates, self.generated) {
+            (_, true) => ownership::Use::Generated,
+            (true, false) => ownership::Use::Create,
+            (false, false) => ownership::Use::Existing,
         };
         let fleet_holds = fanout::held_by_fleet(&self.owner, &routed.pool, session);
         let pool = routed.pool.name();

@@ -84,6 +84,11 @@ impl Conn {
         };
         match env.kind {
             MessageKind::Notification => {
+                if env.method.as_deref() == Some("session.lifecycle")
+                    && !self.may_hear_of(env.session_id.as_deref())
+                {
+                    return;
+                }
                 if !self.turns.is_empty() && env.method.as_deref() == Some("session.event") {
                     self.watch_turns(&body, env.session_id.as_deref());
                 }
