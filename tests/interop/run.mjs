@@ -802,6 +802,7 @@ describe('sessiongate interop, ownership: two SDK clients with different connect
     const r = await withTimeout(bob.rpc.sessions.bulkDelete({ sessionIds: [aliceIds[1], BOB_SPARE, aliceIds[3]] }), RPC_TIMEOUT, 'sessions.bulkDelete (Bob, mixed)');
     assert.deepEqual(Object.keys(r.freedBytes ?? {}), [BOB_SPARE], `mixed bulkDelete: ${JSON.stringify(r)}`);
     assert.ok(r.freedBytes[BOB_SPARE] > 0, `freedBytes: ${JSON.stringify(r)}`);
+    assert.deepEqual([...(r.refusedSessionIds ?? [])].sort(), [aliceIds[1], aliceIds[3]].sort(), `mixed bulkDelete names Alice's as refused: ${JSON.stringify(r)}`);
     assert.deepEqual(ownersOf(BOB_SPARE, clis), [], `${BOB_SPARE} (Bob's) still on disk after Bob's bulkDelete`);
   }));
 
@@ -821,12 +822,18 @@ describe('sessiongate interop, ownership: two SDK clients with different connect
     for (const [what, ids] of [['listSessions', aliceList], ['sessions.list', aliceRpcList]]) {
       assert.deepEqual([...ids].sort(), [...alices].sort(), `Alice's ${what}: ${JSON.stringify(ids)}`);
     }
+    const aliceLast = await withTimeout(alice.getLastSessionId(), RPC_TIMEOUT, 'session.getLastId (Alice)');
+    assert.ok(alices.includes(aliceLast), `Alice's last session ${aliceLast} is not hers`);
   }));
 
   it('Bob\'s pruneOld (not a dry run) deletes only his; Alice\'s sessions are all on disk and hers to resume', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
     const r = await withTimeout(bob.rpc.sessions.pruneOld({ olderThanDays: 0 }), RPC_TIMEOUT, 'sessions.pruneOld (Bob)');
     assert.deepEqual(r.deleted, [BOB_ID], `Bob's pruneOld: ${JSON.stringify(r)}`);
     assert.deepEqual(ownersOf(BOB_ID, clis), [], `${BOB_ID} (Bob's) still on disk after his pruneOld`);
+    // Bob has no session left: the last one is none, not one of Alice's
+    const last = await withTimeout(bob.getLastSessionId(), RPC_TIMEOUT, 'session.getLastId (Bob, none left)');
+    assert.equal(last, undefined, `Bob's last session, with none of his own left`);
+    assert.deepEqual((await withTimeout(bob.listSessions(), RPC_TIMEOUT, 'session.list (Bob, none left)')), [], 'Bob\'s listSessions with none of his own left');
     for (const id of [...aliceIds, aliceFork]) {
       assert.equal(ownersOf(id, clis).length, 1, `Alice's ${id} after Bob's attempts: on ${ownersOf(id, clis)}`);
     }
