@@ -16,6 +16,8 @@
 //   2. process helpers: free ports, CLI servers, the sessiongate process, its config and admin API
 //   3. SDK helpers: clients with timeouts, create+send, resume+read
 //   4. the suite (one sequential describe; later tests build on the sessions the earlier ones made)
+//   5. ownership: a second describe with its own CLI fleet (requiring a node token) and a proxy
+//      with identities; two users with different connection tokens
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
