@@ -16,6 +16,8 @@
 //   2. process helpers: free ports, CLI servers, the sessiongate process, its config and admin API
 //   3. SDK helpers: clients with timeouts, create+send, resume+read
 //   4. the suite (one sequential describe; later tests build on the sessions the earlier ones made)
+//   5. ownership: a second describe with its own CLI fleet (requiring a node token) and a proxy
+//      with identities; two users with different connection tokens
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,6 +25,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
+import crypto from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,7 +124,7 @@ function cliEnv(home) {
  * open at the same moment). A port lost to a race makes the CLI print "Address already in use" and
  * exit 1: retry with another port.
  */
-async function startCli(name, root) {
+async function startCli(name, root, extraEnv = {}) {
   const home = path.join(root, name, 'home');
   const cwd = path.join(root, name, 'cwd'); // sessions record this cwd; keep it out of any git repo
   await fsp.mkdir(home, { recursive: true });
@@ -129,7 +132,7 @@ async function startCli(name, root) {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const proc = spawnTracked(CLI_BIN, ['--headless', '--port', String(port), '--no-auto-login'],
-      { env: cliEnv(home), cwd, logFile: path.join(root, name, 'cli.out') });
+      { env: { ...cliEnv(home), ...extraEnv }, cwd, logFile: path.join(root, name, 'cli.out') });
     const ready = await Promise.race([
       until(`${name} ready`, () => /CLI server listening on port \d+/.test(proc.output), { timeoutMs: 20_000, everyMs: 50 })
         .then(() => true),
@@ -184,10 +187,10 @@ export function parseBoundListeners(text) {
   return bound;
 }
 
-async function startGate(configPath, root, tag) {
+async function startGate(configPath, root, tag, extraEnv = {}) {
   if (!fs.existsSync(SG_BIN)) throw new Error(`sessiongate binary not found at ${SG_BIN} (set SESSIONGATE_BIN or cargo build --release)`);
   const args = SG_ARGS.map((a) => a.replace('{config}', configPath));
-  const proc = spawnTracked(SG_BIN, args, { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' }, cwd: root, logFile: path.join(root, `sessiongate-${tag}.log`) });
+  const proc = spawnTracked(SG_BIN, args, { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', ...extraEnv }, cwd: root, logFile: path.join(root, `sessiongate-${tag}.log`) });
   const listeners = await Promise.race([
     until('sessiongate listeners "cli" and "admin" bound', () => {
       const b = parseBoundListeners(proc.output);
@@ -211,8 +214,8 @@ async function ringUpstreams(gate) {
 }
 
 /** The ring owner of each id (`sessiongate route`, offline, health ignored): [[id, node], ...]. */
-function ringOwners(configPath, ids) {
-  return execFileSync(SG_BIN, ['route', '--config', configPath, '--pool', POOL, ...ids], { encoding: 'utf8' })
+function ringOwners(configPath, ids, extraEnv = {}) {
+  return execFileSync(SG_BIN, ['route', '--config', configPath, '--pool', POOL, ...ids], { encoding: 'utf8', env: { ...process.env, ...extraEnv } })
     .trim().split('\n').map((line) => line.split('\t'));
 }
 
@@ -607,5 +610,251 @@ describe(`sessiongate interop (${DIRECT ? 'DIRECT: SDK -> CLI, no proxy' : 'prox
       assert.equal(owners.length, 1, `${id} lives on exactly one node: ${owners}`);
       assert.notEqual(owners[0], dead[0], `${id} was placed on the dead node`);
     }
+  }));
+});
+
+// ───────────────────────────── 5. ownership: two users, two tokens ─────────────────────────────
+//
+// Its own fleet and proxy: 3 CLI servers that require a node connection token
+// (COPILOT_CONNECTION_TOKEN, as the SDK sets it for the servers it spawns), and a sessiongate with
+// `identities:` (a tokens file of two users) whose listener requires a token, and whose pool sends
+// the nodes their own token (`token_env`). Alice (token A) makes sessions; Bob (token B) may not
+// resume, read, send to, re-create, fork, delete or prune them, and his lists never show them.
+
+const OWN_POOL_TOKEN_ENV = 'SESSIONGATE_INTEROP_NODE_TOKEN';
+const sha256hex = (text) => crypto.createHash('sha256').update(text).digest('hex');
+
+/** Config of the ownership proxy: token identities required on `cli`, node token from the env. */
+function ownershipConfigYaml(clis, tokensFile) {
+  return [
+    'admin:',
+    '  listen: 127.0.0.1:0',
+    'shutdown_grace: 2s',
+    'identities:',
+    `  tokens_file: ${tokensFile}`,
+    'listeners:',
+    '  - name: cli',
+    '    listen: 127.0.0.1:0',
+    '    protocol: jsonrpc',
+    `    pool: ${POOL}`,
+    '    identity: { from: [token], required: true }',
+    'pools:',
+    `  ${POOL}:`,
+    `    token_env: ${OWN_POOL_TOKEN_ENV}`,
+    '    health: { probe: tcp, interval: 500ms, timeout: 500ms, rise: 1, fall: 1 }',
+    '    upstreams:',
+    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
+    '',
+  ].join('\n');
+}
+
+/** A client presenting `connectionToken` (none when undefined) in `connect`. */
+async function newClientWithToken(addr, connectionToken) {
+  const c = new CopilotClient({ connection: RuntimeConnection.forUri(addr, connectionToken === undefined ? {} : { connectionToken }) });
+  clients.add(c);
+  try {
+    await withTimeout(c.start(), RPC_TIMEOUT, `connect to ${addr}`);
+  } catch (e) {
+    await closeClient(c);
+    throw e;
+  }
+  return c;
+}
+
+/** A request the SDK has no public call for from this client (no session handle): raw. */
+function rawRequest(client, method, params) {
+  return withTimeout(client.connection.sendRequest(method, params), RPC_TIMEOUT, method);
+}
+
+/** `promise` fails with JSON-RPC -32003 whose message names `sessionId` (when given). */
+async function assertForbidden(promise, what, sessionId) {
+  await assert.rejects(withTimeout(promise, RPC_TIMEOUT, what), (e) => {
+    assert.equal(e.code, -32003, `${what}: expected -32003, got code ${e.code}: ${e.message}`);
+    assert.match(e.message, /another user/, `${what}: ${e.message}`);
+    if (sessionId) assert.ok(e.message.includes(sessionId), `${what}: message does not name ${sessionId}: ${e.message}`);
+    return true;
+  }, `${what} succeeded`);
+}
+
+let ownBlocker = null;
+function ownTest(getGate, fn, { critical = false } = {}) {
+  return async (t, ...rest) => {
+    if (ownBlocker) { t.skip(`blocked by earlier failure: ${ownBlocker}`); return; }
+    try {
+      return await fn(t, ...rest);
+    } catch (e) {
+      if (critical) ownBlocker = e.message.split('\n')[0].slice(0, 200);
+      const out = getGate()?.proc?.output;
+      if (out) e.message += `\n--- last sessiongate log lines ---\n${gateLogTail(out)}`;
+      throw e;
+    }
+  };
+}
+
+describe('sessiongate interop, ownership: two SDK clients with different connection tokens', { skip: DIRECT ? 'proxy mode only (INTEROP_DIRECT=1)' : false, timeout: 180_000 }, () => {
+  const TOKEN_A = `alice-${crypto.randomBytes(16).toString('hex')}`;
+  const TOKEN_B = `bob-${crypto.randomBytes(16).toString('hex')}`;
+  const NODE_TOKEN = `node-${crypto.randomBytes(16).toString('hex')}`;
+  let root;
+  const clis = [];
+  let configPath;
+  let gate;
+  let alice;            // Alice's client (token A), connected through the proxy
+  let bob;              // Bob's client (token B)
+  let aliceIds = [];    // Alice's sessions, 2 per node by ring owner
+  let aliceFork;        // a fork Alice made of one of them
+  const BOB_ID = '5e55c0de-00b0-4000-8000-000000000001';
+  const BOB_SPARE = '5e55c0de-00b0-4000-8000-000000000002';
+
+  before(async () => {
+    root = await fsp.mkdtemp(path.join(os.tmpdir(), 'sessiongate-interop-owners-'));
+    const started = await Promise.all([1, 2, 3].map((i) => startCli(`cli-${i}`, root, { COPILOT_CONNECTION_TOKEN: NODE_TOKEN })));
+    clis.push(...started);
+    const tokensFile = path.join(root, 'tokens.yaml');
+    await fsp.writeFile(tokensFile, [
+      `- { sha256: ${sha256hex(TOKEN_A)}, user: alice, tenant: acme }`,
+      `- { sha256: ${sha256hex(TOKEN_B)}, user: bob, tenant: acme }`,
+      '',
+    ].join('\n'));
+    configPath = path.join(root, 'sessiongate.yaml');
+    await fsp.writeFile(configPath, ownershipConfigYaml(clis, tokensFile));
+    gate = await startGate(configPath, root, 'owners', { [OWN_POOL_TOKEN_ENV]: NODE_TOKEN });
+  });
+
+  after(async () => {
+    for (const c of [...clients]) await closeClient(c);
+    await stopProc(gate?.proc);
+    await Promise.all(clis.map((c) => stopProc(c.proc)));
+    if (root && !KEEP) await fsp.rm(root, { recursive: true, force: true });
+    else if (root) console.log(`# kept ${root}`);
+  });
+
+  it('the CLIs take only the node token: straight at a CLI, the clients\' tokens and none are refused', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async (t) => {
+    for (const [what, token] of [['token A', TOKEN_A], ['token B', TOKEN_B], ['no token', undefined]]) {
+      await assert.rejects(newClientWithToken(clis[0].addr, token), (e) => {
+        t.diagnostic(`CLI direct, ${what}: code ${e.code}: ${e.message.split('\n')[0]}`);
+        // the CLI's own refusal (the proxy's says why: "unknown token", "an identity is required")
+        assert.equal(e.code, -32002, `${what}: code ${e.code}: ${e.message}`);
+        assert.match(e.message, /AUTHENTICATION_FAILED/, `${what}: ${e.message}`);
+        return true;
+      }, `a CLI requiring the node token accepted ${what}`);
+    }
+    const c = await newClientWithToken(clis[0].addr, NODE_TOKEN);
+    try {
+      assert.equal((await withTimeout(c.ping('node'), RPC_TIMEOUT, 'ping')).message, 'pong: node');
+    } finally {
+      await closeClient(c);
+    }
+  }, { critical: true }));
+
+  it('through the proxy: no token and an unknown token are refused at connect with -32002', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async (t) => {
+    for (const [what, token, why] of [['no token', undefined, /identity is required/], ['an unknown token', `mallory-${crypto.randomBytes(8).toString('hex')}`, /unknown token/]]) {
+      await assert.rejects(newClientWithToken(gate.cliAddr, token), (e) => {
+        t.diagnostic(`proxy, ${what}: code ${e.code}: ${e.message.split('\n')[0]}`);
+        assert.equal(e.code, -32002, `${what}: code ${e.code}: ${e.message}`);
+        assert.match(e.message, why, `${what}: ${e.message}`);
+        return true;
+      }, `the proxy let a client with ${what} connect`);
+    }
+  }));
+
+  it('Alice (token A) connects through the proxy and creates sessions on all three nodes', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
+    // The CLIs refuse token A (previous test): that this works means they got the node token.
+    alice = await newClientWithToken(gate.cliAddr, TOKEN_A);
+    const candidates = Array.from({ length: 48 }, (_, i) => `5e55c0de-00a0-4000-8000-${String(i).padStart(12, '0')}`);
+    const routed = ringOwners(configPath, candidates, { [OWN_POOL_TOKEN_ENV]: NODE_TOKEN });
+    aliceIds = clis.flatMap((cli) => routed.filter(([, node]) => node === cli.name).slice(0, 2).map(([id]) => id));
+    assert.equal(aliceIds.length, 6, `2 candidates per node: ${JSON.stringify(routed)}`);
+    for (const id of aliceIds) await createAndSend(alice, id);
+    for (const id of aliceIds) assert.equal(ownersOf(id, clis).length, 1, `${id} on ${ownersOf(id, clis)}`);
+    for (const cli of clis) assert.ok(aliceIds.some((id) => ownersOf(id, [cli]).length), `no session of Alice's on ${cli.name}`);
+    const r = await withTimeout(alice.rpc.sessions.fork({ sessionId: aliceIds[0] }), RPC_TIMEOUT, 'sessions.fork (Alice, own session)');
+    aliceFork = r.sessionId;
+    assert.deepEqual(ownersOf(aliceFork, clis), ownersOf(aliceIds[0], clis), `Alice's fork ${aliceFork}`);
+  }, { critical: true }));
+
+  it('Bob (token B) connects and makes his own sessions', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
+    bob = await newClientWithToken(gate.cliAddr, TOKEN_B);
+    await createAndSend(bob, BOB_ID);
+    await createAndSend(bob, BOB_SPARE);
+  }, { critical: true }));
+
+  it('Bob cannot resume, read, send to, or look up Alice\'s sessions: -32003 each', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
+    for (const id of [...aliceIds, aliceFork]) {
+      await assertForbidden(bob.resumeSession(id, { onPermissionRequest: approveAll }), `session.resume ${id} (Bob)`, id);
+      await assertForbidden(rawRequest(bob, 'session.getMessages', { sessionId: id }), `session.getMessages ${id} (Bob)`, id);
+      await assertForbidden(rawRequest(bob, 'session.send', { sessionId: id, prompt: 'from bob' }), `session.send ${id} (Bob)`, id);
+      await assertForbidden(bob.getSessionMetadata(id), `session.getMetadata ${id} (Bob)`, id);
+    }
+  }));
+
+  it('Bob cannot re-create Alice\'s session ids, fork them, or delete them', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
+    for (const id of aliceIds) {
+      await assertForbidden(bob.createSession({ sessionId: id, onPermissionRequest: approveAll }), `session.create ${id} (Bob)`, id);
+      await assertForbidden(bob.rpc.sessions.fork({ sessionId: id }), `sessions.fork ${id} (Bob)`, id);
+      await assertForbidden(bob.deleteSession(id), `session.delete ${id} (Bob)`, id);
+    }
+    // all of Alice's: the whole request is refused, naming them
+    await assert.rejects(withTimeout(bob.rpc.sessions.bulkDelete({ sessionIds: [...aliceIds, aliceFork] }), RPC_TIMEOUT, 'sessions.bulkDelete (Bob)'), (e) => {
+      assert.equal(e.code, -32003, `bulkDelete of Alice's sessions: code ${e.code}: ${e.message}`);
+      assert.deepEqual([...(e.data?.refusedSessionIds ?? [])].sort(), [...aliceIds, aliceFork].sort(), `refusedSessionIds: ${JSON.stringify(e.data)}`);
+      return true;
+    });
+    // Bob's own among Alice's: only his goes
+    const r = await withTimeout(bob.rpc.sessions.bulkDelete({ sessionIds: [aliceIds[1], BOB_SPARE, aliceIds[3]] }), RPC_TIMEOUT, 'sessions.bulkDelete (Bob, mixed)');
+    assert.deepEqual(Object.keys(r.freedBytes ?? {}), [BOB_SPARE], `mixed bulkDelete: ${JSON.stringify(r)}`);
+    assert.ok(r.freedBytes[BOB_SPARE] > 0, `freedBytes: ${JSON.stringify(r)}`);
+    assert.deepEqual([...(r.refusedSessionIds ?? [])].sort(), [aliceIds[1], aliceIds[3]].sort(), `mixed bulkDelete names Alice's as refused: ${JSON.stringify(r)}`);
+    assert.deepEqual(ownersOf(BOB_SPARE, clis), [], `${BOB_SPARE} (Bob's) still on disk after Bob's bulkDelete`);
+  }));
+
+  it('Bob\'s lists show none of Alice\'s sessions; Alice\'s show all of hers and none of his', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
+    const alices = [...aliceIds, aliceFork];
+    const bobList = (await withTimeout(bob.listSessions(), RPC_TIMEOUT, 'session.list (Bob)')).map((s) => s.sessionId);
+    const bobRpcList = (await withTimeout(bob.rpc.sessions.list({}), RPC_TIMEOUT, 'sessions.list (Bob)')).sessions.map((s) => s.sessionId);
+    for (const [what, ids] of [['listSessions', bobList], ['sessions.list', bobRpcList]]) {
+      assert.deepEqual(ids, [BOB_ID], `Bob's ${what}: ${JSON.stringify(ids)}`);
+    }
+    const last = await withTimeout(bob.getLastSessionId(), RPC_TIMEOUT, 'session.getLastId (Bob)');
+    assert.equal(last, BOB_ID, `Bob's last session`);
+    const dry = await withTimeout(bob.rpc.sessions.pruneOld({ olderThanDays: 0, dryRun: true }), RPC_TIMEOUT, 'sessions.pruneOld dry run (Bob)');
+    assert.deepEqual(dry.candidates, [BOB_ID], `Bob's pruneOld candidates: ${JSON.stringify(dry)}`);
+    const aliceList = (await withTimeout(alice.listSessions(), RPC_TIMEOUT, 'session.list (Alice)')).map((s) => s.sessionId);
+    const aliceRpcList = (await withTimeout(alice.rpc.sessions.list({}), RPC_TIMEOUT, 'sessions.list (Alice)')).sessions.map((s) => s.sessionId);
+    for (const [what, ids] of [['listSessions', aliceList], ['sessions.list', aliceRpcList]]) {
+      assert.deepEqual([...ids].sort(), [...alices].sort(), `Alice's ${what}: ${JSON.stringify(ids)}`);
+    }
+    const aliceLast = await withTimeout(alice.getLastSessionId(), RPC_TIMEOUT, 'session.getLastId (Alice)');
+    assert.ok(alices.includes(aliceLast), `Alice's last session ${aliceLast} is not hers`);
+  }));
+
+  it('Bob\'s pruneOld (not a dry run) deletes only his; Alice\'s sessions are all on disk and hers to resume', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
+    const r = await withTimeout(bob.rpc.sessions.pruneOld({ olderThanDays: 0 }), RPC_TIMEOUT, 'sessions.pruneOld (Bob)');
+    assert.deepEqual(r.deleted, [BOB_ID], `Bob's pruneOld: ${JSON.stringify(r)}`);
+    assert.deepEqual(ownersOf(BOB_ID, clis), [], `${BOB_ID} (Bob's) still on disk after his pruneOld`);
+    // Bob has no session left: the last one is none, not one of Alice's
+    const last = await withTimeout(bob.getLastSessionId(), RPC_TIMEOUT, 'session.getLastId (Bob, none left)');
+    assert.equal(last, undefined, `Bob's last session, with none of his own left`);
+    assert.deepEqual((await withTimeout(bob.listSessions(), RPC_TIMEOUT, 'session.list (Bob, none left)')), [], 'Bob\'s listSessions with none of his own left');
+    for (const id of [...aliceIds, aliceFork]) {
+      assert.equal(ownersOf(id, clis).length, 1, `Alice's ${id} after Bob's attempts: on ${ownersOf(id, clis)}`);
+    }
+    // a fresh client of Alice's (same token, new connection) resumes and reads every one
+    const again = await newClientWithToken(gate.cliAddr, TOKEN_A);
+    try {
+      for (const id of aliceIds) await resumeAndRead(again, id);
+      const fork = await withTimeout(again.resumeSession(aliceFork, { onPermissionRequest: approveAll }), RPC_TIMEOUT, `session.resume ${aliceFork}`);
+      assert.equal(fork.sessionId, aliceFork);
+    } finally {
+      await closeClient(again);
+    }
+  }));
+
+  it('no client token reached a CLI or the logs', { timeout: TEST_TIMEOUT }, ownTest(() => gate, async () => {
+    for (const cli of clis) {
+      const out = cli.proc.output;
+      for (const [what, token] of [['token A', TOKEN_A], ['token B', TOKEN_B]]) assert.ok(!out.includes(token), `${cli.name}'s output contains ${what}`);
+    }
+    for (const token of [TOKEN_A, TOKEN_B, NODE_TOKEN]) assert.ok(!gate.proc.output.includes(token), 'the proxy logged a token');
   }));
 });

@@ -241,6 +241,9 @@ pub(super) async fn viewed(
             };
             (merged, failed)
         }
+        Merge::NewestSession if method == "session.getLastId" => {
+            last_of(owner, pool, viewer, targets).await
+        }
         _ => return None,
     };
     let answered = targets.len() - failed.len();
@@ -248,6 +251,41 @@ pub(super) async fn viewed(
         Some(refused) => Err(refused),
         None => Ok(merged),
     })
+}
+
+/// `session.getLastId` for a caller: a node's last session may be another user's, so the
+/// caller's last is the newest of the caller's sessions in every node's `session.list`.
+async fn last_of(
+    owner: &Owner,
+    pool: &Pool,
+    viewer: &Viewer,
+    targets: &[Endpoint],
+) -> (Value, Vec<(Arc<str>, String)>) {
+    let lists = owner
+        .ask_all(targets, &request("session.list", json!({})))
+        .await;
+    let mut failed = Vec::new();
+    let mut results = Vec::new();
+    for (target, answer) in targets.iter().zip(lists) {
+        match answer {
+            Answer::Result(mut r) => {
+                viewer.filter(pool.name(), Merge::SessionList, &mut r).await;
+                results.push(r);
+            }
+            Answer::Failed(why) => {
+                owner.skipped(&target.name);
+                failed.push((target.name.clone(), why));
+            }
+        }
+    }
+    let dated = crate::proxy::jsonrpc::merge::session_list(results)
+        .into_iter()
+        .filter_map(|s| {
+            let id = s["sessionId"].as_str()?.to_owned();
+            Some((id, s["modifiedTime"].as_str().map(str::to_owned)))
+        })
+        .collect();
+    (crate::proxy::jsonrpc::merge::newest_session(dated), failed)
 }
 
 /// Name the `refused` ids in a split's merged answer: a list answer gets an `unavailable`
