@@ -101,8 +101,8 @@ impl Conn {
     ) {
         let mut method = methods::lookup(name);
         if self.binds && name == "session.getLastId" {
-            // A node's last session may be another user's: where sessions have owners, ask
-            // every node and keep the caller's newest, as for sessions.getLastForContext.
+            // A node's last session may be another user's: where sessions have owners, the
+            // caller's newest among every node's session list (see fanout::view).
             method.class = Class::FanOut(methods::Merge::NewestSession);
         }
         if method.class == Class::Unknown {
@@ -172,11 +172,7 @@ impl Conn {
             exchanges: self.state.exchanges(),
             new_session_id: &new_id,
         };
-        let mut decision = route::decide(&req, &pool, &facts);
-        if self.binds && name == "session.getLastId" {
-            // The home node's last session may be another user's: find the caller's own.
-            decision = Decision::FanOut(super::methods::Merge::NewestSession);
-        }
+        let decision = route::decide(&req, &pool, &facts);
         let routed = Routed {
             label: method.label,
             id,
