@@ -166,10 +166,26 @@ fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminRespon
     let Some(p) = snapshot.pool(pool) else {
         return error(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
     };
-    match p.route(key.as_bytes()) {
+    // A pinned key (a JSON-RPC session, or an HTTP session learned from a response) goes to
+    // its pin while that upstream serves; `ring` says where the ring alone would send it.
+    let ring = p.route(key.as_bytes());
+    let ring_name = ring.map(|u| u.name());
+    if let Some(pin) = p.pins.get(key) {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "pool": pool, "key": key, "upstream": &*pin.addr, "name": &*pin.upstream,
+                "source": "pin", "ring": ring_name,
+            }),
+        );
+    }
+    match ring {
         Some(u) => json_response(
             StatusCode::OK,
-            &json!({ "pool": pool, "key": key, "upstream": u.addr(), "name": u.name() }),
+            &json!({
+                "pool": pool, "key": key, "upstream": u.addr(), "name": u.name(),
+                "source": "ring", "ring": ring_name,
+            }),
         ),
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,

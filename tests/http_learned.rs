@@ -1,0 +1,382 @@
+//! HTTP learned affinity against upstreams that issue their own session ids, like MCP
+//! Streamable HTTP servers: the id in a response (`Mcp-Session-Id`, or a `Set-Cookie`) pins the
+//! session to the upstream that issued it; POSTs, GET streams and DELETEs with the id follow the
+//! pin; DELETE unpins; a gone owner gets `on_owner_down`'s answer; reloads move no pinned
+//! session. The upstreams answer 404 for ids they did not issue, so a misrouted request shows.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, StatusCode};
+use support::client::{empty, Client, Reply};
+use support::upstream::{self, Mock};
+use support::{admin_json, metric_value, poll_until, upstreams_yaml, within, ConfigDir, Proxy};
+
+const HEADER: &str = "mcp-session-id";
+
+/// An upstream that issues session ids: a request without one (an `initialize`) gets a new id
+/// in `Mcp-Session-Id` (and a `SESSIONID` cookie); a request with one it issued is answered
+/// (GET as an event stream), DELETE ends the session; an id it did not issue gets 404.
+async fn issuing(name: &'static str) -> Mock {
+    let sessions: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let next = Arc::new(Mutex::new(0u32));
+    upstream::serve_fn(move |req: Request<hyper::body::Incoming>| {
+        let (sessions, next) = (sessions.clone(), next.clone());
+        async move {
+            let id = req
+                .headers()
+                .get(HEADER)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let Some(id) = id else {
+                let mut n = next.lock().unwrap();
+                *n += 1;
+                let id = format!("{name}-s{n}");
+                sessions.lock().unwrap().insert(id.clone());
+                let mut resp = upstream::named(name, "initialized");
+                resp.headers_mut().insert(HEADER, id.parse().unwrap());
+                let cookie = format!("SESSIONID={id}; Path=/; HttpOnly");
+                resp.headers_mut()
+                    .insert("set-cookie", cookie.parse().unwrap());
+                return resp;
+            };
+            let known = sessions.lock().unwrap().contains(&id);
+            let mut resp = match (known, req.method().clone()) {
+                (false, _) => {
+                    let mut resp = upstream::named(name, "unknown session");
+                    *resp.status_mut() = StatusCode::NOT_FOUND;
+                    resp
+                }
+                (true, Method::DELETE) => {
+                    sessions.lock().unwrap().remove(&id);
+                    upstream::named(name, "deleted")
+                }
+                (true, Method::GET) => {
+                    let mut resp = upstream::named(name, format!("data: {id}\n\n"));
+                    resp.headers_mut()
+                        .insert("content-type", "text/event-stream".parse().unwrap());
+                    resp
+                }
+                (true, _) => upstream::named(name, "ok"),
+            };
+            // Like the MCP SDK: every answer names the session.
+            if known {
+                resp.headers_mut().insert(HEADER, id.parse().unwrap());
+            }
+            resp
+        }
+    })
+    .await
+}
+
+struct Issuers {
+    mocks: HashMap<String, Mock>,
+    members: Vec<(String, std::net::SocketAddr)>,
+}
+
+async fn issuers(names: &[&'static str]) -> Issuers {
+    let mut mocks = HashMap::new();
+    let mut members = Vec::new();
+    for name in names {
+        let mock = issuing(name).await;
+        members.push((name.to_string(), mock.addr));
+        mocks.insert(name.to_string(), mock);
+    }
+    Issuers { mocks, members }
+}
+
+/// Listener `mcp` keyed on `Mcp-Session-Id` (then the `SESSIONID` cookie), learning both.
+fn config(members: &[(String, std::net::SocketAddr)], pool_extra: &str) -> String {
+    format!(
+        "admin:
+  listen: 127.0.0.1:0
+listeners:
+  - name: mcp
+    listen: 127.0.0.1:0
+    protocol: http
+    pool: mcp
+    key:
+      - header: Mcp-Session-Id
+      - cookie: SESSIONID
+    learn:
+      - response_header: Mcp-Session-Id
+      - set_cookie: SESSIONID
+pools:
+  mcp:
+{pool_extra}    upstreams:
+{}",
+        upstreams_yaml(members)
+    )
+}
+
+async fn send(client: &mut Client, method: Method, session: Option<&str>) -> Reply {
+    let mut req = client.request(method, "/mcp");
+    if let Some(id) = session {
+        req = req.header(HEADER, id);
+    }
+    let resp = client.send(req.body(empty()).unwrap()).await.expect("send");
+    Reply::read(resp).await.expect("read")
+}
+
+/// Initialize a session: `(id, issuer)`.
+async fn initialize(client: &mut Client) -> (String, String) {
+    let reply = send(client, Method::POST, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.headers[HEADER].to_str().unwrap().to_owned();
+    (id, reply.upstream().to_owned())
+}
+
+async fn route_of(proxy: &Proxy, key: &str) -> serde_json::Value {
+    admin_json(proxy.admin(), &format!("/admin/route?pool=mcp&key={key}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_of_a_session_reaches_the_upstream_that_issued_it() {
+    within(60, async {
+        let fleet = issuers(&["m1", "m2", "m3"]).await;
+        let proxy = Proxy::start_yaml(&config(&fleet.members, "")).await;
+        let mut sessions = Vec::new();
+        let mut client = proxy.client("mcp").await;
+        for _ in 0..100 {
+            sessions.push(initialize(&mut client).await);
+        }
+        let issuers: HashSet<&str> = sessions.iter().map(|(_, u)| u.as_str()).collect();
+        assert_eq!(issuers.len(), 3, "initializes are spread: {issuers:?}");
+
+        for (id, issuer) in &sessions {
+            for method in [Method::POST, Method::GET, Method::POST] {
+                let reply = send(&mut client, method.clone(), Some(id)).await;
+                assert_eq!(reply.status, 200, "{method} {id}: {}", reply.body);
+                assert_eq!(reply.upstream(), issuer, "{method} {id}");
+            }
+            let route = route_of(&proxy, id).await;
+            assert_eq!(route["source"], "pin", "{route}");
+            assert_eq!(route["name"], issuer.as_str(), "{route}");
+        }
+        let text = proxy.metrics_text().await;
+        let learned: f64 = ["m1", "m2", "m3"]
+            .iter()
+            .filter_map(|u| {
+                let labels = [("pool", "mcp"), ("upstream", *u)];
+                metric_value(&text, "sessiongate_pins_learned_total", &labels)
+            })
+            .sum();
+        assert_eq!(learned, 100.0, "each session learned once, not per answer");
+
+        // DELETE reaches the issuer and unpins; the id then follows the ring, like any key.
+        for (id, issuer) in &sessions {
+            let reply = send(&mut client, Method::DELETE, Some(id)).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert_eq!(reply.upstream(), issuer);
+            assert_eq!(route_of(&proxy, id).await["source"], "ring");
+        }
+        let text = proxy.metrics_text().await;
+        let deleted = [("pool", "mcp"), ("reason", "deleted")];
+        assert_eq!(
+            metric_value(&text, "sessiongate_pins_dropped_total", &deleted),
+            Some(100.0)
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_the_upstream_sets_is_learned_too() {
+    within(30, async {
+        let fleet = issuers(&["m1", "m2", "m3"]).await;
+        // Learn only the cookie; requests carry only the cookie.
+        let yaml =
+            config(&fleet.members, "").replace("      - response_header: Mcp-Session-Id\n", "");
+        let proxy = Proxy::start_yaml(&yaml).await;
+        let mut client = proxy.client("mcp").await;
+        for _ in 0..20 {
+            let (id, issuer) = initialize(&mut client).await;
+            let route = route_of(&proxy, &id).await;
+            assert_eq!(route["source"], "pin", "{route}");
+            assert_eq!(route["name"], issuer.as_str());
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_the_upstream_refuses_keeps_the_pin() {
+    within(30, async {
+        let refusing = upstream::serve_fn(|req: Request<hyper::body::Incoming>| async move {
+            let mut resp = upstream::named("r1", "");
+            if req.method() == Method::DELETE {
+                *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            } else if !req.headers().contains_key(HEADER) {
+                resp.headers_mut().insert(HEADER, "kept-1".parse().unwrap());
+            }
+            resp
+        })
+        .await;
+        let fleet = issuers(&["m1", "m2"]).await;
+        let mut members = fleet.members.clone();
+        members.push(("r1".to_owned(), refusing.addr));
+        let proxy = Proxy::start_yaml(&config(&members, "")).await;
+        let mut client = proxy.client("mcp").await;
+        // Initialize until r1 issues a session.
+        let mut found = false;
+        for _ in 0..60 {
+            if initialize(&mut client).await.1 == "r1" {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "r1 never chosen in 60 random placements");
+        let reply = send(&mut client, Method::DELETE, Some("kept-1")).await;
+        assert_eq!(reply.status, 405);
+        let route = route_of(&proxy, "kept-1").await;
+        assert_eq!(
+            (route["source"].as_str(), route["name"].as_str()),
+            (Some("pin"), Some("r1"))
+        );
+    })
+    .await
+}
+
+/// Learn 30 sessions, then kill the issuer of some: what their next request gets.
+async fn owner_down(rule: &str) -> (Vec<Reply>, Vec<Reply>, Proxy) {
+    let mut fleet = issuers(&["m1", "m2", "m3"]).await;
+    let pool = format!(
+        "    on_owner_down: {rule}
+    health: {{ probe: tcp, interval: 100ms, timeout: 50ms, fall: 1, rise: 1 }}
+"
+    );
+    let proxy = Proxy::start_yaml(&config(&fleet.members, &pool)).await;
+    let mut client = proxy.client("mcp").await;
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        sessions.push(initialize(&mut client).await);
+    }
+    drop(fleet.mocks.remove("m1"));
+    let admin = proxy.admin();
+    poll_until("m1 marked down", 10, || async move {
+        support::admin_upstream(admin, "m1").await["healthy"] == false
+    })
+    .await;
+    let (mut dead, mut live) = (Vec::new(), Vec::new());
+    for (id, issuer) in &sessions {
+        let reply = send(&mut client, Method::POST, Some(id)).await;
+        match issuer.as_str() {
+            "m1" => dead.push(reply),
+            _ => {
+                assert_eq!(reply.upstream(), issuer);
+                live.push(reply);
+            }
+        }
+    }
+    assert!(!dead.is_empty() && !live.is_empty());
+    (dead, live, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owner_yields_404_under_not_found_and_nothing_reaches_another_upstream() {
+    within(60, async {
+        let (dead, live, proxy) = owner_down("not_found").await;
+        for reply in &dead {
+            assert_eq!(reply.status, 404, "{}", reply.body);
+            assert!(
+                !reply.headers.contains_key("x-upstream"),
+                "answered by the proxy"
+            );
+        }
+        assert!(live.iter().all(|r| r.status == 200));
+        let text = proxy.metrics_text().await;
+        let gone = [("pool", "mcp"), ("reason", "owner_gone")];
+        let dropped = metric_value(&text, "sessiongate_pins_dropped_total", &gone);
+        assert_eq!(dropped, Some(dead.len() as f64), "each 404 unpinned");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owner_yields_503_under_error_and_is_replaced_under_failover() {
+    within(60, async {
+        let (dead, _, _proxy) = owner_down("error").await;
+        assert!(dead
+            .iter()
+            .all(|r| r.status == 503 && !r.headers.contains_key("x-upstream")));
+
+        let (dead, _, _proxy) = owner_down("failover").await;
+        for reply in &dead {
+            // Re-placed on a live upstream, which does not know the session.
+            assert_eq!(reply.status, 404);
+            assert!(["m2", "m3"].contains(&reply.upstream()), "{reply:?}");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_move_no_pinned_session_and_a_removed_upstream_serves_its_own_until_drained() {
+    within(60, async {
+        let fleet = issuers(&["m1", "m2", "m3", "m4"]).await;
+        let three = &fleet.members[..3];
+        let dir = ConfigDir::new(&config(
+            three,
+            "    drain_timeout: 1s\n    on_owner_down: not_found\n",
+        ));
+        let proxy = Proxy::start(dir).await;
+        let mut client = proxy.client("mcp").await;
+        let mut sessions = Vec::new();
+        for _ in 0..60 {
+            sessions.push(initialize(&mut client).await);
+        }
+
+        // A fourth upstream: every pinned session stays where it is.
+        let four = config(
+            &fleet.members,
+            "    drain_timeout: 1s\n    on_owner_down: not_found\n",
+        );
+        proxy.reload_with(&four).await.expect("reload");
+        for (id, issuer) in &sessions {
+            let reply = send(&mut client, Method::POST, Some(id)).await;
+            assert_eq!(
+                (reply.status, reply.upstream()),
+                (StatusCode::OK, issuer.as_str()),
+                "{id}"
+            );
+        }
+
+        // m1 removed: its sessions still reach it while it drains...
+        let without_m1: Vec<_> = fleet.members[1..].to_vec();
+        let yaml = config(
+            &without_m1,
+            "    drain_timeout: 1s\n    on_owner_down: not_found\n",
+        );
+        proxy.reload_with(&yaml).await.expect("reload");
+        let on_m1: Vec<&String> = sessions
+            .iter()
+            .filter(|(_, u)| u == "m1")
+            .map(|(id, _)| id)
+            .collect();
+        assert!(!on_m1.is_empty());
+        for id in &on_m1 {
+            let reply = send(&mut client, Method::POST, Some(id)).await;
+            assert_eq!((reply.status, reply.upstream()), (StatusCode::OK, "m1"));
+        }
+        // ...and once drained, they get 404 from the proxy, not another upstream's answer.
+        let id = on_m1[0].clone();
+        let mut probe = proxy.client("mcp").await;
+        let mut last = None;
+        for _ in 0..100 {
+            let reply = send(&mut probe, Method::POST, Some(&id)).await;
+            if reply.status == StatusCode::NOT_FOUND {
+                last = Some(reply);
+                break;
+            }
+            assert_eq!(reply.upstream(), "m1", "while draining, only m1");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let reply = last.expect("404 after drain_timeout");
+        assert!(
+            !reply.headers.contains_key("x-upstream"),
+            "the proxy answered"
+        );
+    })
+    .await
+}
