@@ -3,6 +3,7 @@
 //! ring and is forwarded through that upstream's keep-alive pool with bodies streamed both
 //! ways. `Upgrade` requests (WebSocket) become a byte tunnel after the upstream's 101.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -253,7 +254,7 @@ impl Conn {
                     "no session key in request; expected one of: {}",
                     listener.http_keys.described
                 );
-                Err(local(StatusCode::BAD_REQUEST, msg))
+                Err((StatusCode::BAD_REQUEST, msg.into()))
             }
             None => Ok((pool.route_random_index().map(Target::Index), None)),
         };
@@ -264,7 +265,9 @@ impl Conn {
                 let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
                 return self.finish(started, Some(route), None, resp);
             }
-            Err(resp) => return self.finish(started, Some(route), None, resp),
+            Err((status, msg)) => {
+                return self.finish(started, Some(route), None, local(status, msg));
+            }
         };
         let (upstream, index) = match &target {
             Target::Index(i) => (&pool.upstreams[*i], Some(*i)),
@@ -340,7 +343,7 @@ impl Conn {
         pool: &Pool,
         key: &[u8],
         deleting: bool,
-    ) -> Result<(Option<Target>, Option<String>), Response<ProxyBody>> {
+    ) -> Result<(Option<Target>, Option<String>), LocalAnswer> {
         if !pool.learned_pins {
             return Ok((pool.route_index(key).map(Target::Index), None));
         }
@@ -359,11 +362,11 @@ impl Conn {
                 pool.pins.unpin(&session);
                 self.dropped_pin(pool, "owner_gone");
                 let msg = "session not found: the upstream that held it is gone";
-                return Err(local(StatusCode::NOT_FOUND, msg));
+                return Err((StatusCode::NOT_FOUND, msg.into()));
             }
             Placement::Unavailable => {
                 let msg = "the upstream holding this session is unavailable";
-                return Err(local(StatusCode::SERVICE_UNAVAILABLE, msg));
+                return Err((StatusCode::SERVICE_UNAVAILABLE, msg.into()));
             }
         }
         Ok((pool.route_index(key).map(Target::Index), None))
@@ -557,6 +560,9 @@ impl Conn {
             .inc();
     }
 }
+
+/// A status and message the proxy answers itself (made into a response by [`local`]).
+type LocalAnswer = (StatusCode, Cow<'static, str>);
 
 /// 401 with the scheme the client should use.
 fn unauthorized(why: &str) -> Response<ProxyBody> {
