@@ -195,7 +195,8 @@ mod tests {
         let cookie = LearnSource::SetCookie("SESSIONID".into());
         let both = [mcp.clone(), cookie.clone()];
         let long = "x".repeat(MAX_LEARNED_BYTES + 1);
-        let cases: [(&[LearnSource], Vec<(&str, &str)>, Option<&str>); 10] = [
+        type Case<'a> = (&'a [LearnSource], Vec<(&'a str, &'a str)>, Option<&'a str>);
+        let cases: [Case; 10] = [
             (&both, vec![("Mcp-Session-Id", "abc")], Some("abc")),
             (
                 &both,
