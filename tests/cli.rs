@@ -198,3 +198,34 @@ fn hash_token_reads_stdin_and_prints_what_tokens_yaml_lists() {
     assert_eq!(printed.trim().len(), 64);
     assert!(!printed.contains("s3cret"));
 }
+
+#[test]
+fn check_names_bad_learn_sources_by_field_path() {
+    let cases = [
+        (
+            VALID.replace(
+                "      - header: X-Session-Id\n",
+                "      - header: X-Session-Id\n    learn:\n      - { response_header: A, set_cookie: b }\n      - set_cookie: \"a=b\"\n",
+            ),
+            vec![
+                "listeners[0].learn[0]: set exactly one of response_header, set_cookie",
+                "listeners[0].learn[1].set_cookie: not a valid cookie name",
+            ],
+        ),
+        (
+            VALID.replace(
+                "      - client_ip: true\n",
+                "      - client_ip: true\n    learn:\n      - response_header: Mcp-Session-Id\n",
+            ),
+            vec!["listeners[1].learn: only for protocol http"],
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let out = sessiongate(&["check"], &ConfigDir::new(&yaml));
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        for e in expected {
+            assert!(stderr.contains(e), "{e}\n{stderr}");
+        }
+    }
+}
