@@ -167,15 +167,22 @@ fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminRespon
         return error(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
     };
     // A pinned key (a JSON-RPC session, or an HTTP session learned from a response) goes to
-    // its pin while that upstream serves; `ring` says where the ring alone would send it.
+    // its pin while that upstream serves (a removed one while it drains); `ring` says where the
+    // ring alone would send it, `pin` where it is pinned even when that upstream is down.
     let ring = p.route(key.as_bytes());
     let ring_name = ring.map(|u| u.name());
-    if let Some(pin) = p.pins.get(key) {
+    let pin = p.pins.get(key);
+    let pin_name = pin.as_ref().map(|pin| &*pin.upstream);
+    let pin_serves = pin.as_ref().is_some_and(|pin| match p.upstream(&pin.upstream) {
+        Some(u) => u.state.is_available(),
+        None => p.pins.retired(&pin.upstream).is_some(),
+    });
+    if let (Some(pin), true) = (&pin, pin_serves) {
         return json_response(
             StatusCode::OK,
             &json!({
                 "pool": pool, "key": key, "upstream": &*pin.addr, "name": &*pin.upstream,
-                "source": "pin", "ring": ring_name,
+                "source": "pin", "pin": pin_name, "ring": ring_name,
             }),
         );
     }
@@ -184,7 +191,7 @@ fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminRespon
             StatusCode::OK,
             &json!({
                 "pool": pool, "key": key, "upstream": u.addr(), "name": u.name(),
-                "source": "ring", "ring": ring_name,
+                "source": "ring", "pin": pin_name, "ring": ring_name,
             }),
         ),
         None => error(

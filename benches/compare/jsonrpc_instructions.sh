@@ -9,6 +9,8 @@
 # window (callgrind_control toggles instrumentation at its START and STOP lines). Prints
 # instructions per request and per frame (a request and its answer are two frames). Needs
 # valgrind and the compare_tools bench binary (cargo bench --no-run --bench compare_tools).
+# LISTENER_EXTRA (YAML flow-map entries, e.g. "limits: { per_user: { requests: 1000000000, per: 1m } }")
+# is added to the listener, to count what an admission feature costs per request.
 set -euo pipefail
 BIN=$1; SECS=${2:-30}; CONNS=${3:-10}; SESS=${4:-10}; DEPTH=${5:-32}
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -21,7 +23,7 @@ cat >"$D/sessiongate.yaml" <<YAML
 runtime: { worker_threads: 1 }
 admin: { listen: 127.0.0.1:0 }
 listeners:
-  - { name: rpc, listen: 127.0.0.1:18190, protocol: jsonrpc, pool: cli }
+  - { name: rpc, listen: 127.0.0.1:18190, protocol: jsonrpc, pool: cli${LISTENER_EXTRA:+, $LISTENER_EXTRA} }
 pools:
   cli:
     health: { probe: tcp, interval: 5s }
