@@ -309,6 +309,7 @@ describe('MCP Streamable HTTP through sessiongate (learned affinity)', { timeout
     }
     for (const c of clients) {
       const r = await adminJson(gate, `/admin/route?pool=${POOL}&key=${encodeURIComponent(c.sessionId)}`);
+      assert.ok('source' in r, `/admin/route has no "source" field: this sessiongate build predates it, rebuild (${JSON.stringify(r)})`);
       assert.equal(r.source, 'pin', `${c.label}: ${JSON.stringify(r)}`);
       assert.equal(r.name, c.server, `${c.label}: ${JSON.stringify(r)}`);
     }
