@@ -121,12 +121,13 @@ fn unauthorized(server: &Server, req: &Request<Incoming>) -> Option<AdminRespons
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     // Compared as digests, so the time taken says nothing about the token.
     let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
     match presented {
-        Some(p) if digest(p).as_ref() == digest(token.expose()).as_ref() => None,
+        Some(p) if digest(p).as_ref() == digest(token.expose().trim()).as_ref() => None,
         _ => {
             let mut resp = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
             resp.headers_mut().insert(
@@ -173,10 +174,15 @@ fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminRespon
     let ring_name = ring.map(|u| u.name());
     let pin = p.pins.get(key);
     let pin_name = pin.as_ref().map(|pin| &*pin.upstream);
-    let pin_serves = pin.as_ref().is_some_and(|pin| match p.upstream(&pin.upstream) {
-        Some(u) => u.state.is_available(),
-        None => p.pins.retired(&pin.upstream).is_some(),
-    });
+    let pin_serves = pin
+        .as_ref()
+        .is_some_and(|pin| match p.upstream(&pin.upstream) {
+            Some(u) => u.state.is_available(),
+            None => p
+                .pins
+                .retired(&pin.upstream)
+                .is_some_and(|u| u.state.is_available()),
+        });
     if let (Some(pin), true) = (&pin, pin_serves) {
         return json_response(
             StatusCode::OK,

@@ -70,6 +70,8 @@ impl Identities {
             serde_yaml::from_str(text).map_err(|e| format!("{}: {e}", file.display()))?
         };
         let mut by_hash = HashMap::new();
+        // Sessions are owned by user name: one name must be one caller, whatever its tenant.
+        let mut tenants: HashMap<String, Option<String>> = HashMap::new();
         for (i, e) in entries.into_iter().enumerate() {
             let hash = decode_hex(&e.sha256).ok_or_else(|| {
                 format!(
@@ -83,6 +85,19 @@ impl Identities {
                     "{}: entry {i}: user and tenant must not be empty",
                     file.display()
                 ));
+            }
+            match tenants.get(&e.user) {
+                Some(t) if *t != e.tenant => {
+                    return Err(format!(
+                        "{}: entry {i}: user {} is listed with another tenant (user names must be unique)",
+                        file.display(),
+                        e.user
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    tenants.insert(e.user.clone(), e.tenant.clone());
+                }
             }
             let identity = Identity {
                 user: Arc::from(e.user),

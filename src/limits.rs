@@ -1,8 +1,9 @@
 //! Rate limits, the same for both protocols: sliding windows per caller (its identity, else its
 //! client IP), and optionally per session and per caller and method, counted in the shared
-//! store (so across replicas when Redis is configured). Limits are checked narrowest first
-//! (session, method, caller) and a refused request is not counted by the limits after the one
-//! that refused it, so a busy session cannot use up its caller's whole allowance.
+//! store (so across replicas when Redis is configured). The caller's limits (per method, then
+//! per caller) come first; the session's only once the caller may use the session (so a caller
+//! refused a session cannot use up its owner's allowance). A request one limit refuses is not
+//! counted by the limits after it.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -50,47 +51,61 @@ pub fn caller_key(caller: Option<&Identity>, ip: IpAddr) -> String {
     }
 }
 
-/// One request, as the limits see it.
-pub struct Request<'a> {
-    /// From [`caller_key`].
-    pub caller: &'a str,
-    /// The pool and session the request is about, if any.
-    pub session: Option<(&'a str, &'a str)>,
-    /// The JSON-RPC method, or the HTTP method.
-    pub method: &'a str,
+/// Count a request of `caller` (from [`caller_key`]) calling `method` (the JSON-RPC method, or
+/// the HTTP method) against the per-method limit, then the caller's: the first that refuses it
+/// says so.
+pub async fn check_caller(
+    store: &Store,
+    limits: &Limits,
+    caller: &str,
+    method: &str,
+) -> Result<(), Limited> {
+    if let Some(limit) = limits.per_method {
+        let key = format!("method:{caller}:{method}");
+        count(store, "method", limit, &key).await?;
+    }
+    match limits.per_user {
+        Some(limit) => count(store, "user", limit, caller).await,
+        None => Ok(()),
+    }
 }
 
-/// Count `request` against every limit that applies, narrowest first; the first that refuses it
-/// says so.
-pub async fn check(store: &Store, limits: &Limits, request: &Request<'_>) -> Result<(), Limited> {
-    let checks = [
-        (
-            "session",
-            limits.per_session,
-            request
-                .session
-                .map(|(pool, session)| format!("session:{pool}:{session}")),
-        ),
-        (
-            "method",
-            limits.per_method,
-            Some(format!("method:{}:{}", request.caller, request.method)),
-        ),
-        ("user", limits.per_user, Some(request.caller.to_owned())),
-    ];
-    for (which, limit, key) in checks {
-        let (Some(limit), Some(key)) = (limit, key) else {
-            continue;
-        };
-        if let Err(retry_after) = store.rate(&key, limit.requests, limit.per).await {
-            return Err(Limited {
-                which,
+/// Count a request about `session` of `pool` against the per-session limit. Called once the
+/// caller may use the session, so nobody else can use up its owner's allowance.
+pub async fn check_session(
+    store: &Store,
+    limits: &Limits,
+    pool: &str,
+    session: &str,
+) -> Result<(), Limited> {
+    match limits.per_session {
+        Some(limit) => {
+            count(
+                store,
+                "session",
                 limit,
-                retry_after,
-            });
+                &format!("session:{pool}:{session}"),
+            )
+            .await
         }
+        None => Ok(()),
     }
-    Ok(())
+}
+
+async fn count(
+    store: &Store,
+    which: &'static str,
+    limit: RateLimit,
+    key: &str,
+) -> Result<(), Limited> {
+    store
+        .rate(key, limit.requests, limit.per)
+        .await
+        .map_err(|retry_after| Limited {
+            which,
+            limit,
+            retry_after,
+        })
 }
 
 #[cfg(test)]
@@ -112,27 +127,27 @@ mod tests {
             per_session: limit(1),
             per_method: limit(2),
         };
-        let req = |session, method| Request {
-            caller: "user:acme/alice",
-            session,
-            method,
-        };
-        assert_eq!(
-            check(&store, &limits, &req(Some(("p", "s1")), "a")).await,
-            Ok(())
-        );
-        let second = check(&store, &limits, &req(Some(("p", "s1")), "a")).await;
-        assert_eq!(second.unwrap_err().which, "session");
-        assert_eq!(check(&store, &limits, &req(None, "a")).await, Ok(()));
-        let third = check(&store, &limits, &req(None, "a")).await.unwrap_err();
+        let caller = |method| check_caller(&store, &limits, "user:acme/alice", method);
+        assert_eq!(caller("a").await, Ok(()));
+        assert_eq!(check_session(&store, &limits, "p", "s1").await, Ok(()));
+        let second = check_session(&store, &limits, "p", "s1").await.unwrap_err();
+        assert_eq!(second.which, "session");
+        assert_eq!(check_session(&store, &limits, "p", "s2").await, Ok(()));
+        assert_eq!(caller("a").await, Ok(()));
+        let third = caller("a").await.unwrap_err();
         assert_eq!(third.which, "method");
         assert!(third.retry_after > Duration::ZERO);
-        assert_eq!(check(&store, &limits, &req(None, "b")).await, Ok(()));
-        let fourth = check(&store, &limits, &req(None, "c")).await.unwrap_err();
+        assert_eq!(caller("b").await, Ok(()));
+        let fourth = caller("c").await.unwrap_err();
         assert_eq!(fourth.which, "user");
         assert_eq!(
             fourth.message(),
             "rate limit of 3 requests per 60s reached (user)"
+        );
+        // Another caller has its own allowance.
+        assert_eq!(
+            check_caller(&store, &limits, "ip:127.0.0.9", "a").await,
+            Ok(())
         );
     }
 

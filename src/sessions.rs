@@ -32,6 +32,40 @@ pub struct SessionPins {
     /// node still needs its token, an HTTP request its connection pool. Shared by every copy of
     /// the table.
     retired: Arc<Mutex<HashMap<Arc<str>, Arc<Upstream>>>>,
+    /// Pins held by open responses (an SSE stream may stay silent past the idle TTL): they
+    /// outlive expiry and eviction until the last hold is dropped. Bounded by open responses.
+    held: Arc<Mutex<HashMap<Arc<str>, Held>>>,
+}
+
+/// A pin held by open responses: how many, and which entry (a pin dropped and held again is a
+/// new entry, which the old holds must not release).
+struct Held {
+    pin: Pin,
+    holds: usize,
+    entry: u64,
+}
+
+static NEXT_HELD_ENTRY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Keeps a pin alive while it exists (see [`SessionPins::hold`]).
+pub struct PinHold {
+    pins: SessionPins,
+    session: Arc<str>,
+    entry: u64,
+}
+
+impl Drop for PinHold {
+    fn drop(&mut self) {
+        let mut held = self.pins.held();
+        if let Some(h) = held.get_mut(&self.session) {
+            if h.entry == self.entry {
+                h.holds -= 1;
+                if h.holds == 0 {
+                    held.remove(&self.session);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionPins {
@@ -54,7 +88,34 @@ impl SessionPins {
             ttl,
             capacity,
             retired: Arc::default(),
+            held: Arc::default(),
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep `session`'s pin while the returned hold lives, whatever the idle TTL and the bound
+    /// say (an open stream is activity); `None` if it is not pinned.
+    pub fn hold(&self, session: &str) -> Option<PinHold> {
+        let pin = self.get(session)?;
+        let session: Arc<str> = Arc::from(session);
+        let mut held = self.held();
+        let h = held.entry(session.clone()).or_insert_with(|| Held {
+            pin: pin.clone(),
+            holds: 0,
+            entry: NEXT_HELD_ENTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        });
+        h.pin = pin;
+        h.holds += 1;
+        let entry = h.entry;
+        drop(held);
+        Some(PinHold {
+            pins: self.clone(),
+            session,
+            entry,
+        })
     }
 
     /// The same table if the policy is unchanged, else a new table holding the same pins.
@@ -64,22 +125,33 @@ impl SessionPins {
         }
         let mut next = SessionPins::new(ttl, capacity);
         next.retired = self.retired.clone();
+        next.held = self.held.clone();
         for (session, pin) in self.cache.iter() {
             next.cache.insert((*session).clone(), pin);
         }
         next
     }
 
-    /// Where `session` lives, refreshing its idle timer.
+    /// Where `session` lives, refreshing its idle timer (a held pin that expired comes back).
     pub fn get(&self, session: &str) -> Option<Pin> {
-        self.cache.get(session)
+        if let Some(pin) = self.cache.get(session) {
+            return Some(pin);
+        }
+        let pin = self.held().get(session)?.pin.clone();
+        self.cache.insert(Arc::from(session), pin.clone());
+        Some(pin)
     }
 
     pub fn pin(&self, session: &str, pin: Pin) {
+        if let Some(h) = self.held().get_mut(session) {
+            h.pin = pin.clone();
+        }
         self.cache.insert(Arc::from(session), pin);
     }
 
+    /// Forget `session`'s pin, held or not (its holds then keep nothing).
     pub fn unpin(&self, session: &str) {
+        self.held().remove(session);
         self.cache.invalidate(session);
     }
 
@@ -101,6 +173,9 @@ impl SessionPins {
             .filter(|(_, pin)| &*pin.upstream == upstream)
             .map(|(k, _)| (*k).clone())
             .collect();
+        let mut held = self.held();
+        held.retain(|_, h| &*h.pin.upstream != upstream);
+        drop(held);
         for k in &keys {
             self.cache.invalidate(k);
         }
@@ -185,6 +260,34 @@ mod tests {
         let changed = pins.with_policy(Duration::from_secs(10), 100);
         assert_eq!(changed.get("s1"), Some(pin("a")));
         assert_eq!(changed.count_on("b"), 1);
+    }
+
+    #[test]
+    fn a_held_pin_outlives_expiry_and_eviction_until_released() {
+        let pins = SessionPins::new(Duration::from_millis(1), 1);
+        pins.pin("s1", pin("a"));
+        let hold = pins.hold("s1").expect("pinned");
+        let second = pins.hold("s1").expect("pinned");
+        std::thread::sleep(Duration::from_millis(5));
+        pins.pin("s2", pin("b")); // the bound is 1: s1 may be evicted too
+        assert_eq!(pins.get("s1"), Some(pin("a")), "held");
+        drop(hold);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(pins.get("s1"), Some(pin("a")), "still held once");
+        drop(second);
+        std::thread::sleep(Duration::from_millis(5));
+        pins.cache.run_pending_tasks();
+        assert_eq!(pins.get("s1"), None, "released, then expired");
+        // A hold of a dropped pin does not release a later one.
+        pins.pin("s3", pin("a"));
+        let old = pins.hold("s3").unwrap();
+        pins.unpin("s3");
+        pins.pin("s3", pin("b"));
+        let new = pins.hold("s3").unwrap();
+        drop(old);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(pins.get("s3"), Some(pin("b")));
+        drop(new);
     }
 
     /// Upstream `a` of a pool whose connection token is `t`.

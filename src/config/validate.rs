@@ -165,6 +165,24 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
         }
         listeners.push(typed);
     }
+    // A learned HTTP pin outlives its upstream's drain (no other upstream has the session);
+    // JSON-RPC pins must not, so the two kinds do not share a pool.
+    let learning: HashSet<&str> = listeners
+        .iter()
+        .filter(|l| !l.learn.is_empty())
+        .flat_map(|l| l.pools())
+        .collect();
+    for (i, l) in listeners.iter().enumerate() {
+        if l.protocol != Protocol::JsonRpc {
+            continue;
+        }
+        if let Some(pool) = l.pools().find(|p| learning.contains(p)) {
+            errs.push(
+                format!("listeners[{i}].pool"),
+                format!("pool {pool} learns HTTP sessions (learn:); a jsonrpc listener needs its own pool"),
+            );
+        }
+    }
 
     if errs.0.is_empty() {
         Ok(Config {

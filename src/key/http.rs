@@ -26,6 +26,28 @@ pub trait HttpKeySource: Send + Sync + std::fmt::Debug {
     fn names_a_session(&self) -> bool {
         true
     }
+
+    /// Every value this source finds, as sent (a header or parameter may repeat, and an
+    /// upstream may read another copy than the first): for ownership checks, not routing.
+    fn values<'r>(&self, head: &RequestHead<'r>) -> Vec<&'r [u8]> {
+        match self.extract(head) {
+            Some(KeyBytes::Borrowed(b)) => vec![b],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The longest session key accepted where sessions have owners.
+pub const MAX_OWNED_KEY_BYTES: usize = 512;
+
+/// May `key` name an owned session? Only characters no upstream decodes into others (no
+/// percent-encoding, quotes, `+` or separators), so the proxy and the upstream read the same id.
+pub fn is_plain_key(key: &[u8]) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_OWNED_KEY_BYTES
+        && key
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~:@=".contains(b))
 }
 
 /// A key borrowed from the request, or formatted from something that is not bytes (an IP).
@@ -61,19 +83,29 @@ impl HttpKeySource for Header {
         let v = head.headers.get(&self.0)?.as_bytes();
         (!v.is_empty()).then_some(KeyBytes::Borrowed(v))
     }
+
+    fn values<'r>(&self, head: &RequestHead<'r>) -> Vec<&'r [u8]> {
+        head.headers
+            .get_all(&self.0)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect()
+    }
 }
 
 #[derive(Debug)]
 struct Cookie(String);
 
-impl HttpKeySource for Cookie {
-    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+impl Cookie {
+    /// Every value of this cookie, quotes removed.
+    fn all<'r>(&self, head: &RequestHead<'r>) -> impl Iterator<Item = &'r [u8]> + use<'r, '_> {
         // HTTP/2 may split cookies over several headers; look at all of them.
         head.headers
             .get_all(::http::header::COOKIE)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-            .find_map(|pair| {
+            .filter_map(|pair| {
                 let pair = pair.trim_ascii();
                 let eq = pair.iter().position(|&b| b == b'=')?;
                 let (name, value) = (&pair[..eq], &pair[eq + 1..]);
@@ -81,9 +113,20 @@ impl HttpKeySource for Cookie {
                     .strip_prefix(b"\"")
                     .and_then(|v| v.strip_suffix(b"\""))
                     .unwrap_or(value);
-                (name == self.0.as_bytes() && !value.is_empty())
-                    .then_some(KeyBytes::Borrowed(value))
+                (name.trim_ascii() == self.0.as_bytes()).then_some(value)
             })
+    }
+}
+
+impl HttpKeySource for Cookie {
+    fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
+        self.all(head)
+            .find(|value| !value.is_empty())
+            .map(KeyBytes::Borrowed)
+    }
+
+    fn values<'r>(&self, head: &RequestHead<'r>) -> Vec<&'r [u8]> {
+        self.all(head).collect()
     }
 }
 
@@ -96,6 +139,25 @@ impl HttpKeySource for Query {
             let (name, value) = pair.split_once('=')?;
             (name == self.0 && !value.is_empty()).then_some(KeyBytes::Borrowed(value.as_bytes()))
         })
+    }
+
+    fn values<'r>(&self, head: &RequestHead<'r>) -> Vec<&'r [u8]> {
+        let Some(query) = head.uri.query() else {
+            return Vec::new();
+        };
+        // An upstream decodes names too (`sess%69on`, `+`): where sessions have owners, such a
+        // query cannot be read the same way on both sides, so it counts as naming a session
+        // ambiguously (an empty value fails the plain-key check).
+        if query.contains(['%', '+']) {
+            return vec![b""];
+        }
+        query
+            .split('&')
+            .filter_map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (name == self.0).then_some(value.as_bytes())
+            })
+            .collect()
     }
 }
 
@@ -175,6 +237,32 @@ impl HttpKeys {
 
     pub fn extract<'r>(&self, head: &RequestHead<'r>) -> Option<KeyBytes<'r>> {
         self.sources.iter().find_map(|s| s.extract(head))
+    }
+
+    /// The one session the request names, where sessions have owners: every value of every
+    /// session source present must be the same plain key (see [`is_plain_key`]), so the proxy
+    /// checks the id the upstream will read. `Ok(None)`: no session named.
+    pub fn owned_session<'r>(
+        &self,
+        head: &RequestHead<'r>,
+    ) -> Result<Option<&'r [u8]>, &'static str> {
+        let mut found: Option<&[u8]> = None;
+        for source in self.sources.iter().filter(|s| s.names_a_session()) {
+            for value in source.values(head) {
+                if !is_plain_key(value) {
+                    return Err(
+                        "a session key must be 1 to 512 letters, digits or -_.~:@= (no encoding)",
+                    );
+                }
+                match found {
+                    Some(seen) if seen != value => {
+                        return Err("the request names more than one session");
+                    }
+                    _ => found = Some(value),
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Like [`HttpKeys::extract`], also saying whether the key names a session (header,

@@ -29,7 +29,7 @@ use super::idle::{self, Opening};
 use super::Context;
 use crate::config::{IdentitySource, NoKey};
 use crate::identity::Identity;
-use crate::key::http::RequestHead;
+use crate::key::http::{KeyBytes, RequestHead};
 use crate::snapshot::{ListenerRuntime, Pool, PoolRoute, Snapshot};
 use crate::upstream::{prober, PooledBody, Upstream};
 use affinity::{Placement, Target};
@@ -221,7 +221,7 @@ impl Conn {
             caller: caller_key.as_deref(),
         };
         let key = listener.http_keys.extract_keyed(&head);
-        let admission = admission::Admission {
+        let mut admission = admission::Admission {
             snapshot: &snapshot,
             listener,
             pool: pool.name(),
@@ -229,26 +229,30 @@ impl Conn {
             peer: self.peer.ip(),
             method: req.method(),
             session: None,
+            learned: pool.learned_pins,
         };
         if admission.applies() {
-            let refused = match &key {
-                Some((key, true)) => {
-                    let session = key.with(|k| k.to_vec());
-                    let admission = admission::Admission {
-                        session: Some(&session),
-                        ..admission
-                    };
-                    admission.check(&self.ctx.store).await
-                }
-                _ => admission.check(&self.ctx.store).await,
+            let session = match admission.sessions_have_owners() {
+                true => match listener.http_keys.owned_session(&head) {
+                    Ok(session) => session,
+                    Err(why) => {
+                        let resp = local(StatusCode::BAD_REQUEST, why);
+                        return self.finish(started, Some(route), None, resp);
+                    }
+                },
+                false => match &key {
+                    Some((KeyBytes::Borrowed(k), true)) => Some(*k),
+                    _ => None,
+                },
             };
-            if let Err(resp) = refused {
+            admission.session = session;
+            if let Err(resp) = admission.check(&self.ctx.store).await {
                 return self.finish(started, Some(route), None, resp);
             }
         }
         let deleting = req.method() == Method::DELETE;
         let placed = match key.map(|(key, _)| key) {
-            Some(key) => key.with(|k| self.place(pool, k, deleting)),
+            Some(key) => key.with(|k| self.place(pool, k)),
             None if listener.config.no_key == NoKey::Reject => {
                 let msg = format!(
                     "no session key in request; expected one of: {}",
@@ -258,8 +262,8 @@ impl Conn {
             }
             None => Ok((pool.route_random_index().map(Target::Index), None)),
         };
-        let (target, ending) = match placed {
-            Ok((Some(target), ending)) => (target, ending),
+        let (target, pinned) = match placed {
+            Ok((Some(target), pinned)) => (target, pinned),
             Ok((None, _)) => {
                 let msg = format!("no upstream available in pool {}", pool.name());
                 let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
@@ -319,12 +323,24 @@ impl Conn {
                 } else {
                     strip_hop_by_hop(resp.headers_mut());
                 }
-                self.learn(listener, pool, upstream, &resp);
-                if let Some(session) = ending {
-                    if affinity::ends_session(&Method::DELETE, resp.status()) {
-                        pool.pins.unpin(&session);
-                        self.dropped_pin(pool, "deleted");
+                let caller = caller.as_ref();
+                self.learn(&snapshot, listener, pool, upstream, caller, &resp)
+                    .await;
+                match pinned {
+                    Some((session, pin)) if deleting => {
+                        // Only the pin this request followed (another may have replaced it).
+                        let still = pool.pins.get(&session).as_ref() == Some(&pin);
+                        if still && affinity::ends_session(&Method::DELETE, resp.status()) {
+                            pool.pins.unpin(&session);
+                            self.dropped_pin(pool, "deleted");
+                        }
                     }
+                    Some((session, _)) => {
+                        if let Some(hold) = pool.pins.hold(&session) {
+                            resp.body_mut().hold_pin(hold);
+                        }
+                    }
+                    None => {}
                 }
                 resp.map(Either::Left)
             }
@@ -336,14 +352,9 @@ impl Conn {
     }
 
     /// Where a request with key `key` goes: its learned pin, if the pool has learned pins, else
-    /// the ring (`None`: no upstream can take it). With the session's key when the request is a
-    /// `DELETE` that may end a pinned session.
-    fn place(
-        &self,
-        pool: &Pool,
-        key: &[u8],
-        deleting: bool,
-    ) -> Result<(Option<Target>, Option<String>), LocalAnswer> {
+    /// the ring (`None`: no upstream can take it). With the session and the pin it followed, for
+    /// a pinned request (its answer may end the session, or stream and keep it alive).
+    fn place(&self, pool: &Pool, key: &[u8]) -> Result<(Option<Target>, Pinned), LocalAnswer> {
         if !pool.learned_pins {
             return Ok((pool.route_index(key).map(Target::Index), None));
         }
@@ -352,7 +363,8 @@ impl Conn {
         match affinity::placement(state, pool.config.on_owner_down) {
             Placement::Ring => {}
             Placement::Pinned => {
-                return Ok((target, deleting.then(|| session.into_owned())));
+                let pin = pool.pins.get(&session);
+                return Ok((target, pin.map(|pin| (session.into_owned(), pin))));
             }
             Placement::Replace => {
                 pool.pins.unpin(&session);
@@ -372,26 +384,37 @@ impl Conn {
         Ok((pool.route_index(key).map(Target::Index), None))
     }
 
-    /// Pin the session `resp` names (the listener's `learn:` sources) to `upstream`.
-    fn learn(
+    /// Pin the session a successful `resp` names (the listener's `learn:` sources) to
+    /// `upstream`; where sessions have owners, it is the caller's (claimed, like a create).
+    async fn learn(
         &self,
+        snapshot: &Snapshot,
         listener: &ListenerRuntime,
         pool: &Pool,
         upstream: &Upstream,
+        caller: Option<&Identity>,
         resp: &Response<PooledBody>,
     ) {
-        if listener.config.learn.is_empty() {
+        // An error answer may echo whatever id the client sent: only a success teaches.
+        if listener.config.learn.is_empty() || !resp.status().is_success() {
             return;
         }
         let Some(session) = affinity::learned(&listener.config.learn, resp.headers()) else {
             return;
         };
-        if affinity::learn(pool, &String::from_utf8_lossy(session), upstream) {
+        let session = String::from_utf8_lossy(session);
+        if affinity::learn(pool, &session, upstream) {
             self.ctx
                 .metrics
                 .pins_learned_total
                 .with_label_values(&[pool.name(), upstream.name()])
                 .inc();
+        }
+        let owners = snapshot.identities.as_ref();
+        if let (Some(identities), Some(_)) = (owners, &listener.config.identity) {
+            let user = caller.map_or("", |c| &c.user);
+            let ttl = identities.config.binding_ttl;
+            self.ctx.store.claim(pool.name(), &session, user, ttl).await;
         }
     }
 
@@ -560,6 +583,9 @@ impl Conn {
             .inc();
     }
 }
+
+/// A request that followed a learned pin: its session and that pin.
+type Pinned = Option<(String, crate::sessions::Pin)>;
 
 /// A status and message the proxy answers itself (made into a response by [`local`]).
 type LocalAnswer = (StatusCode, Cow<'static, str>);

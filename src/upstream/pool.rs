@@ -238,14 +238,28 @@ impl Lease {
 pub struct PooledBody {
     body: Incoming,
     lease: Option<Lease>,
+    /// The session pin this response keeps alive while it streams.
+    hold: Option<crate::sessions::PinHold>,
 }
 
 impl PooledBody {
     fn new(body: Incoming, lease: Option<Lease>) -> PooledBody {
-        let mut body = PooledBody { body, lease };
+        let mut body = PooledBody {
+            body,
+            lease,
+            hold: None,
+        };
         // An empty body (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
         body.release_if_ended();
         body
+    }
+
+    /// Keep `hold` (a session's pin) until this body is dropped: a stream that stays open is
+    /// the session's activity even when it sends nothing.
+    pub fn hold_pin(&mut self, hold: crate::sessions::PinHold) {
+        if !self.body.is_end_stream() {
+            self.hold = Some(hold);
+        }
     }
 
     fn release_if_ended(&mut self) {

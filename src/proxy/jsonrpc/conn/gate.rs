@@ -344,35 +344,32 @@ struct Gates {
 }
 
 impl Gates {
+    /// The caller's limits, ownership, then the session's limit (so nobody refused a session
+    /// uses up its owner's allowance), then the turn.
     async fn check(self, routed: &Routed) -> Verdict {
-        if let Err((code, message, data)) = self.rate_limits(routed).await {
-            return Verdict::Refuse(code, message, data);
+        let store = &self.ctx.store;
+        let caller = limits::check_caller(store, &self.limits, &self.caller_key, routed.label);
+        if let Err(limited) = caller.await {
+            return rate_limited(limited);
         }
         if let Err((code, message, data)) = self.ownership(routed).await {
             return Verdict::Refuse(code, message, data);
+        }
+        let session = match &routed.decision {
+            Decision::Forward(f) => f.session.as_deref(),
+            _ => None,
+        };
+        if let Some(session) = session {
+            let pool = routed.pool.name();
+            let limit = limits::check_session(store, &self.limits, pool, session);
+            if let Err(limited) = limit.await {
+                return rate_limited(limited);
+            }
         }
         match self.turn {
             Some(lock) => Verdict::WaitTurn(lock),
             None => Verdict::Pass(None),
         }
-    }
-
-    async fn rate_limits(&self, routed: &Routed) -> Result<(), Refusal> {
-        let session = match &routed.decision {
-            Decision::Forward(f) => f.session.as_deref(),
-            _ => None,
-        };
-        let request = limits::Request {
-            caller: &self.caller_key,
-            session: session.map(|s| (routed.pool.name(), s)),
-            method: routed.label,
-        };
-        limits::check(&self.ctx.store, &self.limits, &request)
-            .await
-            .map_err(|limited| {
-                let data = json!({ "retryAfterMs": limited.retry_after_ms() });
-                (RATE_LIMITED, limited.message(), data)
-            })
     }
 
     async fn ownership(&self, routed: &Routed) -> Result<(), Refusal> {
@@ -410,6 +407,11 @@ impl Gates {
             )),
         }
     }
+}
+
+fn rate_limited(limited: limits::Limited) -> Verdict {
+    let data = json!({ "retryAfterMs": limited.retry_after_ms() });
+    Verdict::Refuse(RATE_LIMITED, limited.message(), data)
 }
 
 /// `params.token` of a `connect`, if it is a string.
