@@ -380,3 +380,125 @@ async fn reloads_move_no_pinned_session_and_a_removed_upstream_serves_its_own_un
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_keeps_its_sessions_pin_past_the_idle_ttl() {
+    within(30, async {
+        // Upstream h1 issues `h-1` and holds GET streams open (silent) until the test ends.
+        let streams: Arc<Mutex<Vec<tokio::sync::mpsc::Sender<bytes::Bytes>>>> = Arc::default();
+        let kept = streams.clone();
+        let h1 = upstream::serve_fn(move |req: Request<hyper::body::Incoming>| {
+            let kept = kept.clone();
+            async move {
+                if !req.headers().contains_key(HEADER) {
+                    let mut resp = upstream::named("h1", "initialized");
+                    resp.headers_mut().insert(HEADER, "h-1".parse().unwrap());
+                    return resp;
+                }
+                if req.method() == Method::GET {
+                    let (tx, body) = upstream::channel_body();
+                    kept.lock().unwrap().push(tx);
+                    let mut resp = http::Response::new(body);
+                    resp.headers_mut()
+                        .insert("x-upstream", "h1".parse().unwrap());
+                    return resp;
+                }
+                upstream::named("h1", "ok")
+            }
+        })
+        .await;
+        let fleet = issuers(&["m2", "m3"]).await;
+        let mut members = fleet.members.clone();
+        members.push(("h1".to_owned(), h1.addr));
+        let ttl = "    session_idle_ttl: 300ms\n";
+        let proxy = Proxy::start_yaml(&config(&members, ttl)).await;
+        let mut client = proxy.client("mcp").await;
+        let mut found = false;
+        for _ in 0..60 {
+            if initialize(&mut client).await.1 == "h1" {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "h1 never chosen in 60 random placements");
+
+        let mut listener = proxy.client("mcp").await;
+        let req = listener.request(Method::GET, "/mcp").header(HEADER, "h-1");
+        let stream = listener.send(req.body(empty()).unwrap()).await.unwrap();
+        assert_eq!(stream.headers()["x-upstream"], "h1");
+        // Silent for three idle TTLs (moka's clock is real time: nothing to wait on but time).
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        assert_eq!(
+            route_of(&proxy, "h-1").await["source"],
+            "pin",
+            "held by the stream"
+        );
+        let reply = send(&mut client, Method::POST, Some("h-1")).await;
+        assert_eq!(reply.upstream(), "h1");
+
+        // Closed: the pin idles out like any other.
+        drop(stream);
+        drop(listener);
+        streams.lock().unwrap().clear();
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        assert_eq!(route_of(&proxy, "h-1").await["source"], "ring");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_session_belongs_to_the_caller_that_got_it() {
+    within(30, async {
+        let fleet = issuers(&["m1", "m2", "m3"]).await;
+        let dir = ConfigDir::new("");
+        let hash = |t: &str| sessiongate::identity::token_hash(t);
+        dir.file(
+            "tokens.yaml",
+            format!(
+                "- {{ sha256: {}, user: alice }}\n- {{ sha256: {}, user: bob }}\n",
+                hash("alice-tok"),
+                hash("bob-tok")
+            ),
+        );
+        let yaml = config(&fleet.members, "").replace(
+            "    learn:\n",
+            "    identity: {{ from: [token], required: true }}\n    learn:\n",
+        );
+        let yaml = yaml.replace("{{", "{").replace("}}", "}");
+        dir.write(&format!("identities:\n  tokens_file: tokens.yaml\n{yaml}"));
+        let proxy = Proxy::start(dir).await;
+        let mut client = proxy.client("mcp").await;
+        let call = |client: &Client, token: &'static str, session: Option<String>| {
+            let mut req = client.request(Method::POST, "/mcp");
+            req = req.header("authorization", format!("Bearer {token}"));
+            if let Some(id) = session {
+                req = req.header(HEADER, id);
+            }
+            req.body(empty()).unwrap()
+        };
+        let resp = client.send(call(&client, "alice-tok", None)).await.unwrap();
+        let reply = Reply::read(resp).await.unwrap();
+        let id = reply.headers[HEADER].to_str().unwrap().to_owned();
+        let resp = client
+            .send(call(&client, "alice-tok", Some(id.clone())))
+            .await
+            .unwrap();
+        assert_eq!(Reply::read(resp).await.unwrap().status, 200);
+        let resp = client
+            .send(call(&client, "bob-tok", Some(id.clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            Reply::read(resp).await.unwrap().status,
+            403,
+            "alice's session"
+        );
+        // An id nobody got from an upstream is nobody's (unowned: deny).
+        let resp = client
+            .send(call(&client, "bob-tok", Some("m1-s999".into())))
+            .await
+            .unwrap();
+        assert_eq!(Reply::read(resp).await.unwrap().status, 403);
+    })
+    .await
+}

@@ -260,3 +260,77 @@ async fn without_a_default_pool_unlisted_tenants_are_refused() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_a_session_ambiguously_is_refused() {
+    within(30, async {
+        let (mock, seen) = echo_caller("u1").await;
+        let members = [("u1".to_owned(), mock.addr)];
+        let dir = config(&members, "", "");
+        let yaml = std::fs::read_to_string(dir.path()).unwrap();
+        dir.write(&yaml.replace(
+            "      - header: X-Session-Id\n",
+            "      - header: X-Session-Id\n      - query: session\n",
+        ));
+        let proxy = Proxy::start(dir).await;
+        assert_eq!(get(&proxy, Some(ALICE), Some("s-123")).await.status, 200);
+        let before = seen.load(Ordering::SeqCst);
+
+        let mut client = proxy.client("web").await;
+        let bearer = format!("Bearer {BOB}");
+        let cases: [(&str, Vec<(&str, &str)>); 6] = [
+            ("/work?session=s%2D123", vec![]),
+            ("/work?session=bob-1&session=s-123", vec![]),
+            ("/work?sess%69on=s-123&session=bob-1", vec![]),
+            ("/work", vec![("x-session-id", "bob-1, s-123")]),
+            ("/work?session=s-123", vec![("x-session-id", "bob-1")]),
+            ("/work", vec![("x-session-id", "\"s-123\"")]),
+        ];
+        for (path, headers) in cases {
+            let mut req = client
+                .request(Method::GET, path)
+                .header("authorization", &bearer);
+            for (k, v) in &headers {
+                req = req.header(*k, *v);
+            }
+            let resp = client.send(req.body(empty()).unwrap()).await.unwrap();
+            let reply = Reply::read(resp).await.unwrap();
+            assert_eq!(reply.status, 400, "{path} {headers:?}: {}", reply.body);
+        }
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            before,
+            "nothing reached the upstream"
+        );
+        // The same key twice is one session.
+        let mut req = client.request(Method::GET, "/work?session=bob-2");
+        req = req
+            .header("authorization", &bearer)
+            .header("x-session-id", "bob-2");
+        let resp = client.send(req.body(empty()).unwrap()).await.unwrap();
+        assert_eq!(Reply::read(resp).await.unwrap().status, 200);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_cannot_use_up_a_sessions_limit() {
+    within(30, async {
+        let (mock, _) = echo_caller("u1").await;
+        let members = [("u1".to_owned(), mock.addr)];
+        let limits = "    limits:\n      per_session: { requests: 2, per: 1m }\n";
+        let proxy = Proxy::start(config(&members, limits, "")).await;
+        assert_eq!(get(&proxy, Some(ALICE), Some("alice-s")).await.status, 200);
+        for _ in 0..5 {
+            assert_eq!(get(&proxy, Some(BOB), Some("alice-s")).await.status, 403);
+        }
+        assert_eq!(get(&proxy, Some(ALICE), Some("alice-s")).await.status, 200);
+        let third = get(&proxy, Some(ALICE), Some("alice-s")).await;
+        assert_eq!(
+            third.status, 429,
+            "the owner's own third request: {}",
+            third.body
+        );
+    })
+    .await
+}
