@@ -405,11 +405,11 @@ describe('MCP Streamable HTTP through sessiongate (learned affinity)', { timeout
 });
 
 // A learned pin is the only record of where an upstream-issued session lives (the ring cannot
-// know, and HTTP has no owner discovery), yet it expires like a cache entry after
-// session_idle_ttl without requests, even while the session's standalone SSE stream is open and
-// carrying notifications. The session then follows the ring and, unless the ring happens to pick
-// its server, gets 404 from a server that never had it. Marked todo until the product keeps
-// learned pins alive while they have traffic (or open streams), or stops expiring them.
+// know, and HTTP has no owner discovery). Without requests it would expire after
+// session_idle_ttl even while the session's standalone SSE stream is open and carrying
+// notifications; the session would then follow the ring and, unless the ring happened to pick
+// its server, gets 404 from a server that never had it. An open response now holds its
+// session's pin (the proxy keeps it past the TTL and the table's bound until the stream ends).
 describe('learned pins and session_idle_ttl', { timeout: 60_000 }, () => {
   let root;
   let servers = [];
@@ -437,7 +437,7 @@ describe('learned pins and session_idle_ttl', { timeout: 60_000 }, () => {
   });
 
   it('a session idle longer than session_idle_ttl, with its SSE stream open, still reaches its server',
-    { timeout: TEST_TIMEOUT, todo: 'product: learned pins expire after session_idle_ttl although they are the only record of the owner' },
+    { timeout: TEST_TIMEOUT },
     async (t) => {
       clients = await Promise.all(Array.from({ length: 9 }, (_, i) => connectClient(gate.url, `i${i}`)));
       for (const c of clients) c.server = c.client.getServerVersion().name;
