@@ -56,6 +56,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         .unwrap_or_default();
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            refresh_session_gauges(server);
             let mut resp = text(StatusCode::OK, server.metrics().encode());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -139,6 +140,25 @@ fn unauthorized(server: &Server, req: &Request<Incoming>) -> Option<AdminRespons
     }
 }
 
+/// Per-pool session gauges, read from the pin tables when scraped (O(upstreams)).
+fn refresh_session_gauges(server: &Server) {
+    let snapshot = server.snapshot();
+    let metrics = server.metrics();
+    for pool in snapshot.pools() {
+        let pinned = pool.pins.len();
+        metrics
+            .pinned_sessions
+            .with_label_values(&[pool.name()])
+            .set(pinned as i64);
+        for u in &pool.upstreams {
+            metrics
+                .sessions_live
+                .with_label_values(&[pool.name(), u.name()])
+                .set(pool.pins.live_on(u.name()) as i64);
+        }
+    }
+}
+
 fn readyz(server: &Server) -> AdminResponse {
     let snapshot = server.snapshot();
     let down: Vec<&str> = snapshot
@@ -198,6 +218,8 @@ fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminRespon
             &json!({
                 "pool": pool, "key": key, "upstream": u.addr(), "name": u.name(),
                 "source": "ring", "pin": pin_name, "ring": ring_name,
+                // A NEW session with this key may be placed elsewhere (bounded load, caps).
+                "load_dependent": p.places_by_load(),
             }),
         ),
         None => error(
@@ -272,7 +294,9 @@ fn upstreams(server: &Server) -> AdminResponse {
                 "ejected": u.state.is_ejected(),
                 "draining": u.state.is_draining(),
                 "accepts_new_work": u.state.accepts_new_work(),
-                "live_sessions": p.pins.count_on(u.name()),
+                "live_sessions": p.pins.live_on(u.name()),
+                "max_sessions": u.config.max_sessions,
+                "headroom": u.config.max_sessions.map(|cap| cap.saturating_sub(p.pins.live_on(u.name()))),
                 "open_connections": metrics.upstream_connections_active.with_label_values(&[p.name(), u.name()]).get(),
                 "last_probe": u.state.last_probe(),
             })

@@ -243,6 +243,13 @@ fn route(config: Config, path: &Path, pool: &str, keys: &[String]) -> Result<(),
             path.display()
         ))
     })?;
+    if p.places_by_load() {
+        // Printed to stderr so the key lines stay parseable.
+        eprintln!(
+            "note: pool {pool} places new sessions by load or caps: a new session may land \
+             elsewhere than its ring owner below (pins and owner discovery find it)"
+        );
+    }
     for key in keys {
         match p.owner(key.as_bytes()) {
             Some(u) => outln!("{key}\t{}\t{}", u.name(), u.addr()),

@@ -35,6 +35,73 @@ pub struct SessionPins {
     /// Pins held by open responses (an SSE stream may stay silent past the idle TTL): they
     /// outlive expiry and eviction until the last hold is dropped. Bounded by open responses.
     held: Arc<Mutex<HashMap<Arc<str>, Held>>>,
+    /// Live sessions per upstream (pins pointing at it), kept by every insert and removal, so
+    /// reading one is O(1). Expired pins are subtracted when the table next does maintenance.
+    live: Arc<LiveCounts>,
+}
+
+/// Pins per upstream, plus creates placed there and not answered yet.
+#[derive(Debug, Default)]
+struct LiveCounts(
+    Mutex<HashMap<Arc<str>, usize>>,
+    Mutex<HashMap<Arc<str>, usize>>,
+);
+
+/// A create placed on an upstream and not answered yet: counted as live there, so creates in
+/// flight together see each other (dropped with the waiting request).
+#[derive(Debug)]
+pub struct Reservation {
+    live: Arc<LiveCounts>,
+    upstream: Arc<str>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut reserved = self.live.1.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = reserved.get_mut(&self.upstream) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                reserved.remove(&self.upstream);
+            }
+        }
+    }
+}
+
+impl LiveCounts {
+    fn add(&self, upstream: &Arc<str>) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(upstream.clone()).or_default() += 1;
+    }
+
+    fn remove(&self, upstream: &str) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(upstream) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(upstream);
+            }
+        }
+    }
+
+    fn get(&self, upstream: &str) -> usize {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(upstream).copied().unwrap_or(0)
+    }
+
+    fn reserved(&self, upstream: &str) -> usize {
+        let reserved = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        reserved.get(upstream).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts.values().sum()
+    }
+
+    fn reserved_total(&self) -> usize {
+        let reserved = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        reserved.values().sum()
+    }
 }
 
 /// A pin held by open responses: how many, and which entry (a pin dropped and held again is a
@@ -80,11 +147,16 @@ impl std::fmt::Debug for SessionPins {
 
 impl SessionPins {
     pub fn new(ttl: Duration, capacity: u64) -> SessionPins {
+        let live = Arc::new(LiveCounts::default());
+        let removed = live.clone();
         SessionPins {
             cache: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(ttl)
+                // Every way a pin leaves (replaced, unpinned, expired, evicted) passes here.
+                .eviction_listener(move |_, pin: Pin, _| removed.remove(&pin.upstream))
                 .build(),
+            live,
             ttl,
             capacity,
             retired: Arc::default(),
@@ -127,6 +199,7 @@ impl SessionPins {
         next.retired = self.retired.clone();
         next.held = self.held.clone();
         for (session, pin) in self.cache.iter() {
+            next.live.add(&pin.upstream);
             next.cache.insert((*session).clone(), pin);
         }
         next
@@ -138,6 +211,7 @@ impl SessionPins {
             return Some(pin);
         }
         let pin = self.held().get(session)?.pin.clone();
+        self.live.add(&pin.upstream);
         self.cache.insert(Arc::from(session), pin.clone());
         Some(pin)
     }
@@ -146,7 +220,38 @@ impl SessionPins {
         if let Some(h) = self.held().get_mut(session) {
             h.pin = pin.clone();
         }
+        self.live.add(&pin.upstream);
         self.cache.insert(Arc::from(session), pin);
+    }
+
+    /// Live sessions on `upstream` (its pins), O(1).
+    pub fn live_on(&self, upstream: &str) -> usize {
+        self.live.get(upstream)
+    }
+
+    /// Live sessions in the pool.
+    pub fn live_total(&self) -> usize {
+        self.live.total()
+    }
+
+    /// Live sessions on `upstream` and creates placed there in flight: what placement counts.
+    pub fn placed_on(&self, upstream: &str) -> usize {
+        self.live.get(upstream) + self.live.reserved(upstream)
+    }
+
+    /// [`SessionPins::placed_on`] for the whole pool.
+    pub fn placed_total(&self) -> usize {
+        self.live.total() + self.live.reserved_total()
+    }
+
+    /// Count a create placed on `upstream` until the returned reservation is dropped.
+    pub fn reserve(&self, upstream: &Arc<str>) -> Reservation {
+        let mut reserved = self.live.1.lock().unwrap_or_else(|e| e.into_inner());
+        *reserved.entry(upstream.clone()).or_default() += 1;
+        Reservation {
+            live: self.live.clone(),
+            upstream: upstream.clone(),
+        }
     }
 
     /// Forget `session`'s pin, held or not (its holds then keep nothing).
@@ -260,6 +365,32 @@ mod tests {
         let changed = pins.with_policy(Duration::from_secs(10), 100);
         assert_eq!(changed.get("s1"), Some(pin("a")));
         assert_eq!(changed.count_on("b"), 1);
+    }
+
+    #[test]
+    fn live_counts_follow_every_way_in_and_out() {
+        let pins = SessionPins::new(Duration::from_millis(50), 100);
+        for i in 0..5 {
+            pins.pin(&format!("a{i}"), pin("a"));
+        }
+        pins.pin("b0", pin("b"));
+        assert_eq!(
+            (pins.live_on("a"), pins.live_on("b"), pins.live_total()),
+            (5, 1, 6)
+        );
+        pins.pin("a0", pin("b")); // moved
+        pins.pin("a1", pin("a")); // re-pinned in place
+        pins.unpin("a2");
+        assert_eq!((pins.live_on("a"), pins.live_on("b")), (3, 2));
+        assert_eq!(pins.unpin_all_on("b"), 2);
+        assert_eq!(pins.live_on("b"), 0);
+        std::thread::sleep(Duration::from_millis(80));
+        pins.cache.run_pending_tasks();
+        assert_eq!(pins.live_total(), 0, "expired");
+        // A policy change carries the counts with the pins.
+        pins.pin("c", pin("c"));
+        let changed = pins.with_policy(Duration::from_secs(60), 10);
+        assert_eq!(changed.live_on("c"), 1);
     }
 
     #[test]

@@ -95,6 +95,53 @@ impl ListenerRuntime {
     }
 }
 
+/// Where a new session goes ([`Pool::place_new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewPlacement {
+    /// `upstreams[index]`; `spilled_from`: the node the ring would have chosen, passed over
+    /// because it was at its bound or cap.
+    At {
+        index: usize,
+        spilled_from: Option<usize>,
+    },
+    /// Every node that can take work is at its cap.
+    Full,
+    /// No node can take work.
+    NoNode,
+}
+
+/// The most live sessions a node may hold under bounded load: `ceil(factor × m / n)`.
+pub fn load_bound(factor: f64, m: usize, n: usize) -> usize {
+    ((factor * m as f64) / n as f64).ceil() as usize
+}
+
+/// Walk `candidates` (ring order from the key) for the first usable node under its cap and the
+/// bound. When the bound leaves no node (rounding, with caps), the cap alone decides.
+pub fn choose_new(
+    candidates: impl Iterator<Item = usize> + Clone,
+    usable: &[bool],
+    live: &[usize],
+    caps: &[Option<usize>],
+    bound: Option<usize>,
+) -> NewPlacement {
+    let under_cap = |i: usize| caps[i].is_none_or(|cap| live[i] < cap);
+    let under_bound = |i: usize| bound.is_none_or(|b| live[i] < b);
+    let Some(first) = candidates.clone().find(|&i| usable[i]) else {
+        return NewPlacement::NoNode;
+    };
+    let chosen = candidates
+        .clone()
+        .find(|&i| usable[i] && under_cap(i) && under_bound(i))
+        .or_else(|| candidates.clone().find(|&i| usable[i] && under_cap(i)));
+    match chosen {
+        Some(index) => NewPlacement::At {
+            index,
+            spilled_from: (index != first).then_some(first),
+        },
+        None => NewPlacement::Full,
+    }
+}
+
 /// The per-request metric series of one listener × upstream.
 pub struct UpstreamStats {
     pub duration: Histogram,
@@ -163,6 +210,52 @@ impl Pool {
             let u = &self.upstreams[i];
             u.state.accepts_new_work() && !avoid.iter().any(|name| **name == *u.name())
         })
+    }
+
+    /// Where a NEW session with key `key` goes. Without `load_factor` or caps: as
+    /// [`Pool::route`]. With them, the first node clockwise from the key that can take work,
+    /// is under its cap and under the load bound `ceil(load_factor × m / n)` (`m` live sessions
+    /// in the pool counting this one, `n` nodes that can take work); existing sessions never
+    /// move. Under caps alone, full nodes are passed over.
+    pub fn place_new(&self, key: &[u8]) -> NewPlacement {
+        if !self.places_by_load() {
+            return match self.route_index(key) {
+                Some(index) => NewPlacement::At {
+                    index,
+                    spilled_from: None,
+                },
+                None => NewPlacement::NoNode,
+            };
+        }
+        let usable: Vec<bool> = self
+            .upstreams
+            .iter()
+            .map(|u| u.state.accepts_new_work())
+            .collect();
+        let live: Vec<usize> = self
+            .upstreams
+            .iter()
+            .map(|u| self.pins.placed_on(u.name()))
+            .collect();
+        let caps: Vec<Option<usize>> = self
+            .upstreams
+            .iter()
+            .map(|u| u.config.max_sessions)
+            .collect();
+        let bound = self.config.load_factor.map(|factor| {
+            let n = usable.iter().filter(|&&u| u).count().max(1);
+            load_bound(factor, self.pins.placed_total() + 1, n)
+        });
+        choose_new(self.ring.candidates(key), &usable, &live, &caps, bound)
+    }
+
+    /// New sessions are placed by load or caps (not by the ring alone).
+    pub fn places_by_load(&self) -> bool {
+        self.config.load_factor.is_some()
+            || self
+                .upstreams
+                .iter()
+                .any(|u| u.config.max_sessions.is_some())
     }
 
     /// Route a request that carries no key: a uniformly random point on the ring.
@@ -375,5 +468,64 @@ impl Snapshot {
     /// Every pool has an upstream that can take work.
     pub fn ready(&self) -> bool {
         self.pools.values().all(|p| p.routable())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_bound_is_the_ceiling_of_factor_times_mean() {
+        let cases = [
+            (1.25, 1, 4, 1),
+            (1.25, 4, 4, 2),
+            (1.25, 100, 4, 32),
+            (1.25, 2000, 4, 625),
+            (2.0, 9, 3, 6),
+            (1.01, 10, 10, 2),
+        ];
+        for (factor, m, n, expected) in cases {
+            assert_eq!(load_bound(factor, m, n), expected, "{factor} {m} {n}");
+        }
+    }
+
+    #[test]
+    fn new_sessions_go_to_the_first_node_under_bound_and_cap() {
+        use NewPlacement::*;
+        let walk = [2usize, 0, 3, 1];
+        // (usable, live, caps, bound, expected)
+        type Case = (
+            [bool; 4],
+            [usize; 4],
+            [Option<usize>; 4],
+            Option<usize>,
+            NewPlacement,
+        );
+        let at = |index, from| At {
+            index,
+            spilled_from: from,
+        };
+        let cases: [Case; 8] = [
+            ([true; 4], [0; 4], [None; 4], None, at(2, None)),
+            ([true; 4], [0, 0, 5, 0], [None; 4], Some(5), at(0, Some(2))),
+            ([true; 4], [5, 0, 5, 0], [None; 4], Some(5), at(3, Some(2))),
+            (
+                [false, true, true, true],
+                [0, 0, 0, 0],
+                [None; 4],
+                Some(1),
+                at(2, None),
+            ),
+            ([true; 4], [1, 1, 3, 1], [Some(3); 4], None, at(0, Some(2))),
+            ([true; 4], [3; 4], [Some(3); 4], None, Full),
+            // The bound leaves nothing (all at it): the cap alone decides.
+            ([true; 4], [2; 4], [Some(3); 4], Some(2), at(2, None)),
+            ([false; 4], [0; 4], [None; 4], None, NoNode),
+        ];
+        for (usable, live, caps, bound, expected) in cases {
+            let got = choose_new(walk.iter().copied(), &usable, &live, &caps, bound);
+            assert_eq!(got, expected, "{usable:?} {live:?} {caps:?} {bound:?}");
+        }
     }
 }

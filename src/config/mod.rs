@@ -215,6 +215,8 @@ pub struct PoolConfig {
     pub drain_timeout: Duration,
     /// JSON-RPC: one turn at a time per session (`session_concurrency: 1`).
     pub turns: Option<TurnLimit>,
+    /// Bounded-load placement of new sessions (`hash.load_factor`); `None`: the ring alone.
+    pub load_factor: Option<f64>,
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -258,6 +260,9 @@ pub struct UpstreamConfig {
     pub token: Option<Secret>,
     /// Drained by config: no new keys or sessions are placed here.
     pub drain: bool,
+    /// Live sessions this upstream may hold (its `max_sessions`, else the pool's
+    /// `max_sessions_per_upstream`); `None`: no cap.
+    pub max_sessions: Option<usize>,
 }
 
 /// A credential: compared and cloned (cheaply) like a string, never printed.

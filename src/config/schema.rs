@@ -194,6 +194,7 @@ pub struct RawPool {
     pub turn_timeout: Option<String>,
     pub max_queue: Option<usize>,
     #[serde(default)]
+    pub max_sessions_per_upstream: Option<usize>,
     pub upstreams: Vec<RawUpstream>,
 }
 
@@ -201,6 +202,7 @@ pub struct RawPool {
 #[serde(deny_unknown_fields)]
 pub struct RawHash {
     pub vnodes: Option<u32>,
+    pub load_factor: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,4 +233,5 @@ pub struct RawUpstream {
     pub weight: Option<u32>,
     pub token_env: Option<String>,
     pub drain: Option<bool>,
+    pub max_sessions: Option<usize>,
 }

@@ -493,12 +493,13 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         .into_iter()
         .enumerate()
         .map(|(i, u)| {
-            let up = upstream_config(
+            let mut up = upstream_config(
                 errs,
                 &format!("{path}.upstreams[{i}]"),
                 u,
                 p.token_env.as_deref(),
             );
+            up.max_sessions = up.max_sessions.or(p.max_sessions_per_upstream);
             if !seen.insert(up.name.clone()) {
                 errs.push(
                     format!("{path}.upstreams[{i}].name"),
@@ -518,6 +519,18 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             ("not_found", OnOwnerDown::NotFound),
         ],
     );
+    if p.max_sessions_per_upstream == Some(0) {
+        errs.push(format!("{path}.max_sessions_per_upstream"), "must be >= 1");
+    }
+    let load_factor = p.hash.load_factor;
+    if let Some(f) = load_factor {
+        if !(f > 1.0 && f <= 100.0) {
+            errs.push(
+                format!("{path}.hash.load_factor"),
+                "must be above 1 (1.25: a node holds at most 25% more than the mean) and at most 100",
+            );
+        }
+    }
     let max_pinned_sessions = p.max_pinned_sessions.unwrap_or(1_000_000);
     if max_pinned_sessions == 0 {
         errs.push(format!("{path}.max_pinned_sessions"), "must be >= 1");
@@ -525,6 +538,7 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
     PoolConfig {
         name: name.to_owned(),
         vnodes,
+        load_factor,
         health,
         connect_timeout: errs.duration(
             &format!("{path}.connect_timeout"),
@@ -688,6 +702,13 @@ fn upstream_config(
         weight,
         token,
         drain: u.drain.unwrap_or(false),
+        max_sessions: match u.max_sessions {
+            Some(0) => {
+                errs.push(format!("{path}.max_sessions"), "must be >= 1");
+                None
+            }
+            cap => cap,
+        },
     }
 }
 

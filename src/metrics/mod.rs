@@ -28,6 +28,9 @@ pub mod names {
     pub const PINNED_SESSIONS: &str = "sessiongate_pinned_sessions";
     pub const OWNER_DISCOVERY_TOTAL: &str = "sessiongate_owner_discovery_total";
     pub const PINS_LEARNED_TOTAL: &str = "sessiongate_pins_learned_total";
+    pub const SESSIONS_LIVE: &str = "sessiongate_sessions_live";
+    pub const PLACEMENT_SPILLS_TOTAL: &str = "sessiongate_placement_spills_total";
+    pub const ADMISSION_REJECTED_TOTAL: &str = "sessiongate_admission_rejected_total";
     pub const PINS_DROPPED_TOTAL: &str = "sessiongate_pins_dropped_total";
     pub const JSONRPC_UNKNOWN_METHODS_TOTAL: &str = "sessiongate_jsonrpc_unknown_methods_total";
     pub const FANOUT_SKIPPED_TOTAL: &str = "sessiongate_fanout_skipped_total";
@@ -69,6 +72,9 @@ pub struct Metrics {
     pub pinned_sessions: IntGaugeVec,
     pub owner_discovery_total: IntCounterVec,
     pub pins_learned_total: IntCounterVec,
+    pub sessions_live: IntGaugeVec,
+    pub placement_spills_total: IntCounterVec,
+    pub admission_rejected_total: IntCounterVec,
     pub pins_dropped_total: IntCounterVec,
     jsonrpc_unknown_methods_total: IntCounterVec,
     /// The unknown method names that have a label of their own (the rest count as `other`).
@@ -173,6 +179,27 @@ impl Metrics {
                 "HTTP sessions pinned to the upstream whose response named them (listener learn:).",
             ),
             &["pool", "upstream"],
+        )?;
+        let sessions_live = IntGaugeVec::new(
+            Opts::new(
+                SESSIONS_LIVE,
+                "Live sessions per upstream (pinned, not idle past session_idle_ttl), as of the last scrape.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let placement_spills_total = IntCounterVec::new(
+            Opts::new(
+                PLACEMENT_SPILLS_TOTAL,
+                "New sessions placed away from the ring's choice (upstream) because it was at its load bound or cap.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let admission_rejected_total = IntCounterVec::new(
+            Opts::new(
+                ADMISSION_REJECTED_TOTAL,
+                "Requests refused before reaching an upstream, by reason (fleet_full: every node at its session cap).",
+            ),
+            &["listener", "reason"],
         )?;
         let pins_dropped_total = IntCounterVec::new(
             Opts::new(
@@ -285,6 +312,9 @@ impl Metrics {
         registry.register(Box::new(pinned_sessions.clone()))?;
         registry.register(Box::new(owner_discovery_total.clone()))?;
         registry.register(Box::new(pins_learned_total.clone()))?;
+        registry.register(Box::new(sessions_live.clone()))?;
+        registry.register(Box::new(placement_spills_total.clone()))?;
+        registry.register(Box::new(admission_rejected_total.clone()))?;
         registry.register(Box::new(pins_dropped_total.clone()))?;
         registry.register(Box::new(jsonrpc_unknown_methods_total.clone()))?;
         registry.register(Box::new(fanout_skipped_total.clone()))?;
@@ -309,6 +339,9 @@ impl Metrics {
             pinned_sessions,
             owner_discovery_total,
             pins_learned_total,
+            sessions_live,
+            placement_spills_total,
+            admission_rejected_total,
             pins_dropped_total,
             jsonrpc_unknown_methods_total,
             unknown_method_labels: Arc::default(),

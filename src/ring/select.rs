@@ -7,6 +7,7 @@ use super::{Point, Ring};
 /// Upstream indices met walking clockwise from a key's position. Consecutive points of one
 /// upstream are folded; an upstream can still reappear later in the walk, which is harmless for
 /// "first usable" searches. The walk ends after one full turn.
+#[derive(Clone)]
 pub struct Candidates<'a> {
     points: &'a [Point],
     next: usize,

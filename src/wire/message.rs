@@ -28,6 +28,8 @@ pub const FORBIDDEN: i64 = -32003;
 pub const SESSION_BUSY: i64 = -32004;
 /// sessiongate: the caller's rate limit is reached.
 pub const RATE_LIMITED: i64 = -32005;
+/// sessiongate: every node that could take a new session holds its maximum of live sessions.
+pub const FLEET_FULL: i64 = -32006;
 /// sessiongate: a node accepted a request and did not answer within `request_timeout`.
 pub const UPSTREAM_TIMEOUT: i64 = -32007;
 

@@ -49,8 +49,9 @@ use crate::snapshot::{ListenerRuntime, Pool, Snapshot};
 use crate::upstream::{prober, Endpoint};
 use crate::wire::codec::{write_frames, FrameCodec, FrameError};
 use crate::wire::message::{
-    self, parse_envelope, MessageKind, AUTHENTICATION_FAILED, FORBIDDEN, INTERNAL_ERROR,
-    INVALID_REQUEST, RATE_LIMITED, SERVER_UNAVAILABLE, SESSION_BUSY, UPSTREAM_TIMEOUT,
+    self, parse_envelope, MessageKind, AUTHENTICATION_FAILED, FLEET_FULL, FORBIDDEN,
+    INTERNAL_ERROR, INVALID_REQUEST, RATE_LIMITED, SERVER_UNAVAILABLE, SESSION_BUSY,
+    UPSTREAM_TIMEOUT,
 };
 use crate::wire::reader::FrameReader;
 

@@ -11,9 +11,9 @@ use serde_json::Value;
 use super::methods::{self, Class, Create, Field, Merge, Replay, Split};
 use super::state::HashMap;
 use crate::config::OnOwnerDown;
-use crate::snapshot::Pool;
+use crate::snapshot::{NewPlacement, Pool};
 use crate::upstream::Endpoint;
-use crate::wire::message::{self, INVALID_REQUEST, SERVER_UNAVAILABLE};
+use crate::wire::message::{self, FLEET_FULL, INVALID_REQUEST, SERVER_UNAVAILABLE};
 
 /// A client request, as routing sees it.
 pub struct Request<'a> {
@@ -69,6 +69,8 @@ pub struct Forward {
     pub unpin: bool,
     /// The request makes `session` (a create): nobody may own it yet.
     pub creates: bool,
+    /// A new session placed away from the ring's choice (this node) by bounded load or caps.
+    pub spilled_from: Option<Arc<str>>,
 }
 
 /// Why the proxy answers a request itself.
@@ -289,14 +291,27 @@ fn to_new_session(pool: &Pool, sid: &str, rewritten: Option<Bytes>) -> Decision 
             other => other,
         };
     }
-    match pool.route(sid.as_bytes()) {
-        Some(u) => Decision::Forward(Forward {
+    match pool.place_new(sid.as_bytes()) {
+        NewPlacement::At {
+            index,
+            spilled_from,
+        } => Decision::Forward(Forward {
             rewritten,
-            redispatch: true,
+            // Placed by load, the session must land where it was placed.
+            redispatch: spilled_from.is_none() && pool.config.load_factor.is_none(),
             creates: true,
-            ..Forward::plain(u.endpoint.clone(), Some(Arc::from(sid)))
+            spilled_from: spilled_from.map(|i| Arc::from(pool.upstreams[i].name())),
+            ..Forward::plain(pool.upstreams[index].endpoint.clone(), Some(Arc::from(sid)))
         }),
-        None => no_node(pool),
+        NewPlacement::Full => Decision::Refuse(Refusal {
+            code: FLEET_FULL,
+            message: format!(
+                "every server in pool {} holds its maximum of live sessions",
+                pool.name()
+            ),
+            upstream: None,
+        }),
+        NewPlacement::NoNode => no_node(pool),
     }
 }
 
@@ -310,6 +325,7 @@ impl Forward {
             redispatch: false,
             unpin: false,
             creates: false,
+            spilled_from: None,
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Pending {
     /// Set when any node may answer: the request as the client sent it (before a node's token
     /// went in) and the nodes that refused the link for it.
     pub redispatch: Option<Redispatch>,
+    /// A create placed by load or caps: counted on its node until answered.
+    pub reservation: Option<crate::sessions::Reservation>,
     timer: Timer,
 }
 
@@ -84,6 +86,7 @@ impl Pending {
             reply,
             discover: None,
             redispatch: None,
+            reservation: None,
             timer: Timer::Paused(Duration::ZERO),
         }
     }

@@ -195,15 +195,31 @@ impl Conn {
             pool,
         } = routed;
         match decision {
-            Decision::Forward(f) => self.forward(f, label, id, &body, reply, &pool),
+            Decision::Forward(f) => {
+                if let Some(ring_choice) = &f.spilled_from {
+                    self.ctx
+                        .metrics
+                        .placement_spills_total
+                        .with_label_values(&[pool.name(), ring_choice])
+                        .inc();
+                }
+                self.forward(f, label, id, &body, reply, &pool)
+            }
             Decision::Setup { to, replay } => {
                 self.setup(to, replay, label, id, &body, reply, &pool)
             }
             Decision::Refuse(r) => {
+                if r.code == FLEET_FULL {
+                    self.ctx
+                        .metrics
+                        .admission_rejected_total
+                        .with_label_values(&[&self.listener, "fleet_full"])
+                        .inc();
+                }
                 if let Some(id) = id {
                     let data = match &r.upstream {
                         Some(u) => json!({ "retryAfterMs": RETRY_AFTER_MS, "upstream": &**u }),
-                        None if r.code == SERVER_UNAVAILABLE => {
+                        None if r.code == SERVER_UNAVAILABLE || r.code == FLEET_FULL => {
                             json!({ "retryAfterMs": RETRY_AFTER_MS })
                         }
                         None => Value::Null,
@@ -274,6 +290,9 @@ impl Conn {
                 body: sent.clone(),
                 refused: Vec::new(),
             });
+            if f.creates && pool.places_by_load() {
+                pending.reservation = Some(pool.pins.reserve(&f.to.name));
+            }
             self.state.wait(id, pending, pool.config.request_timeout);
         }
         self.send_to(&f.to, sent, None, pool);
