@@ -58,7 +58,7 @@ pub struct Pending {
     /// went in) and the nodes that refused the link for it.
     pub redispatch: Option<Redispatch>,
     /// A create placed by load or caps: counted on its node until answered.
-    pub reservation: Option<crate::sessions::Reservation>,
+    pub reservation: Option<Box<crate::sessions::Reservation>>,
     timer: Timer,
 }
 

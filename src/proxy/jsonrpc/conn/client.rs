@@ -291,7 +291,7 @@ impl Conn {
                 refused: Vec::new(),
             });
             if f.creates && pool.places_by_load() {
-                pending.reservation = Some(pool.pins.reserve(&f.to.name));
+                pending.reservation = Some(Box::new(pool.pins.reserve(&f.to.name)));
             }
             self.state.wait(id, pending, pool.config.request_timeout);
         }
