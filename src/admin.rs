@@ -1,5 +1,5 @@
 //! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, and the
-//! operator endpoints under `/admin/` (route lookup, ring shares, reload).
+//! operator endpoints under `/admin/` (route lookup, ring shares, reload, session cleanup).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -71,6 +71,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         (&Method::POST, path) if path.starts_with("/admin/upstreams/") => {
             drain(server, path, &query)
         }
+        (&Method::POST, "/admin/cleanup") => cleanup(server, &query).await,
         (&Method::POST, "/admin/reload")
             if query
                 .get("dry_run")
@@ -100,7 +101,8 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         },
         (
             _,
-            "/metrics" | "/healthz" | "/readyz" | "/admin/route" | "/admin/ring" | "/admin/reload",
+            "/metrics" | "/healthz" | "/readyz" | "/admin/route" | "/admin/ring" | "/admin/reload"
+            | "/admin/cleanup",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -334,6 +336,33 @@ fn drain(server: &Server, path: &str, query: &HashMap<String, String>) -> AdminR
         StatusCode::OK,
         &json!({ "pool": pool.name(), "upstream": up.name(), "draining": up.state.is_draining() }),
     )
+}
+
+/// `POST /admin/cleanup?pool=P[&dry_run=true]`: one cleanup round now with the pool's
+/// `cleanup:` settings (defaults without one), answered with every node's report.
+async fn cleanup(server: &Server, query: &HashMap<String, String>) -> AdminResponse {
+    let Some(pool) = query.get("pool") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "usage: POST /admin/cleanup?pool=P[&dry_run=true]",
+        );
+    };
+    let snapshot = server.snapshot();
+    let Some(p) = snapshot.pool(pool) else {
+        return error(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
+    };
+    let config = p.config.cleanup.clone().unwrap_or_default();
+    let forced = query
+        .get("dry_run")
+        .is_some_and(|v| v == "true" || v == "1");
+    let dry_run = config.dry_run || forced;
+    match crate::cleanup::run_round(&server.ctx, p, &config, dry_run, None).await {
+        Ok(report) => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(&report).unwrap_or_default(),
+        ),
+        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
