@@ -9,7 +9,7 @@
 //! (`connect` with the node's token, then `sessions.pruneOld`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -383,7 +383,7 @@ async fn schedule(ctx: Context, pool_name: String, every: Duration, stop: Cancel
         let wake = retry_at
             .values()
             .copied()
-            .fold(next_round, std::cmp::Ordering::min);
+            .fold(next_round, Ord::min);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}

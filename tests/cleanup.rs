@@ -58,6 +58,7 @@ async fn cleanup_prunes_every_node_but_keeps_pinned_sessions() {
         // Per node: `old-N` unpinned, `resumed-N` pinned by a resume through the proxy,
         // `live-N` created through the proxy (pinned). All received a message.
         let mut c = RpcClient::connect(proxy.addr("cli")).await;
+        c.result("connect", json!({})).await;
         for (i, name) in nodes.iter().enumerate() {
             direct_session(&fleet, name, &format!("old-{i}")).await;
             direct_session(&fleet, name, &format!("resumed-{i}")).await;
