@@ -356,12 +356,20 @@ async fn cleanup(server: &Server, query: &HashMap<String, String>) -> AdminRespo
         .get("dry_run")
         .is_some_and(|v| v == "true" || v == "1");
     let dry_run = config.dry_run || forced;
-    match crate::cleanup::run_round(&server.ctx, p, &config, dry_run, None).await {
-        Ok(report) => json_response(
+    // Run as a task of its own, so a client going away does not cut the round short (it holds
+    // the pool's cleanup lock until it ends).
+    let (ctx, pool) = (server.ctx.clone(), p.clone());
+    let round =
+        server.ctx.shutdown.tracker.spawn(async move {
+            crate::cleanup::run_round(&ctx, &pool, &config, dry_run, None).await
+        });
+    match round.await {
+        Ok(Ok(report)) => json_response(
             StatusCode::OK,
             &serde_json::to_value(&report).unwrap_or_default(),
         ),
-        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

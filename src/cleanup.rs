@@ -151,7 +151,10 @@ impl RoundReport {
 
 /// Consecutive failures per node after a round: a failed node's count goes up, an answering
 /// node's is forgotten, and nodes the round did not ask keep theirs.
-pub fn next_failures(before: &BTreeMap<String, u32>, round: &[NodeReport]) -> BTreeMap<String, u32> {
+pub fn next_failures(
+    before: &BTreeMap<String, u32>,
+    round: &[NodeReport],
+) -> BTreeMap<String, u32> {
     let mut after = before.clone();
     for node in round {
         if node.error.is_some() {
@@ -380,10 +383,7 @@ async fn schedule(ctx: Context, pool_name: String, every: Duration, stop: Cancel
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
-        let wake = retry_at
-            .values()
-            .copied()
-            .fold(next_round, Ord::min);
+        let wake = retry_at.values().copied().fold(next_round, Ord::min);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}
@@ -403,10 +403,11 @@ async fn schedule(ctx: Context, pool_name: String, every: Duration, stop: Cancel
             return;
         };
         let only = (!full).then_some(due.as_slice());
-        let round = tokio::select! {
-            _ = stop.cancelled() => return,
-            round = run_round(&ctx, pool, &config, config.dry_run, only) => round,
-        };
+        // A round is not cut short (its nodes' timeouts bound it): it must release its lock.
+        let round = run_round(&ctx, pool, &config, config.dry_run, only).await;
+        if stop.is_cancelled() {
+            return;
+        }
         match round {
             Ok(report) => {
                 failures = next_failures(&failures, &report.nodes);
@@ -502,7 +503,9 @@ mod tests {
     fn node_reports_from_answers() {
         let ok = NodeReport::from_answer(
             "a",
-            Ok(json!({"deleted": ["s1", "s2"], "candidates": [], "skipped": ["n"], "freedBytes": 30, "dryRun": false})),
+            Ok(
+                json!({"deleted": ["s1", "s2"], "candidates": [], "skipped": ["n"], "freedBytes": 30, "dryRun": false}),
+            ),
         );
         assert_eq!(ok.deleted, vec!["s1", "s2"]);
         assert_eq!((ok.skipped.len(), ok.freed_bytes, ok.error), (1, 30, None));
@@ -518,7 +521,10 @@ mod tests {
         let nodes = vec![
             NodeReport::from_answer("a", Ok(json!({"candidates": ["s1"], "freedBytes": 10}))),
             NodeReport::from_answer("b", Err("down".into())),
-            NodeReport::from_answer("c", Ok(json!({"candidates": ["s2", "s3"], "freedBytes": 5}))),
+            NodeReport::from_answer(
+                "c",
+                Ok(json!({"candidates": ["s2", "s3"], "freedBytes": 5})),
+            ),
         ];
         let round = RoundReport::merge("fleet", true, Duration::from_secs(86_400), nodes);
         assert_eq!(
@@ -552,16 +558,25 @@ mod tests {
             )
         };
         let path = std::path::Path::new("t.yaml");
-        let c = crate::config::Config::parse(&yaml("{ older_than: 12h, every: 10m, dry_run: true }"), path)
-            .expect("valid");
+        let c = crate::config::Config::parse(
+            &yaml("{ older_than: 12h, every: 10m, dry_run: true }"),
+            path,
+        )
+        .expect("valid");
         let got = c.pools["fleet"].cleanup.clone().expect("cleanup");
         assert_eq!(got.older_than, Duration::from_secs(12 * 3600));
         assert_eq!(got.every, Duration::from_secs(600));
         assert!(got.dry_run && !got.include_named);
         let zero = crate::config::Config::parse(&yaml("{ older_than: 0s }"), path).expect("0s");
-        assert_eq!(zero.pools["fleet"].cleanup.as_ref().unwrap().older_than, Duration::ZERO);
+        assert_eq!(
+            zero.pools["fleet"].cleanup.as_ref().unwrap().older_than,
+            Duration::ZERO
+        );
         let defaults = crate::config::Config::parse(&yaml("{}"), path).expect("defaults");
-        assert_eq!(defaults.pools["fleet"].cleanup, Some(CleanupConfig::default()));
+        assert_eq!(
+            defaults.pools["fleet"].cleanup,
+            Some(CleanupConfig::default())
+        );
         for (bad, field) in [
             ("{ every: 0s }", "pools.fleet.cleanup.every"),
             ("{ every: soon }", "pools.fleet.cleanup.every"),

@@ -5,7 +5,9 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::jsonrpc::{create, jsonrpc_config, send, session_params, CliFleet, RpcClient, RpcYaml};
+use support::jsonrpc::{
+    create, jsonrpc_config, send, session_params, CliFleet, RpcClient, RpcYaml,
+};
 use support::{admin_post, metric_value, within, Proxy};
 
 const TOKEN: &str = "cleanup-s3cret";
@@ -63,7 +65,10 @@ async fn cleanup_prunes_every_node_but_keeps_pinned_sessions() {
             direct_session(&fleet, name, &format!("old-{i}")).await;
             direct_session(&fleet, name, &format!("resumed-{i}")).await;
             let resumed = c
-                .result("session.resume", session_params(&format!("resumed-{i}"), json!({})))
+                .result(
+                    "session.resume",
+                    session_params(&format!("resumed-{i}"), json!({})),
+                )
                 .await;
             assert_eq!(resumed["sessionId"], format!("resumed-{i}"), "{resumed}");
         }
@@ -74,7 +79,8 @@ async fn cleanup_prunes_every_node_but_keeps_pinned_sessions() {
         }
 
         // A dry run lists each node's unpinned sessions and deletes nothing.
-        let (status, report) = admin_post(admin, "/admin/cleanup?pool=fleet&dry_run=true", "").await;
+        let (status, report) =
+            admin_post(admin, "/admin/cleanup?pool=fleet&dry_run=true", "").await;
         assert_eq!(status, 200, "{report}");
         assert_eq!(report["dry_run"], true, "{report}");
         assert_eq!(report["sessions"], 3, "{report}");
@@ -104,7 +110,10 @@ async fn cleanup_prunes_every_node_but_keeps_pinned_sessions() {
             assert_eq!(ids(&n["deleted"]), vec![format!("old-{i}")], "{report}");
             freed += n["freed_bytes"].as_u64().unwrap();
             assert!(fleet.holders(&format!("old-{i}")).is_empty());
-            assert_eq!(fleet.holders(&format!("resumed-{i}")), vec![name.to_string()]);
+            assert_eq!(
+                fleet.holders(&format!("resumed-{i}")),
+                vec![name.to_string()]
+            );
         }
         assert_eq!(report["freed_bytes"], freed, "{report}");
         for id in &live {
@@ -113,7 +122,11 @@ async fn cleanup_prunes_every_node_but_keeps_pinned_sessions() {
         let metrics = proxy.metrics_text().await;
         for name in nodes {
             let labels = [("pool", "fleet"), ("upstream", name)];
-            assert_eq!(metric_value(&metrics, deleted, &labels), Some(1.0), "{name}");
+            assert_eq!(
+                metric_value(&metrics, deleted, &labels),
+                Some(1.0),
+                "{name}"
+            );
             let bytes = "sessiongate_cleanup_freed_bytes_total";
             assert!(metric_value(&metrics, bytes, &labels).unwrap_or(0.0) > 0.0);
         }
@@ -125,7 +138,11 @@ async fn cleanup_prunes_every_node_but_keeps_pinned_sessions() {
         assert_eq!(status, 200, "{report}");
         assert_eq!(report["failed"], 1, "{report}");
         assert!(node(&report, "cli-2")["error"].is_string(), "{report}");
-        assert_eq!(ids(&node(&report, "cli-0")["deleted"]), vec!["old-again"], "{report}");
+        assert_eq!(
+            ids(&node(&report, "cli-0")["deleted"]),
+            vec!["old-again"],
+            "{report}"
+        );
         assert!(fleet.holders("old-again").is_empty());
         for id in &live {
             assert_eq!(fleet.holders(id).len(), 1, "{id} kept");
@@ -153,6 +170,56 @@ async fn admin_cleanup_needs_a_known_pool_and_defaults_to_a_week() {
         assert_eq!(report["older_than_days"], 7.0, "{report}");
         assert_eq!(report["sessions"], 0, "{report}");
         assert_eq!(fleet.holders("fresh"), vec!["cli-0"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_rounds_run_until_a_reload_removes_cleanup() {
+    let fleet = CliFleet::start(2).await;
+    let scheduled = "    cleanup: { older_than: 0s, every: 200ms }\n";
+    let extra = RpcYaml {
+        pool: scheduled,
+        ..Default::default()
+    };
+    let proxy = Proxy::start_yaml(&jsonrpc_config(&fleet.members(), extra)).await;
+    within(30, async {
+        let mut c = RpcClient::connect(proxy.addr("cli")).await;
+        c.result("connect", json!({})).await;
+        create(&mut c, "live", json!({})).await;
+        send(&mut c, "live").await;
+        for name in ["cli-0", "cli-1"] {
+            let id = format!("old-{name}");
+            let mut d = RpcClient::connect(fleet.get(name).addr()).await;
+            create(&mut d, &id, json!({})).await;
+            send(&mut d, &id).await;
+        }
+        // The metric is the only sign of a scheduled round.
+        support::poll_until("both nodes cleaned on schedule", 10, || async {
+            let metrics = proxy.metrics_text().await;
+            ["cli-0", "cli-1"].iter().all(|name| {
+                let labels = [("pool", "fleet"), ("upstream", *name)];
+                metric_value(
+                    &metrics,
+                    "sessiongate_cleanup_deleted_sessions_total",
+                    &labels,
+                ) == Some(1.0)
+            })
+        })
+        .await;
+        assert!(fleet.holders("old-cli-0").is_empty());
+        assert!(fleet.holders("old-cli-1").is_empty());
+        assert_eq!(fleet.holders("live").len(), 1, "pinned live: kept");
+
+        // Without `cleanup:` the schedule stops.
+        let plain = jsonrpc_config(&fleet.members(), RpcYaml::default());
+        proxy.reload_with(&plain).await.expect("reload");
+        let mut d = RpcClient::connect(fleet.get("cli-0").addr()).await;
+        create(&mut d, "after", json!({})).await;
+        send(&mut d, "after").await;
+        // Nothing signals a round that does not happen: give five intervals.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(fleet.holders("after"), vec!["cli-0"]);
     })
     .await;
 }

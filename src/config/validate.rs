@@ -9,8 +9,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::schema::{
-    RawCleanup, RawConfig, RawHealth, RawKeySource, RawLearnSource, RawListener, RawPassive, RawPool,
-    RawUpstream,
+    RawCleanup, RawConfig, RawHealth, RawKeySource, RawLearnSource, RawListener, RawPassive,
+    RawPool, RawUpstream,
 };
 use super::*;
 
