@@ -223,3 +223,54 @@ async fn scheduled_rounds_run_until_a_reload_removes_cleanup() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_run_one_round_of_a_pool_at_a_time() {
+    use sessiongate::mockcli::Fault;
+    use support::redis::RedisServer;
+    let redis = RedisServer::start().await;
+    let fleet = CliFleet::start(2).await;
+    let top = format!("redis:\n  url: {}\n", redis.url());
+    let extra = RpcYaml {
+        top: &top,
+        ..Default::default()
+    };
+    // A node that never answers keeps a round (and its lock) open for the fan-out timeout.
+    let yaml = jsonrpc_config(&fleet.members(), extra)
+        .replace("fanout_timeout: 500ms", "fanout_timeout: 3s");
+    let (a, b) = (
+        Proxy::start_yaml(&yaml).await,
+        Proxy::start_yaml(&yaml).await,
+    );
+    within(30, async {
+        for proxy in [&a, &b] {
+            support::poll_until("sessiongate_redis_up", 10, || async move {
+                metric_value(&proxy.metrics_text().await, "sessiongate_redis_up", &[]) == Some(1.0)
+            })
+            .await;
+        }
+        fleet
+            .get("cli-1")
+            .set_fault("sessions.pruneOld", Fault::Hang);
+        let admin_a = a.admin();
+        let first =
+            tokio::spawn(async move { admin_post(admin_a, "/admin/cleanup?pool=fleet", "").await });
+        let cli_1 = fleet.get("cli-1");
+        support::eventually("replica a's round reached cli-1", || {
+            cli_1.requests_for("sessions.pruneOld") == 1
+        })
+        .await;
+        let (status, refused) = admin_post(b.admin(), "/admin/cleanup?pool=fleet", "").await;
+        assert_eq!(status, 409, "{refused}");
+        let (status, report) = first.await.expect("round");
+        assert_eq!(status, 200, "{report}");
+        assert!(node(&report, "cli-1")["error"].is_string(), "{report}");
+        assert_eq!(node(&report, "cli-0")["error"], Value::Null, "{report}");
+        // The round released the lock: the other replica runs the next one.
+        fleet.get("cli-1").clear_faults();
+        let (status, report) = admin_post(b.admin(), "/admin/cleanup?pool=fleet", "").await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+    })
+    .await;
+}
