@@ -166,6 +166,30 @@ pub fn next_failures(
     after
 }
 
+/// When each failing node is tried next after a round at `now` (with `failures` already
+/// counted): the nodes the round asked that failed at `now` plus their [`backoff`], those that
+/// answered not at all; nodes not asked keep their time; nodes no longer failing are dropped.
+pub fn next_retries<T>(
+    before: &BTreeMap<String, T>,
+    failures: &BTreeMap<String, u32>,
+    asked: &[NodeReport],
+    now: T,
+    every: Duration,
+) -> BTreeMap<String, T>
+where
+    T: Copy + std::ops::Add<Duration, Output = T>,
+{
+    let mut after = before.clone();
+    for node in asked {
+        match failures.get(&node.upstream) {
+            Some(n) => after.insert(node.upstream.clone(), now + backoff(*n, every)),
+            None => after.remove(&node.upstream),
+        };
+    }
+    after.retain(|name, _| failures.contains_key(name));
+    after
+}
+
 /// This process's name as a lock holder.
 fn replica_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
@@ -413,10 +437,7 @@ async fn schedule(ctx: Context, pool_name: String, every: Duration, stop: Cancel
                 failures = next_failures(&failures, &report.nodes);
                 // Nodes a reload removed are not retried.
                 failures.retain(|name, _| pool.upstream(name).is_some());
-                retry_at = failures
-                    .iter()
-                    .map(|(name, n)| (name.clone(), now + backoff(*n, config.every)))
-                    .collect();
+                retry_at = next_retries(&retry_at, &failures, &report.nodes, now, config.every);
             }
             Err(e) => {
                 debug!(pool = %pool_name, reason = %e, "cleanup round not run");
@@ -548,6 +569,56 @@ mod tests {
         assert_eq!(after, want);
         // Nodes not asked keep their count.
         assert_eq!(next_failures(&start, &[]), start);
+    }
+
+    #[test]
+    fn retries_follow_the_backoff_of_the_nodes_asked() {
+        let secs = Duration::from_secs;
+        let every = secs(60);
+        let ok = |n: &str| NodeReport::from_answer(n, Ok(json!({})));
+        let bad = |n: &str| NodeReport::from_answer(n, Err("x".into()));
+        let map = |pairs: &[(&str, u64)]| -> BTreeMap<String, Duration> {
+            pairs
+                .iter()
+                .map(|(n, s)| (n.to_string(), secs(*s)))
+                .collect()
+        };
+        let counts = |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> {
+            pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+        };
+        // (retry times before, failures after the round, nodes asked, retry times after); now = 100s.
+        let cases = [
+            (
+                map(&[]),
+                counts(&[("a", 1)]),
+                vec![bad("a"), ok("b")],
+                map(&[("a", 101)]),
+            ),
+            (
+                map(&[("a", 101)]),
+                counts(&[("a", 3)]),
+                vec![bad("a")],
+                map(&[("a", 104)]),
+            ),
+            (
+                map(&[("a", 101), ("b", 150)]),
+                counts(&[("b", 2)]),
+                vec![ok("a")],
+                map(&[("b", 150)]),
+            ),
+            (
+                map(&[("a", 101)]),
+                counts(&[("a", 20)]),
+                vec![bad("a")],
+                map(&[("a", 160)]),
+            ),
+            // A node a reload removed (no longer counted) is dropped though not asked.
+            (map(&[("gone", 120)]), counts(&[]), vec![], map(&[])),
+        ];
+        for (before, failures, asked, want) in cases {
+            let got = next_retries(&before, &failures, &asked, secs(100), every);
+            assert_eq!(got, want, "before {before:?}, failures {failures:?}");
+        }
     }
 
     #[test]
