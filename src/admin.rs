@@ -1,5 +1,5 @@
 //! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, and the
-//! operator endpoints under `/admin/` (route lookup, ring shares, reload).
+//! operator endpoints under `/admin/` (route lookup, ring shares, reload, session cleanup).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -72,6 +72,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         (&Method::POST, path) if path.starts_with("/admin/upstreams/") => {
             drain(server, path, &query)
         }
+        (&Method::POST, "/admin/cleanup") => cleanup(server, &query).await,
         (&Method::POST, "/admin/reload")
             if query
                 .get("dry_run")
@@ -101,7 +102,8 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         },
         (
             _,
-            "/metrics" | "/healthz" | "/readyz" | "/admin/route" | "/admin/ring" | "/admin/reload",
+            "/metrics" | "/healthz" | "/readyz" | "/admin/route" | "/admin/ring" | "/admin/reload"
+            | "/admin/cleanup",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -358,6 +360,41 @@ fn drain(server: &Server, path: &str, query: &HashMap<String, String>) -> AdminR
         StatusCode::OK,
         &json!({ "pool": pool.name(), "upstream": up.name(), "draining": up.state.is_draining() }),
     )
+}
+
+/// `POST /admin/cleanup?pool=P[&dry_run=true]`: one cleanup round now with the pool's
+/// `cleanup:` settings (defaults without one), answered with every node's report.
+async fn cleanup(server: &Server, query: &HashMap<String, String>) -> AdminResponse {
+    let Some(pool) = query.get("pool") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "usage: POST /admin/cleanup?pool=P[&dry_run=true]",
+        );
+    };
+    let snapshot = server.snapshot();
+    let Some(p) = snapshot.pool(pool) else {
+        return error(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
+    };
+    let config = p.config.cleanup.clone().unwrap_or_default();
+    let forced = query
+        .get("dry_run")
+        .is_some_and(|v| v == "true" || v == "1");
+    let dry_run = config.dry_run || forced;
+    // Run as a task of its own, so a client going away does not cut the round short (it holds
+    // the pool's cleanup lock until it ends).
+    let (ctx, pool) = (server.ctx.clone(), p.clone());
+    let round =
+        server.ctx.shutdown.tracker.spawn(async move {
+            crate::cleanup::run_round(&ctx, &pool, &config, dry_run, None).await
+        });
+    match round.await {
+        Ok(Ok(report)) => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(&report).unwrap_or_default(),
+        ),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {

@@ -9,6 +9,8 @@
 //! # Layout
 //!
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
+//! - [`cleanup`]: fleet-wide session cleanup (`sessions.pruneOld` on every node of a pool), on
+//!   a schedule and on `POST /admin/cleanup`.
 //! - [`config`]: YAML schema (serde, `deny_unknown_fields`), validation into typed config, and
 //!   [`config::ConfigError`].
 //! - [`demo`]: the built-in demo fleet behind `sessiongate demo` (feature `demo`).
@@ -38,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cleanup;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

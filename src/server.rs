@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cleanup::CleanupSupervisor;
 use crate::config::Config;
 use crate::error::StartError;
 use crate::listener;
@@ -35,6 +36,7 @@ pub struct Server {
     pub(crate) listeners: Mutex<HashMap<String, Running>>,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub(crate) health: HealthSupervisor,
+    pub(crate) cleanup: CleanupSupervisor,
     admin_addr: SocketAddr,
 }
 
@@ -100,6 +102,7 @@ impl Server {
         let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
         let server = Arc::new(Server {
             health,
+            cleanup: CleanupSupervisor::new(),
             ctx: Context::new(shared, metrics, shutdown, store),
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -109,6 +112,9 @@ impl Server {
                 source,
             })?,
         });
+        server
+            .cleanup
+            .sync(&server.ctx, &server.ctx.shared.load_full());
         for (name, configured, tcp) in bound {
             server.run_listener(name, configured, tcp);
         }

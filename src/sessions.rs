@@ -310,6 +310,26 @@ impl SessionPins {
         retired.remove(upstream);
     }
 
+    /// The sessions pinned to `upstream` (live in the last idle TTL, or held), sorted, without
+    /// refreshing them (a scan: for cleanup rounds, not the data path).
+    pub fn pinned_on(&self, upstream: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .cache
+            .iter()
+            .filter(|(_, pin)| &*pin.upstream == upstream)
+            .map(|(k, _)| k.to_string())
+            .collect();
+        ids.extend(
+            self.held()
+                .iter()
+                .filter(|(_, h)| &*h.pin.upstream == upstream)
+                .map(|(k, _)| k.to_string()),
+        );
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// How many pins point at `upstream` (a scan: for admin and reload reports, not the data path).
     pub fn count_on(&self, upstream: &str) -> usize {
         self.cache
@@ -340,6 +360,18 @@ mod tests {
         assert_eq!(pins.get("s1").unwrap().upstream.as_ref(), "b");
         pins.unpin("s1");
         assert_eq!(pins.get("s1"), None);
+    }
+
+    #[test]
+    fn pinned_on_lists_one_upstreams_sessions_held_ones_too() {
+        let pins = SessionPins::new(Duration::from_secs(60), 100);
+        pins.pin("s2", pin("a"));
+        pins.pin("s1", pin("a"));
+        pins.pin("s3", pin("b"));
+        let _hold = pins.hold("s1");
+        assert_eq!(pins.pinned_on("a"), vec!["s1", "s2"]);
+        assert_eq!(pins.pinned_on("b"), vec!["s3"]);
+        assert!(pins.pinned_on("c").is_empty());
     }
 
     #[test]

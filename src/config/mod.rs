@@ -217,7 +217,34 @@ pub struct PoolConfig {
     pub turns: Option<TurnLimit>,
     /// Bounded-load placement of new sessions (`hash.load_factor`); `None`: the ring alone.
     pub load_factor: Option<f64>,
+    /// JSON-RPC: fleet-wide session cleanup on a schedule; `None` when not configured.
+    pub cleanup: Option<CleanupConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `cleanup:` of a pool: `sessions.pruneOld` on every healthy node every `every` (jittered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanupConfig {
+    /// Sessions unmodified for at least this long are deleted (`0s`: every session that ever
+    /// received a message and is not pinned live).
+    pub older_than: Duration,
+    pub every: Duration,
+    /// Report candidates only, delete nothing.
+    pub dry_run: bool,
+    /// Named sessions are eligible too.
+    pub include_named: bool,
+}
+
+impl Default for CleanupConfig {
+    /// What `POST /admin/cleanup` uses for a pool without `cleanup:`.
+    fn default() -> CleanupConfig {
+        CleanupConfig {
+            older_than: Duration::from_secs(7 * 24 * 3600),
+            every: Duration::from_secs(3600),
+            dry_run: false,
+            include_named: false,
+        }
+    }
 }
 
 /// Passive ejection: `consecutive_failures` connect errors, resets or timeouts on live traffic

@@ -193,9 +193,20 @@ pub struct RawPool {
     pub session_concurrency: Option<u32>,
     pub turn_timeout: Option<String>,
     pub max_queue: Option<usize>,
+    pub cleanup: Option<RawCleanup>,
     #[serde(default)]
     pub max_sessions_per_upstream: Option<usize>,
     pub upstreams: Vec<RawUpstream>,
+}
+
+/// `cleanup:` of a pool: fleet-wide `sessions.pruneOld` on a schedule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCleanup {
+    pub older_than: Option<String>,
+    pub every: Option<String>,
+    pub dry_run: Option<bool>,
+    pub include_named: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

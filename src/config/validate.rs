@@ -9,8 +9,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::schema::{
-    RawConfig, RawHealth, RawKeySource, RawLearnSource, RawListener, RawPassive, RawPool,
-    RawUpstream,
+    RawCleanup, RawConfig, RawHealth, RawKeySource, RawLearnSource, RawListener, RawPassive,
+    RawPool, RawUpstream,
 };
 use super::*;
 
@@ -589,7 +589,35 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             p.drain_timeout.as_deref(),
             Duration::from_secs(600),
         ),
+        cleanup: p
+            .cleanup
+            .map(|c| cleanup_config(errs, &format!("{path}.cleanup"), c)),
         upstreams,
+    }
+}
+
+fn cleanup_config(errs: &mut Errors, path: &str, raw: RawCleanup) -> CleanupConfig {
+    let defaults = CleanupConfig::default();
+    // `0s` is allowed here: every session not pinned live (and that ever had a message) is old.
+    let older_than = match raw.older_than.as_deref() {
+        None => defaults.older_than,
+        Some(text) => humantime::parse_duration(text).unwrap_or_else(|e| {
+            errs.push(
+                format!("{path}.older_than"),
+                format!("invalid duration {text:?} ({e}); use e.g. 12h, 7d, 0s"),
+            );
+            defaults.older_than
+        }),
+    };
+    CleanupConfig {
+        older_than,
+        every: errs.duration(
+            &format!("{path}.every"),
+            raw.every.as_deref(),
+            defaults.every,
+        ),
+        dry_run: raw.dry_run.unwrap_or(false),
+        include_named: raw.include_named.unwrap_or(false),
     }
 }
 

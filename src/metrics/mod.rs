@@ -45,6 +45,8 @@ pub mod names {
     pub const REDIS_UP: &str = "sessiongate_redis_up";
     pub const REDIS_ERRORS_TOTAL: &str = "sessiongate_redis_errors_total";
     pub const STORE_FALLBACK_TOTAL: &str = "sessiongate_store_fallback_total";
+    pub const CLEANUP_DELETED_SESSIONS_TOTAL: &str = "sessiongate_cleanup_deleted_sessions_total";
+    pub const CLEANUP_FREED_BYTES_TOTAL: &str = "sessiongate_cleanup_freed_bytes_total";
 }
 
 /// Unknown JSON-RPC method names that get a label of their own.
@@ -80,6 +82,8 @@ pub struct Metrics {
     /// The unknown method names that have a label of their own (the rest count as `other`).
     unknown_method_labels: Arc<Mutex<HashSet<String>>>,
     pub fanout_skipped_total: IntCounterVec,
+    pub cleanup_deleted_sessions_total: IntCounterVec,
+    pub cleanup_freed_bytes_total: IntCounterVec,
     pub upstream_link_failures_total: IntCounterVec,
     pub redispatches_total: IntCounterVec,
     pub upstream_healthy: IntGaugeVec,
@@ -222,6 +226,20 @@ impl Metrics {
             ),
             &["pool", "upstream"],
         )?;
+        let cleanup_deleted_sessions_total = IntCounterVec::new(
+            Opts::new(
+                CLEANUP_DELETED_SESSIONS_TOTAL,
+                "Sessions deleted by fleet-wide cleanup (sessions.pruneOld), per node.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let cleanup_freed_bytes_total = IntCounterVec::new(
+            Opts::new(
+                CLEANUP_FREED_BYTES_TOTAL,
+                "Bytes freed by fleet-wide cleanup (sessions.pruneOld), per node.",
+            ),
+            &["pool", "upstream"],
+        )?;
         let upstream_link_failures_total = IntCounterVec::new(
             Opts::new(
                 UPSTREAM_LINK_FAILURES_TOTAL,
@@ -318,6 +336,8 @@ impl Metrics {
         registry.register(Box::new(pins_dropped_total.clone()))?;
         registry.register(Box::new(jsonrpc_unknown_methods_total.clone()))?;
         registry.register(Box::new(fanout_skipped_total.clone()))?;
+        registry.register(Box::new(cleanup_deleted_sessions_total.clone()))?;
+        registry.register(Box::new(cleanup_freed_bytes_total.clone()))?;
         registry.register(Box::new(upstream_link_failures_total.clone()))?;
         registry.register(Box::new(redispatches_total.clone()))?;
         // Export both reload outcomes from the start so rate() works before the first failure.
@@ -346,6 +366,8 @@ impl Metrics {
             jsonrpc_unknown_methods_total,
             unknown_method_labels: Arc::default(),
             fanout_skipped_total,
+            cleanup_deleted_sessions_total,
+            cleanup_freed_bytes_total,
             upstream_link_failures_total,
             redispatches_total,
             upstream_healthy,

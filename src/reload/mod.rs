@@ -171,6 +171,7 @@ impl Server {
         next.activate(&self.ctx.metrics);
         self.ctx.shared.store(next.clone());
         self.health.sync(&next);
+        self.cleanup.sync(&self.ctx, &next);
 
         let listeners_added = to_bind.iter().map(|(n, _, _)| n.clone()).collect();
         for (name, configured, tcp) in to_bind {
