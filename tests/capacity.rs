@@ -161,3 +161,39 @@ async fn a_full_fleet_refuses_new_sessions_until_one_is_deleted() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_at_its_inflight_limit_is_not_read_until_answers_come_back() {
+    within(30, async {
+        let fleet = CliFleet::start(1).await;
+        let extra = RpcYaml {
+            listener: "    max_inflight_per_connection: 3\n",
+            pool: "    request_timeout: 1s\n",
+            ..Default::default()
+        };
+        let proxy = Proxy::start_yaml(&jsonrpc_config(&fleet.members(), extra)).await;
+        let node = fleet.get("cli-0");
+        node.set_fault("ping", sessiongate::mockcli::Fault::Hang);
+        let mut client = RpcClient::connect(proxy.addr("cli")).await;
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            ids.push(client.request("ping", json!({})).await);
+        }
+        // The first three time out (-32007); only then does the proxy read on.
+        for id in &ids[..3] {
+            let resp = client.response(id).await;
+            assert_eq!(resp["error"]["code"], -32007, "{resp}");
+        }
+        let seen = node.requests_for("ping");
+        assert!((3..=6).contains(&seen), "the node saw {seen} pings, not 10");
+        node.clear_faults();
+        for id in &ids[3..] {
+            let resp = client.response(id).await;
+            assert!(
+                resp.get("result").is_some() || resp["error"]["code"] == -32007,
+                "{resp}"
+            );
+        }
+    })
+    .await
+}

@@ -79,6 +79,9 @@ pub struct ListenerConfig {
     /// `protocol: jsonrpc`: a frame whose first byte arrived must be complete within this
     /// (slow clients are cut off); a connection idle between frames stays open.
     pub frame_timeout: Duration,
+    /// `protocol: jsonrpc`: requests in flight per client connection; at the limit the proxy
+    /// stops reading from that client until answers come back.
+    pub max_inflight_per_connection: usize,
     /// Where callers' identities come from; `None`: no identities on this listener.
     pub identity: Option<IdentityConfig>,
     /// Callers routed to pools of their own, by user or tenant.

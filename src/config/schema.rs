@@ -132,6 +132,7 @@ pub struct RawListener {
     pub header_read_timeout: Option<String>,
     pub max_frame_bytes: Option<u64>,
     pub frame_timeout: Option<String>,
+    pub max_inflight_per_connection: Option<usize>,
     pub identity: Option<RawIdentity>,
     pub tenants: Option<Vec<RawTenantRoute>>,
     pub default_pool: Option<String>,

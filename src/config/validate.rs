@@ -309,6 +309,16 @@ fn listener_config(
             Duration::from_secs(30),
         ),
         max_frame_bytes: max_frame_bytes as usize,
+        max_inflight_per_connection: match l.max_inflight_per_connection {
+            Some(n) if !(1..=65_536).contains(&n) => {
+                errs.push(
+                    format!("{path}.max_inflight_per_connection"),
+                    "must be between 1 and 65536",
+                );
+                0
+            }
+            n => n.unwrap_or(4096),
+        },
         frame_timeout: errs.duration(
             &format!("{path}.frame_timeout"),
             l.frame_timeout.as_deref(),

@@ -91,6 +91,10 @@ pub async fn accept_loop(
                     // EMFILE and friends: back off instead of spinning; connections closing
                     // will free descriptors.
                     warn!(listener = %name, error = %e, "accept failed; backing off {backoff:?}");
+                    ctx.metrics
+                        .connection_errors_total
+                        .with_label_values(&[&*name, "accept"])
+                        .inc();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;

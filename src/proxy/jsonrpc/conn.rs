@@ -63,8 +63,6 @@ const EVENTS_QUEUE: usize = 1024;
 const OUTBOX_PAUSE_LINKS: usize = 256;
 /// ... and before the client itself stops being read (its own error replies pile up there).
 const OUTBOX_PAUSE_CLIENT: usize = 1024;
-/// Requests waiting on nodes before the client stops being read.
-const MAX_PENDING: usize = 4096;
 /// Fan-outs, splits and discoveries in progress before the client stops being read.
 const MAX_WORK: usize = 64;
 /// Events handled in one go before the connection task looks at its other inputs again.
@@ -157,6 +155,7 @@ pub async fn serve<IO>(
         turns: HashMap::default(),
         store_tasks: JoinSet::new(),
         max_frame_bytes: runtime.config.max_frame_bytes,
+        max_inflight: runtime.config.max_inflight_per_connection,
         ctx,
         listener,
         home_key,
@@ -210,6 +209,8 @@ struct Conn {
     turns: HashMap<Arc<str>, Turn>,
     /// Writes to the shared store (bindings, lock renewals and releases).
     store_tasks: JoinSet<()>,
+    /// The listener's `max_inflight_per_connection`: reading pauses at this many pending.
+    max_inflight: usize,
     max_frame_bytes: usize,
     /// The key whose ring owner is this connection's home node.
     home_key: Vec<u8>,
@@ -269,7 +270,7 @@ impl Conn {
             }
             let read_client = reading
                 && self.outbox.len() < OUTBOX_PAUSE_CLIENT
-                && self.state.pending_len() < MAX_PENDING
+                && self.state.pending_len() < self.max_inflight
                 && self.work.len() + self.admissions.len() + self.turn_waits.len() < MAX_WORK
                 && !self.links.values().any(Link::blocked);
             if !read_client {
