@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 use support::jsonrpc::{jsonrpc_config, session_params, CliFleet, RpcClient, RpcYaml};
-use support::{admin_json, metric_value, within, Proxy};
+use support::{admin_json, admin_post, metric_value, within, Proxy};
 
 /// Create `n` sessions with fresh ids through `client`, pipelined in windows; each id with the
 /// node that holds it afterwards (from the mock fleet).
@@ -152,6 +152,38 @@ async fn a_full_fleet_refuses_new_sessions_until_one_is_deleted() {
             .await;
         // The freed slot took it: the deleted session's node.
         assert_eq!(fleet.holders("cap-42"), freed);
+        // A dry run of a change: cli-3 removed, caps raised to 12.
+        let members = fleet.members();
+        let next = jsonrpc_config(
+            &members[..3],
+            RpcYaml {
+                pool: "    max_sessions_per_upstream: 12\n",
+                ..Default::default()
+            },
+        );
+        let (status, plan) = admin_post(proxy.admin(), "/admin/reload?dry_run=true", &next).await;
+        assert_eq!(status, 200, "{plan}");
+        let live = plan["pools"][0]["live_sessions"]
+            .as_array()
+            .unwrap()
+            .clone();
+        for entry in &live {
+            let name = entry["upstream"].as_str().unwrap();
+            // Full again: the freed slot was taken.
+            let now = 10;
+            assert_eq!(entry["before"].as_u64(), Some(now as u64), "{entry}");
+            let (after, cap) = match name {
+                "cli-3" => (0, Value::Null),
+                _ => (now as u64, json!(12)),
+            };
+            assert_eq!(
+                (entry["after"].as_u64(), &entry["max_sessions"]),
+                (Some(after), &cap),
+                "{entry}"
+            );
+        }
+        assert_eq!(live.len(), 4);
+
         let text = proxy.metrics_text().await;
         let labels = [("listener", "cli"), ("reason", "fleet_full")];
         assert_eq!(

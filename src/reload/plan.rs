@@ -80,6 +80,18 @@ pub struct PoolPlan {
     /// Live pinned sessions on upstreams being removed or drained: they stay put (removed ones
     /// drain until `drain_timeout`), but are the sessions at stake.
     pub pinned_sessions_on_removed_or_drained: usize,
+    /// Per upstream of either config: its live sessions now, what stays on it once the change
+    /// applied and removed upstreams drained (sessions never move; a removed one ends with 0),
+    /// and its cap in the new config.
+    pub live_sessions: Vec<LiveSessions>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LiveSessions {
+    pub upstream: String,
+    pub before: usize,
+    pub after: usize,
+    pub max_sessions: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -194,7 +206,23 @@ fn plan_pool(current: Option<&Pool>, next: &PoolConfig) -> PoolPlan {
             .collect();
         at_stake.iter().map(|name| p.pins.count_on(name)).sum()
     });
+    let live_sessions = all_old
+        .iter()
+        .copied()
+        .chain(added.iter().map(String::as_str))
+        .map(|name| {
+            let before = current.map_or(0, |p| p.pins.live_on(name));
+            let kept = next.upstreams.iter().find(|u| u.name == name);
+            LiveSessions {
+                upstream: name.to_owned(),
+                before,
+                after: if kept.is_some() { before } else { 0 },
+                max_sessions: kept.and_then(|u| u.max_sessions),
+            }
+        })
+        .collect();
     PoolPlan {
+        live_sessions,
         pool: next.name.clone(),
         added,
         removed,
