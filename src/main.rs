@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use sessiongate::config::Config;
+use sessiongate::config::{Config, Secret};
 use sessiongate::metrics::Metrics;
 use sessiongate::server::Server;
 use sessiongate::shutdown::Shutdown;
@@ -91,7 +91,9 @@ fn main() -> ExitCode {
         Command::Check { against } => load(&cli.config).and_then(|c| {
             check(&c, &cli.config);
             match against {
-                Some(url) => dry_run_against(&url, &cli.config),
+                // The admin token of the file being checked (the same variable as the running
+                // proxy's, in the usual rollout).
+                Some(url) => dry_run_against(&url, &cli.config, c.admin_auth.token.as_ref()),
                 None => Ok(()),
             }
         }),
@@ -194,7 +196,7 @@ fn check(config: &Config, path: &Path) {
 }
 
 /// POST the file to a running proxy's dry-run endpoint and print its prediction.
-fn dry_run_against(url: &str, path: &Path) -> Result<(), Failure> {
+fn dry_run_against(url: &str, path: &Path, token: Option<&Secret>) -> Result<(), Failure> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let authority = url
@@ -211,10 +213,14 @@ fn dry_run_against(url: &str, path: &Path) -> Result<(), Failure> {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = http::Request::post("/admin/reload?dry_run=true")
+        let mut req = http::Request::post("/admin/reload?dry_run=true")
             .header(http::header::HOST, &authority)
-            .header(http::header::CONTENT_TYPE, "application/yaml")
-            .body(http_body_util::Full::new(bytes::Bytes::from(text)))?;
+            .header(http::header::CONTENT_TYPE, "application/yaml");
+        if let Some(token) = token {
+            let bearer = format!("Bearer {}", token.expose().trim());
+            req = req.header(http::header::AUTHORIZATION, bearer);
+        }
+        let req = req.body(http_body_util::Full::new(bytes::Bytes::from(text)))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();

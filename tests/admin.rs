@@ -190,3 +190,36 @@ async fn admin_token_guards_admin_paths_and_optionally_the_probes() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_against_a_guarded_admin_sends_the_files_token() {
+    std::env::set_var("SG_ADMIN_CHECK_TOKEN", "check-token-9f1");
+    within(30, async {
+        let fleet = Fleet::start(&["u1"]).await;
+        let yaml = web_config(&fleet.members, "", "").replace(
+            "  listen: 127.0.0.1:0\nshutdown_grace",
+            "  listen: 127.0.0.1:0\n  token_env: SG_ADMIN_CHECK_TOKEN\nshutdown_grace",
+        );
+        let proxy = Proxy::start_yaml(&yaml).await;
+        let url = format!("http://{}", proxy.admin());
+        let config = proxy.config.path().to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+                .args(["check", "--against", &url, "--config"])
+                .arg(&config)
+                .output()
+                .expect("run sessiongate")
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("\"live_sessions\""), "{stdout}");
+        assert!(!stdout.contains("check-token-9f1"));
+    })
+    .await
+}
