@@ -18,6 +18,8 @@
 //   4. the suite (one sequential describe; later tests build on the sessions the earlier ones made)
 //   5. ownership: a second describe with its own CLI fleet (requiring a node token) and a proxy
 //      with identities; two users with different connection tokens
+//   6. fleet cleanup: a third describe with its own CLI fleet and a proxy whose pool has `cleanup:`;
+//      POST /admin/cleanup (dry run, then real) deletes unpinned sessions only
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -856,5 +858,160 @@ describe('sessiongate interop, ownership: two SDK clients with different connect
       for (const [what, token] of [['token A', TOKEN_A], ['token B', TOKEN_B]]) assert.ok(!out.includes(token), `${cli.name}'s output contains ${what}`);
     }
     for (const token of [TOKEN_A, TOKEN_B, NODE_TOKEN]) assert.ok(!gate.proc.output.includes(token), 'the proxy logged a token');
+  }));
+});
+
+// ───────────────────────────── 6. fleet cleanup: POST /admin/cleanup ─────────────────────────────
+//
+// Its own fleet and proxy: 3 CLI servers and a sessiongate whose pool has
+// `cleanup: { older_than: 0s, every: 1000h, ... }` (the scheduled round would come at a random point
+// of the first 1000 h: never during the test). Sessions made through the proxy are pinned there and
+// passed to each node's `sessions.pruneOld` as `excludeSessionIds`; sessions made straight on a node
+// are not, and with `older_than: 0s` every one of those (that ever had a message) is old.
+
+/** Config of the cleanup proxy: the pool runs `sessions.pruneOld` fleet-wide. */
+function cleanupConfigYaml(clis) {
+  return [
+    'admin:',
+    '  listen: 127.0.0.1:0',
+    'shutdown_grace: 2s',
+    'listeners:',
+    '  - name: cli',
+    '    listen: 127.0.0.1:0',
+    '    protocol: jsonrpc',
+    `    pool: ${POOL}`,
+    'pools:',
+    `  ${POOL}:`,
+    '    health: { probe: tcp, interval: 500ms, timeout: 500ms, rise: 1, fall: 1 }',
+    '    cleanup: { older_than: 0s, every: 1000h, dry_run: false, include_named: false }',
+    '    upstreams:',
+    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
+    '',
+  ].join('\n');
+}
+
+async function adminPost(gate, pathAndQuery) {
+  const res = await fetch(`http://${gate.adminAddr}${pathAndQuery}`, { method: 'POST' });
+  const text = await res.text();
+  let json;
+  try { json = JSON.parse(text); } catch { /* not JSON: the status check reports the text */ }
+  return { status: res.status, text, json };
+}
+
+let cleanBlocker = null;
+function cleanTest(getGate, fn, { critical = false } = {}) {
+  return async (t, ...rest) => {
+    if (cleanBlocker) { t.skip(`blocked by earlier failure: ${cleanBlocker}`); return; }
+    try {
+      return await fn(t, ...rest);
+    } catch (e) {
+      if (critical) cleanBlocker = e.message.split('\n')[0].slice(0, 200);
+      const out = getGate()?.proc?.output;
+      if (out) e.message += `\n--- last sessiongate log lines ---\n${gateLogTail(out)}`;
+      throw e;
+    }
+  };
+}
+
+describe('sessiongate interop, fleet cleanup', { skip: DIRECT ? 'proxy mode only (INTEROP_DIRECT=1)' : false, timeout: 180_000 }, () => {
+  let root;
+  const clis = [];
+  let configPath;
+  let gate;
+  let pinned = [];      // [[id, node]]: made through the proxy, one per node (by ring owner)
+  const direct = [];    // [[id, node]]: made straight on each node, never seen by the proxy
+  const sorted = (a) => [...a].sort();
+
+  before(async () => {
+    root = await fsp.mkdtemp(path.join(os.tmpdir(), 'sessiongate-interop-cleanup-'));
+    const started = await Promise.all([1, 2, 3].map((i) => startCli(`cli-${i}`, root)));
+    clis.push(...started);
+    configPath = path.join(root, 'sessiongate.yaml');
+    await fsp.writeFile(configPath, cleanupConfigYaml(clis));
+    gate = await startGate(configPath, root, 'cleanup');
+  });
+
+  after(async () => {
+    for (const c of [...clients]) await closeClient(c);
+    await stopProc(gate?.proc);
+    await Promise.all(clis.map((c) => stopProc(c.proc)));
+    if (root && !KEEP) await fsp.rm(root, { recursive: true, force: true });
+    else if (root) console.log(`# kept ${root}`);
+  });
+
+  it('sessions through the proxy (pinned), one per node, and one straight on each node (not)', { timeout: TEST_TIMEOUT }, cleanTest(() => gate, async () => {
+    const candidates = Array.from({ length: 24 }, (_, i) => `5e55c0de-00c1-4000-8000-${String(i).padStart(12, '0')}`);
+    const routed = ringOwners(configPath, candidates);
+    pinned = clis.map((cli) => routed.find(([, node]) => node === cli.name)).filter(Boolean);
+    assert.equal(pinned.length, 3, `a candidate per node: ${JSON.stringify(routed)}`);
+    const viaProxy = await newClient(gate.cliAddr);
+    try {
+      for (const [id] of pinned) await createAndSend(viaProxy, id);
+    } finally {
+      await closeClient(viaProxy);
+    }
+    for (const [id, node] of pinned) assert.deepEqual(ownersOf(id, clis), [node], `${id} (through the proxy)`);
+    for (const [i, cli] of clis.entries()) {
+      const id = `5e55c0de-00c2-4000-8000-${String(i).padStart(12, '0')}`;
+      const c = await newClient(cli.addr);
+      try { await createAndSend(c, id); } finally { await closeClient(c); }
+      assert.deepEqual(ownersOf(id, clis), [cli.name], `${id} (straight on ${cli.name})`);
+      direct.push([id, cli.name]);
+    }
+  }, { critical: true }));
+
+  it('POST /admin/cleanup dry run: candidates are exactly the direct sessions, from every node; nothing deleted', { timeout: TEST_TIMEOUT }, cleanTest(() => gate, async (t) => {
+    const { status, text, json: r } = await adminPost(gate, `/admin/cleanup?pool=${POOL}&dry_run=true`);
+    assert.equal(status, 200, `/admin/cleanup dry run answered ${status}: ${text.slice(0, 500)}`);
+    t.diagnostic(`dry run report: ${JSON.stringify(r)}`);
+    assert.equal(r.dry_run, true, `dry_run: ${text}`);
+    assert.equal(r.older_than_days, 0, `older_than_days: ${text}`);
+    assert.equal(r.failed, 0, `failed: ${text}`);
+    assert.equal(r.sessions, direct.length, `sessions: ${text}`);
+    assert.ok(r.freed_bytes > 0, `freed_bytes of the candidates: ${text}`);
+    assert.deepEqual(sorted(r.nodes.map((n) => n.upstream)), sorted(clis.map((c) => c.name)), `nodes: ${text}`);
+    for (const [id, node] of direct) {
+      const n = r.nodes.find((x) => x.upstream === node);
+      assert.equal(n.error, null, `${node}: ${JSON.stringify(n)}`);
+      assert.deepEqual(n.candidates, [id], `${node}'s candidates: ${JSON.stringify(n)}`);
+      assert.deepEqual(n.deleted, [], `${node} deleted on a dry run: ${JSON.stringify(n)}`);
+    }
+    const all = r.nodes.flatMap((n) => [...n.candidates, ...n.deleted]);
+    for (const [id] of pinned) assert.ok(!all.includes(id), `pinned ${id} is a candidate: ${text}`);
+    for (const [id, node] of [...pinned, ...direct]) assert.deepEqual(ownersOf(id, clis), [node], `${id} after a dry run`);
+    assert.equal(await metricSum(gate, 'sessiongate_cleanup_deleted_sessions_total'), 0, 'a dry run counted deletions');
+    // Control, so that "not a candidate" means excluded by the proxy, not ineligible: the node's own
+    // dry run, asked straight (no excludeSessionIds), names its pinned session as well.
+    for (const cli of clis) {
+      const c = await newClient(cli.addr);
+      try {
+        const own = await withTimeout(c.rpc.sessions.pruneOld({ olderThanDays: 0, dryRun: true }), RPC_TIMEOUT, `sessions.pruneOld dry run straight on ${cli.name}`);
+        const want = [...pinned, ...direct].filter(([, node]) => node === cli.name).map(([id]) => id);
+        assert.deepEqual(sorted(own.candidates), sorted(want), `${cli.name}'s own dry run: ${JSON.stringify(own)}`);
+      } finally {
+        await closeClient(c);
+      }
+    }
+  }));
+
+  it('POST /admin/cleanup deletes the direct sessions on every node; the pinned ones stay and resume', { timeout: TEST_TIMEOUT }, cleanTest(() => gate, async (t) => {
+    const { status, text, json: r } = await adminPost(gate, `/admin/cleanup?pool=${POOL}`);
+    assert.equal(status, 200, `/admin/cleanup answered ${status}: ${text.slice(0, 500)}`);
+    t.diagnostic(`round report: ${JSON.stringify(r)}`);
+    assert.equal(r.dry_run, false, `dry_run: ${text}`);
+    assert.equal(r.failed, 0, `failed: ${text}`);
+    assert.equal(r.sessions, direct.length, `sessions: ${text}`);
+    assert.ok(r.freed_bytes > 0, `freed_bytes: ${text}`);
+    for (const [id, node] of direct) {
+      const n = r.nodes.find((x) => x.upstream === node);
+      assert.equal(n.error, null, `${node}: ${JSON.stringify(n)}`);
+      assert.deepEqual(n.deleted, [id], `${node}'s deleted: ${JSON.stringify(n)}`);
+      assert.ok(n.freed_bytes > 0, `${node}'s freed_bytes: ${JSON.stringify(n)}`);
+      assert.deepEqual(ownersOf(id, clis), [], `${id} still on ${node}'s disk after the round`);
+    }
+    for (const [id, node] of pinned) assert.deepEqual(ownersOf(id, clis), [node], `pinned ${id} after the round`);
+    assert.equal(await metricSum(gate, 'sessiongate_cleanup_deleted_sessions_total'), direct.length, 'sessiongate_cleanup_deleted_sessions_total');
+    assert.equal(await metricSum(gate, 'sessiongate_cleanup_freed_bytes_total'), r.freed_bytes, 'sessiongate_cleanup_freed_bytes_total');
+    await resumeAll(gate.cliAddr, pinned.map(([id]) => id));
   }));
 });
