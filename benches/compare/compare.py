@@ -79,6 +79,8 @@ MOCKS = env_int("MOCKS", 4)
 FLEET_CONNS = env_int("FLEET_CONNS", 100)
 FLEET_SESSIONS = env_int("FLEET_SESSIONS", 10_000)
 FLEET_DEPTH = env_int("FLEET_DEPTH", 8)
+# Bounded-load placement for the fleet's new sessions ("" turns it off).
+FLEET_LOAD_FACTOR = os.environ.get("FLEET_LOAD_FACTOR", "1.25")
 RELOAD_SECS = env_float("RELOAD_SECS", 30)
 RELOAD_COUNT = env_int("RELOAD_COUNT", 100)
 RELOAD_CONCURRENCY = env_int("RELOAD_CONCURRENCY", 50)
@@ -430,7 +432,8 @@ pools:
 """
 
 
-def sessiongate_rpc_conf(port: int = RPC_PORT, admin: int = RPC_ADMIN) -> str:
+def sessiongate_rpc_conf(port: int = RPC_PORT, admin: int = RPC_ADMIN,
+                         load_factor: str = "") -> str:
     ups = "\n".join(
         f"      - {{ name: cli-{i + 1}, addr: 127.0.0.1:{MOCK_BASE + i} }}" for i in range(MOCKS))
     return f"""# sessiongate in front of the mock CLI fleet: one worker thread.
@@ -449,7 +452,7 @@ pools:
   cli:
     hash:
       vnodes: 160
-    health:
+{f"      load_factor: {load_factor}" + chr(10) if load_factor else ""}    health:
       probe: tcp
       interval: 5s
     upstreams:
@@ -745,7 +748,7 @@ def phase_jsonrpc(fx: Fixture, raw: dict) -> None:
                                 "--count", str(MOCKS), "--watch-stdin", "--max-secs", "7200"],
                   LOAD_CORE, pipe=True)
     read_marker(fleet, "READY", 30)
-    conf = write(WORK / "sessiongate-rpc.yaml", sessiongate_rpc_conf())
+    conf = write(WORK / "sessiongate-rpc.yaml", sessiongate_rpc_conf(load_factor=FLEET_LOAD_FACTOR))
     rpc = start("sessiongate-rpc", [SG_BIN, "--config", str(conf), "run"], PROXY_CORE,
                 env={"RUST_LOG": SG_LOG})
     wait_port(RPC_PORT, proc=rpc)
@@ -785,7 +788,14 @@ def phase_jsonrpc(fx: Fixture, raw: dict) -> None:
     r = jsonrpc_run(rpc, [f"127.0.0.1:{RPC_PORT}"], FLEET_CONNS, per_conn, FLEET_DEPTH,
                     JSONRPC_SECS, f"fleet-{os.getpid()}", "jsonrpc-fleet")
     r.update(rss_kb_before=base, target="sessiongate")
+    live = live_sessions(RPC_ADMIN)
+    if live:
+        mean = sum(live.values()) / len(live)
+        r.update(live=live, live_max_over_mean=max(live.values()) / mean if mean else 0.0,
+                 load_factor=FLEET_LOAD_FACTOR or None)
     raw["jsonrpc_fleet"] = r
+    log(f"rpc   fleet live per node {live} (max/mean {r.get('live_max_over_mean', 0):.3f}, "
+        f"load_factor {FLEET_LOAD_FACTOR or 'off'})")
     log(f"rpc   fleet {r['sessions']} sessions / {r['conns']} conns: {r['rate']:.0f} req/s  "
         f"cpu {r.get('cpu_us_per_frame', float('nan')):.2f} us/frame  rss "
         f"{base / 1024:.1f} -> {r['rss_kb_at_end'] / 1024:.1f} MiB  errors "
@@ -798,6 +808,20 @@ def phase_jsonrpc(fx: Fixture, raw: dict) -> None:
         rest = ""
     raw["mock_served"] = [l.strip() for l in rest.splitlines() if l.startswith("SERVED")]
     stop(fleet)
+
+
+def live_sessions(port: int) -> dict:
+    """Live sessions per upstream from the admin listener's /admin/upstreams."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /admin/upstreams HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        return {u["name"]: u["live_sessions"] for u in body["upstreams"]}
+    except (OSError, ValueError, KeyError, IndexError):
+        return {}
 
 
 def metric(port: int, name: str, label: str) -> float:

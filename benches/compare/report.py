@@ -387,6 +387,9 @@ def main() -> int:
                 f"({(f_['rss_kb_at_end'] - f_['rss_kb_before']) * 1024 / f_['sessions']:.0f} B "
                 f"per session, links included), setup {f_['setup_secs']:.1f} s, errors "
                 f"{f_['errors']}/{f_['create_errors']}.\n")
+            if "live" in f_:
+                add(f"Placement with `load_factor: {f_.get('load_factor') or 'off'}`: live sessions per "
+                    f"node {f_['live']}, max/mean {f_['live_max_over_mean']:.3f}.\n")
         write_csv(out_dir / "jsonrpc.csv", raw.get("jsonrpc", []))
 
     # ---- Reload
