@@ -502,3 +502,42 @@ async fn a_learned_session_belongs_to_the_caller_that_got_it() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_respect_caps_and_a_full_pool_answers_503() {
+    within(30, async {
+        let fleet = issuers(&["m1", "m2"]).await;
+        let proxy = Proxy::start_yaml(&config(
+            &fleet.members,
+            "    max_sessions_per_upstream: 3\n",
+        ))
+        .await;
+        let mut client = proxy.client("mcp").await;
+        let mut sessions = Vec::new();
+        for _ in 0..6 {
+            sessions.push(initialize(&mut client).await);
+        }
+        let per = |u: &str| sessions.iter().filter(|(_, s)| s == u).count();
+        assert_eq!((per("m1"), per("m2")), (3, 3), "{sessions:?}");
+        let full = send(&mut client, Method::POST, None).await;
+        assert_eq!(full.status, 503, "{}", full.body);
+        assert_eq!(full.headers["retry-after"], "1");
+        assert!(
+            !full.headers.contains_key("x-upstream"),
+            "answered by the proxy"
+        );
+        // Existing sessions keep working; ending one frees its slot.
+        let (id, issuer) = sessions[0].clone();
+        assert_eq!(
+            send(&mut client, Method::POST, Some(&id)).await.upstream(),
+            issuer
+        );
+        assert_eq!(
+            send(&mut client, Method::DELETE, Some(&id)).await.status,
+            200
+        );
+        let (_, next) = initialize(&mut client).await;
+        assert_eq!(next, issuer, "the freed slot");
+    })
+    .await
+}

@@ -30,7 +30,7 @@ use super::Context;
 use crate::config::{IdentitySource, NoKey};
 use crate::identity::Identity;
 use crate::key::http::{KeyBytes, RequestHead};
-use crate::snapshot::{ListenerRuntime, Pool, PoolRoute, Snapshot};
+use crate::snapshot::{ListenerRuntime, NewPlacement, Pool, PoolRoute, Snapshot};
 use crate::upstream::{prober, PooledBody, Upstream};
 use affinity::{Placement, Target};
 
@@ -251,6 +251,9 @@ impl Conn {
             }
         }
         let deleting = req.method() == Method::DELETE;
+        // A keyless request to a pool that learns its sessions starts one (MCP `initialize`):
+        // placed by load and caps when the pool has them.
+        let new_session = key.is_none() && pool.learned_pins && pool.places_by_load();
         let placed = match key.map(|(key, _)| key) {
             Some(key) => key.with(|k| self.place(pool, k)),
             None if listener.config.no_key == NoKey::Reject => {
@@ -260,6 +263,7 @@ impl Conn {
                 );
                 Err((StatusCode::BAD_REQUEST, msg.into()))
             }
+            None if new_session => self.place_new_session(pool),
             None => Ok((pool.route_random_index().map(Target::Index), None)),
         };
         let (target, pinned) = match placed {
@@ -270,13 +274,21 @@ impl Conn {
                 return self.finish(started, Some(route), None, resp);
             }
             Err((status, msg)) => {
-                return self.finish(started, Some(route), None, local(status, msg));
+                let mut resp = local(status, msg);
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    // A full fleet or a session's node down: worth trying again soon.
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                return self.finish(started, Some(route), None, resp);
             }
         };
         let (upstream, index) = match &target {
             Target::Index(i) => (&pool.upstreams[*i], Some(*i)),
             Target::Retired(u) => (u, None),
         };
+        // Counted where it goes until its answer pins it (or it fails).
+        let _reservation = new_session.then(|| pool.pins.reserve(&upstream.endpoint.name));
         if listener.config.identity.is_some() {
             set_identity_headers(req.headers_mut(), caller.as_ref());
         }
@@ -382,6 +394,36 @@ impl Conn {
             }
         }
         Ok((pool.route_index(key).map(Target::Index), None))
+    }
+
+    /// Where a new session goes when the pool places by load or caps: 503 + `Retry-After`
+    /// when every node that can take work is full.
+    fn place_new_session(&self, pool: &Pool) -> Result<(Option<Target>, Pinned), LocalAnswer> {
+        match pool.place_new(&rand::random::<u64>().to_le_bytes()) {
+            NewPlacement::At {
+                index,
+                spilled_from,
+            } => {
+                if let Some(ring_choice) = spilled_from {
+                    self.ctx
+                        .metrics
+                        .placement_spills_total
+                        .with_label_values(&[pool.name(), pool.upstreams[ring_choice].name()])
+                        .inc();
+                }
+                Ok((Some(Target::Index(index)), None))
+            }
+            NewPlacement::Full => {
+                self.ctx
+                    .metrics
+                    .admission_rejected_total
+                    .with_label_values(&[&self.listener, "fleet_full"])
+                    .inc();
+                let msg = "every upstream holds its maximum of live sessions";
+                Err((StatusCode::SERVICE_UNAVAILABLE, msg.into()))
+            }
+            NewPlacement::NoNode => Ok((None, None)),
+        }
     }
 
     /// Pin the session a successful `resp` names (the listener's `learn:` sources) to
