@@ -371,24 +371,28 @@ impl Conn {
             return Ok((pool.route_index(key).map(Target::Index), None));
         }
         let session = String::from_utf8_lossy(key);
-        let (state, target) = affinity::lookup(pool, &session);
-        match affinity::placement(state, pool.config.on_owner_down) {
-            Placement::Ring => {}
-            Placement::Pinned => {
-                let pin = pool.pins.get(&session);
-                return Ok((target, pin.map(|pin| (session.into_owned(), pin))));
+        let (state, pinned) = affinity::lookup(pool, &session);
+        match (
+            affinity::placement(state, pool.config.on_owner_down),
+            pinned,
+        ) {
+            (Placement::Ring, _) => {}
+            (Placement::Pinned, Some((target, pin))) => {
+                return Ok((Some(target), Some((session.into_owned(), pin))));
             }
-            Placement::Replace => {
+            // A pinned placement always comes with its pin (see `lookup`).
+            (Placement::Pinned, None) => {}
+            (Placement::Replace, _) => {
                 pool.pins.unpin(&session);
                 self.dropped_pin(pool, "owner_gone");
             }
-            Placement::NotFound => {
+            (Placement::NotFound, _) => {
                 pool.pins.unpin(&session);
                 self.dropped_pin(pool, "owner_gone");
                 let msg = "session not found: the upstream that held it is gone";
                 return Err((StatusCode::NOT_FOUND, msg.into()));
             }
-            Placement::Unavailable => {
+            (Placement::Unavailable, _) => {
                 let msg = "the upstream holding this session is unavailable";
                 return Err((StatusCode::SERVICE_UNAVAILABLE, msg.into()));
             }

@@ -62,8 +62,8 @@ pub enum Target {
     Retired(Arc<Upstream>),
 }
 
-/// The pin of `key` in `pool`, and what it points at.
-pub fn lookup(pool: &Pool, key: &str) -> (PinState, Option<Target>) {
+/// The pin of `key` in `pool` (read once), and what it points at when that upstream serves.
+pub fn lookup(pool: &Pool, key: &str) -> (PinState, Option<(Target, Pin)>) {
     let Some(pin) = pool.pins.get(key) else {
         return (PinState::Unpinned, None);
     };
@@ -73,12 +73,12 @@ pub fn lookup(pool: &Pool, key: &str) -> (PinState, Option<Target>) {
         .position(|u| *u.name() == *pin.upstream)
     {
         return match pool.upstreams[i].state.is_available() {
-            true => (PinState::Live, Some(Target::Index(i))),
+            true => (PinState::Live, Some((Target::Index(i), pin))),
             false => (PinState::Gone, None),
         };
     }
     match pool.pins.retired(&pin.upstream) {
-        Some(u) if u.state.is_available() => (PinState::Retired, Some(Target::Retired(u))),
+        Some(u) if u.state.is_available() => (PinState::Retired, Some((Target::Retired(u), pin))),
         _ => (PinState::Gone, None),
     }
 }

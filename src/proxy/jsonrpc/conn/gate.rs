@@ -219,10 +219,7 @@ impl Conn {
             caller: self.caller.clone(),
             identities: snapshot.identities.clone().filter(|_| ownership),
             limits: limits.clone(),
-            caller_key: self.caller.as_ref().map_or_else(
-                || format!("ip:{}", self.peer_ip),
-                |c| format!("user:{}", c.key()),
-            ),
+            caller_key: limits::caller_key(self.caller.as_ref(), self.peer_ip),
             session,
             creates: creates && !generated,
             generated,
