@@ -66,7 +66,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(server),
-        (&Method::GET, "/admin/route") => route_lookup(server, &query),
+        (&Method::GET, "/admin/route") => route_lookup(server, &query).await,
         (&Method::GET, "/admin/ring") => ring(server, &query),
         (&Method::GET, "/admin/upstreams") => upstreams(server),
         (&Method::POST, path) if path.starts_with("/admin/upstreams/") => {
@@ -181,7 +181,7 @@ fn readyz(server: &Server) -> AdminResponse {
     }
 }
 
-fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminResponse {
+async fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminResponse {
     let (Some(pool), Some(key)) = (query.get("pool"), query.get("key")) else {
         return error(StatusCode::BAD_REQUEST, "usage: /admin/route?pool=P&key=K");
     };
@@ -192,9 +192,10 @@ fn route_lookup(server: &Server, query: &HashMap<String, String>) -> AdminRespon
     // A pinned key (a JSON-RPC session, or an HTTP session learned from a response) goes to
     // its pin while that upstream serves (a removed one while it drains); `ring` says where the
     // ring alone would send it, `pin` where it is pinned even when that upstream is down.
+    // With `redis:`, a pin another replica recorded counts (and is kept here from then on).
     let ring = p.route(key.as_bytes());
     let ring_name = ring.map(|u| u.name());
-    let pin = p.pins.get(key);
+    let pin = p.recall_pin(key).await;
     let pin_name = pin.as_ref().map(|pin| &*pin.upstream);
     let pin_serves = pin
         .as_ref()

@@ -220,7 +220,7 @@ pub async fn run_round(
         .filter(|up| only.is_none_or(|names| names.iter().any(|n| n == up.name())));
     let rounds = asked.map(|up| async move {
         let answer = if up.state.is_available() {
-            let exclude = pool.pins.pinned_on(up.name());
+            let exclude = live_sessions(pool, up.name()).await;
             let params = prune_params(config, dry_run, &exclude);
             prune_node(
                 up.addr(),
@@ -246,6 +246,27 @@ pub async fn run_round(
         config.older_than,
         nodes,
     ))
+}
+
+/// The sessions live on `node` that a round must not delete: those pinned here, and with
+/// `redis:` those any replica pinned there (if Redis answers; else this replica's only).
+async fn live_sessions(pool: &Pool, node: &str) -> Vec<String> {
+    let mut live = pool.pins.pinned_on(node);
+    if let Some(shared) = pool.pins.shared() {
+        match shared.live_on(node).await {
+            Some(elsewhere) => {
+                live.extend(elsewhere);
+                live.sort();
+                live.dedup();
+            }
+            None => warn!(
+                pool = pool.name(),
+                upstream = node,
+                "session cleanup: redis did not answer; only this replica's live sessions are excluded"
+            ),
+        }
+    }
+    live
 }
 
 /// Log and count one node's result; unpin what it deleted.

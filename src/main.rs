@@ -13,6 +13,7 @@ use sessiongate::metrics::Metrics;
 use sessiongate::server::Server;
 use sessiongate::shutdown::Shutdown;
 use sessiongate::snapshot::Snapshot;
+use sessiongate::store::Store;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
@@ -241,8 +242,8 @@ fn dry_run_against(url: &str, path: &Path, token: Option<&Secret>) -> Result<(),
 
 fn route(config: Config, path: &Path, pool: &str, keys: &[String]) -> Result<(), Failure> {
     let metrics = Metrics::new(prometheus::Registry::new()).map_err(anyhow::Error::from)?;
-    let snapshot =
-        Snapshot::build(config, path, None, &metrics).map_err(|e| Failure::Invalid(e.into()))?;
+    let snapshot = Snapshot::build(config, path, None, &metrics, &Store::local())
+        .map_err(|e| Failure::Invalid(e.into()))?;
     let p = snapshot.pool(pool).ok_or_else(|| {
         Failure::Invalid(anyhow::anyhow!(
             "{}: no pool named {pool:?}",

@@ -59,7 +59,27 @@ impl Server {
         metrics: Metrics,
         shutdown: Shutdown,
     ) -> Result<Arc<Server>, StartError> {
-        let snapshot = Snapshot::build(config, source, None, &metrics)?;
+        let store = match &config.redis {
+            Some(redis) => Store::with_redis(redis.url.expose(), &metrics).map_err(|e| {
+                StartError::Config(crate::config::ConfigError::Invalid {
+                    file: source.to_owned(),
+                    errors: vec![crate::config::FieldError {
+                        path: "redis.url".into(),
+                        message: e.to_string(),
+                    }],
+                })
+            })?,
+            None => {
+                if shares_state(&config) {
+                    warn!(
+                        "no redis: configured: session owners, locks and rate limits are kept in \
+                         this process only (other replicas do not see them, a restart forgets them)"
+                    );
+                }
+                Store::local()
+            }
+        };
+        let snapshot = Snapshot::build(config, source, None, &metrics, &store)?;
         let admin_listen = snapshot.config.admin_listen;
         let admin = listener::bind(admin_listen).map_err(|source| StartError::Bind {
             what: "admin listener".into(),
@@ -77,26 +97,6 @@ impl Server {
         }
         metrics.config_version.set(snapshot.version as i64);
         snapshot.activate(&metrics);
-        let store = match &snapshot.config.redis {
-            Some(redis) => Store::with_redis(redis.url.expose(), &metrics).map_err(|e| {
-                StartError::Config(crate::config::ConfigError::Invalid {
-                    file: source.to_owned(),
-                    errors: vec![crate::config::FieldError {
-                        path: "redis.url".into(),
-                        message: e.to_string(),
-                    }],
-                })
-            })?,
-            None => {
-                if shares_state(&snapshot.config) {
-                    warn!(
-                        "no redis: configured: session owners, locks and rate limits are kept in \
-                         this process only (other replicas do not see them, a restart forgets them)"
-                    );
-                }
-                Store::local()
-            }
-        };
         let health = HealthSupervisor::new(metrics.clone(), shutdown.token.clone());
         health.sync(&snapshot);
         let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));

@@ -3,14 +3,22 @@
 //! session. It is a cache, never the source of truth: pins expire after `session_idle_ttl`
 //! without traffic, the table is bounded (least recently used evicted), and a session the
 //! table does not know is found by asking the fleet (owner discovery).
+//!
+//! With `redis:` the table is the local copy of pins shared by every replica
+//! ([`crate::store::SharedPins`]): what it learns, moves and forgets is written through, and
+//! activity refreshes a shared pin at most once per refresh interval. Expiry and eviction here
+//! are local matters and leave the shared pin alone; a miss asks Redis before the fleet
+//! ([`crate::snapshot::Pool::recall_pin`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
 use crate::config::Secret;
+use crate::store::SharedPins;
 use crate::upstream::Upstream;
 
 /// The node a session lives on. The address is kept with the name so that a session pinned to
@@ -21,11 +29,37 @@ pub struct Pin {
     pub addr: Arc<str>,
 }
 
+/// A pin in the table, with when it was last written to the shared store (milliseconds since
+/// [`EPOCH`]), shared by the entry's clones.
+#[derive(Debug, Clone)]
+struct Entry {
+    pin: Pin,
+    shared_at: Arc<AtomicU64>,
+}
+
+impl Entry {
+    fn new(pin: Pin) -> Entry {
+        Entry {
+            pin,
+            shared_at: Arc::new(AtomicU64::new(now_ms())),
+        }
+    }
+}
+
+/// The zero of [`Entry::shared_at`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The pin table of one pool, shared by every listener and connection using the pool, and
 /// carried across reloads.
 #[derive(Clone)]
 pub struct SessionPins {
-    cache: Cache<Arc<str>, Pin>,
+    cache: Cache<Arc<str>, Entry>,
+    /// The pool's pins in Redis, when configured.
+    shared: Option<SharedPins>,
     ttl: Duration,
     capacity: u64,
     /// Upstreams a reload removed, while their pinned sessions drain: a new link to such a
@@ -154,8 +188,9 @@ impl SessionPins {
                 .max_capacity(capacity)
                 .time_to_idle(ttl)
                 // Every way a pin leaves (replaced, unpinned, expired, evicted) passes here.
-                .eviction_listener(move |_, pin: Pin, _| removed.remove(&pin.upstream))
+                .eviction_listener(move |_, entry: Entry, _| removed.remove(&entry.pin.upstream))
                 .build(),
+            shared: None,
             live,
             ttl,
             capacity,
@@ -190,38 +225,82 @@ impl SessionPins {
         })
     }
 
+    /// This table, writing through to `shared` (the pool's pins in Redis).
+    pub fn with_shared(mut self, shared: Option<SharedPins>) -> SessionPins {
+        self.shared = shared;
+        self
+    }
+
+    /// The pool's pins in Redis, when configured.
+    pub fn shared(&self) -> Option<&SharedPins> {
+        self.shared.as_ref()
+    }
+
     /// The same table if the policy is unchanged, else a new table holding the same pins.
     pub fn with_policy(&self, ttl: Duration, capacity: u64) -> SessionPins {
         if ttl == self.ttl && capacity == self.capacity {
             return self.clone();
         }
         let mut next = SessionPins::new(ttl, capacity);
+        next.shared = self.shared.as_ref().map(|s| s.for_idle_ttl(ttl));
         next.retired = self.retired.clone();
         next.held = self.held.clone();
-        for (session, pin) in self.cache.iter() {
-            next.live.add(&pin.upstream);
-            next.cache.insert((*session).clone(), pin);
+        for (session, entry) in self.cache.iter() {
+            next.live.add(&entry.pin.upstream);
+            next.cache.insert((*session).clone(), entry);
         }
         next
     }
 
-    /// Where `session` lives, refreshing its idle timer (a held pin that expired comes back).
+    /// Where `session` lives, refreshing its idle timer (a held pin that expired comes back),
+    /// and its shared pin when the refresh interval has passed since it was last written.
     pub fn get(&self, session: &str) -> Option<Pin> {
-        if let Some(pin) = self.cache.get(session) {
-            return Some(pin);
+        if let Some(entry) = self.cache.get(session) {
+            self.refresh_shared(session, &entry);
+            return Some(entry.pin);
         }
         let pin = self.held().get(session)?.pin.clone();
         self.live.add(&pin.upstream);
-        self.cache.insert(Arc::from(session), pin.clone());
+        self.cache
+            .insert(Arc::from(session), Entry::new(pin.clone()));
         Some(pin)
     }
 
+    fn refresh_shared(&self, session: &str, entry: &Entry) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let (now, every) = (now_ms(), shared.refresh_every().as_millis() as u64);
+        let last = entry.shared_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= every
+            && entry
+                .shared_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            shared.refresh(session, &entry.pin.upstream);
+        }
+    }
+
+    /// `session` lives where `pin` says: learned here, so written through to the shared pins.
     pub fn pin(&self, session: &str, pin: Pin) {
+        if let Some(shared) = &self.shared {
+            shared.set(session, &pin.upstream);
+        }
+        self.insert(session, pin);
+    }
+
+    /// `session` lives where `pin` says, as the shared pins told: kept here, not written back.
+    pub fn adopt(&self, session: &str, pin: Pin) {
+        self.insert(session, pin);
+    }
+
+    fn insert(&self, session: &str, pin: Pin) {
         if let Some(h) = self.held().get_mut(session) {
             h.pin = pin.clone();
         }
         self.live.add(&pin.upstream);
-        self.cache.insert(Arc::from(session), pin);
+        self.cache.insert(Arc::from(session), Entry::new(pin));
     }
 
     /// Live sessions on `upstream` (its pins), O(1).
@@ -254,10 +333,15 @@ impl SessionPins {
         }
     }
 
-    /// Forget `session`'s pin, held or not (its holds then keep nothing).
+    /// Forget `session`'s pin, held or not (its holds then keep nothing), here and in the
+    /// shared pins (there only if it still names the node it named here).
     pub fn unpin(&self, session: &str) {
-        self.held().remove(session);
-        self.cache.invalidate(session);
+        let held = self.held().remove(session).map(|h| h.pin);
+        let cached = self.cache.remove(session).map(|e| e.pin);
+        if let Some(shared) = &self.shared {
+            let node = cached.or(held).map(|p| p.upstream);
+            shared.delete(session, node.as_deref());
+        }
     }
 
     /// Approximate number of pins (maintenance is lazy).
@@ -270,12 +354,13 @@ impl SessionPins {
         self.len() == 0
     }
 
-    /// Forget every pin on `upstream`; returns how many there were.
+    /// Forget every pin on `upstream` here (the shared pins: [`SharedPins::drop_node`]);
+    /// returns how many there were.
     pub fn unpin_all_on(&self, upstream: &str) -> usize {
         let keys: Vec<Arc<str>> = self
             .cache
             .iter()
-            .filter(|(_, pin)| &*pin.upstream == upstream)
+            .filter(|(_, entry)| &*entry.pin.upstream == upstream)
             .map(|(k, _)| (*k).clone())
             .collect();
         let mut held = self.held();
@@ -316,7 +401,7 @@ impl SessionPins {
         let mut ids: Vec<String> = self
             .cache
             .iter()
-            .filter(|(_, pin)| &*pin.upstream == upstream)
+            .filter(|(_, entry)| &*entry.pin.upstream == upstream)
             .map(|(k, _)| k.to_string())
             .collect();
         ids.extend(
@@ -334,7 +419,7 @@ impl SessionPins {
     pub fn count_on(&self, upstream: &str) -> usize {
         self.cache
             .iter()
-            .filter(|(_, pin)| &*pin.upstream == upstream)
+            .filter(|(_, entry)| &*entry.pin.upstream == upstream)
             .count()
     }
 }

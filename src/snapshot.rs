@@ -17,7 +17,8 @@ use crate::key::HttpKeys;
 use crate::listener::tls;
 use crate::metrics::Metrics;
 use crate::ring::{FirstUsable, Ring, RingSelection};
-use crate::sessions::SessionPins;
+use crate::sessions::{Pin, SessionPins};
+use crate::store::Store;
 use crate::upstream::Upstream;
 
 /// The one shared handle to the snapshot now serving.
@@ -155,6 +156,7 @@ impl Pool {
         previous: Option<&Pool>,
         metrics: &Metrics,
         learned_pins: bool,
+        store: &Store,
     ) -> Pool {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
@@ -172,7 +174,8 @@ impl Pool {
             Some(p) => p
                 .pins
                 .with_policy(config.session_idle_ttl, config.max_pinned_sessions),
-            None => SessionPins::new(config.session_idle_ttl, config.max_pinned_sessions),
+            None => SessionPins::new(config.session_idle_ttl, config.max_pinned_sessions)
+                .with_shared(store.shared_pins(&config.name, config.session_idle_ttl)),
         };
         Pool {
             config: config.clone(),
@@ -275,7 +278,23 @@ impl Pool {
 
     /// The node `pin` points at: the pool's upstream of that name, or, for one a reload removed
     /// and that still drains, its pinned address with the token it had.
-    pub fn pinned_endpoint(&self, pin: &crate::sessions::Pin) -> crate::upstream::Endpoint {
+    /// Where `session` lives: its pin here, else (with `redis:`) the pin another replica
+    /// recorded, kept here from then on. `None`: no replica knows it (or Redis did not answer),
+    /// or it names a node this pool no longer has.
+    pub async fn recall_pin(&self, session: &str) -> Option<Pin> {
+        if let Some(pin) = self.pins.get(session) {
+            return Some(pin);
+        }
+        let node = self.pins.shared()?.lookup(session).await?;
+        let pin = match self.upstream(&node) {
+            Some(u) => u.endpoint.pin(),
+            None => self.pins.retired(&node)?.endpoint.pin(),
+        };
+        self.pins.adopt(session, pin.clone());
+        Some(pin)
+    }
+
+    pub fn pinned_endpoint(&self, pin: &Pin) -> crate::upstream::Endpoint {
         match self.upstream(&pin.upstream) {
             Some(u) => u.endpoint.clone(),
             None => crate::upstream::Endpoint {
@@ -308,6 +327,7 @@ impl Snapshot {
         source: &Path,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
+        store: &Store,
     ) -> Result<Snapshot, ConfigError> {
         // Files first (tokens, TLS): the only steps that can fail, before anything registers
         // metrics.
@@ -353,7 +373,7 @@ impl Snapshot {
                 let learns = learning.contains(p.name.as_str());
                 (
                     p.name.clone(),
-                    Arc::new(Pool::build(p, prev, metrics, learns)),
+                    Arc::new(Pool::build(p, prev, metrics, learns, store)),
                 )
             })
             .collect();

@@ -95,7 +95,14 @@ impl Prober {
         let source = Path::new("health-test.yaml");
         let config = Config::parse(&yaml, source).expect("valid config");
         let metrics = Metrics::new(Registry::new()).expect("metrics");
-        let snapshot = Snapshot::build(config, source, None, &metrics).expect("snapshot");
+        let snapshot = Snapshot::build(
+            config,
+            source,
+            None,
+            &metrics,
+            &sessiongate::store::Store::local(),
+        )
+        .expect("snapshot");
         let pool = snapshot.pool("p").expect("pool p");
         let up = pool.upstreams[0].clone();
         let (tx, calls) = mpsc::unbounded_channel();

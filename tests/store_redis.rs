@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use sessiongate::metrics::Metrics;
-use sessiongate::store::{Store, CALL_TIMEOUT};
+use sessiongate::store::{SharedPins, Store, CALL_TIMEOUT};
 use support::redis::RedisServer;
 use support::{poll_until, within};
 
@@ -323,6 +323,110 @@ async fn a_lock_granted_during_an_outage_is_taken_in_redis_at_its_renewal() {
         // Another replica took it: a's late renewal fails and does not take it back.
         assert!(!a.renew("session:s1", "a1", MINUTE).await);
         assert!(!a.try_lock("session:s1", "a2", MINUTE).await);
+    })
+    .await;
+}
+
+/// The shared pin of `session` in `pool`, as Redis holds it, polled until it is `want` (pin
+/// writes are written behind).
+async fn wait_pin(pins: &SharedPins, session: &str, want: Option<&str>) {
+    poll_until(&format!("pin of {session} is {want:?}"), 10, || async {
+        pins.lookup(session).await.as_deref() == want
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pins_written_by_one_replica_are_found_by_another() {
+    within(60, async {
+        let redis = RedisServer::start().await;
+        let ((a, _), (b, metrics_b)) = (replica(&redis).await, replica(&redis).await);
+        let ttl = Duration::from_secs(600);
+        let (pins_a, pins_b) = (
+            a.shared_pins("fleet", ttl).expect("redis"),
+            b.shared_pins("fleet", ttl).expect("redis"),
+        );
+        assert!(Store::local().shared_pins("fleet", ttl).is_none());
+        assert_eq!(pins_b.lookup("s1").await, None);
+        pins_a.set("s1", "cli-0");
+        pins_a.set("s2", "cli-0");
+        pins_a.set("s3", "cli-1");
+        wait_pin(&pins_b, "s3", Some("cli-1")).await;
+        assert_eq!(pins_b.lookup("s1").await.as_deref(), Some("cli-0"));
+        // Another pool's pins are its own.
+        let other = b.shared_pins("web", ttl).expect("redis");
+        assert_eq!(other.lookup("s1").await, None);
+        // Each node's live sessions, whichever replica pinned them.
+        pins_b.set("s4", "cli-0");
+        wait_pin(&pins_a, "s4", Some("cli-0")).await;
+        let mut live = pins_a.live_on("cli-0").await.expect("answered");
+        live.sort();
+        assert_eq!(live, ["s1", "s2", "s4"]);
+        // A move takes the session off the old node's set.
+        pins_b.set("s1", "cli-1");
+        wait_pin(&pins_a, "s1", Some("cli-1")).await;
+        assert_eq!(
+            pins_a.live_on("cli-0").await.expect("answered").len(),
+            2,
+            "s1 moved away"
+        );
+        // A refresh does not move back a pin another replica moved.
+        pins_a.refresh("s1", "cli-0");
+        // A delete that names the wrong node leaves the pin; one naming its node removes it.
+        pins_a.delete("s1", Some("cli-0"));
+        pins_a.set("marker", "cli-2");
+        wait_pin(&pins_b, "marker", Some("cli-2")).await;
+        assert_eq!(pins_b.lookup("s1").await.as_deref(), Some("cli-1"));
+        pins_a.delete("s1", Some("cli-1"));
+        wait_pin(&pins_b, "s1", None).await;
+        assert!(!pins_b
+            .live_on("cli-1")
+            .await
+            .expect("answered")
+            .contains(&"s1".to_owned()));
+        // A node that left: its pins go, those moved elsewhere stay.
+        assert_eq!(pins_b.drop_node("cli-0").await, Some(2));
+        assert_eq!(pins_a.lookup("s2").await, None);
+        assert_eq!(pins_a.lookup("s3").await.as_deref(), Some("cli-1"));
+        assert_eq!(
+            metrics_b
+                .redis_errors_total
+                .with_label_values(&["pin_write"])
+                .get(),
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pin_expires_from_redis_after_the_idle_ttl_unless_refreshed() {
+    within(60, async {
+        let redis = RedisServer::start().await;
+        let (a, _) = replica(&redis).await;
+        // A one-second idle TTL: pins live 2 s in Redis (TTL plus the refresh interval).
+        let pins = a
+            .shared_pins("fleet", Duration::from_secs(1))
+            .expect("redis");
+        assert_eq!(pins.refresh_every(), Duration::from_secs(1));
+        pins.set("kept", "cli-0");
+        pins.set("idle", "cli-0");
+        wait_pin(&pins, "idle", Some("cli-0")).await;
+        let mut redis_conn = inspect(&redis).await;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg("sessiongate:pin:fleet:idle")
+            .query_async(&mut redis_conn)
+            .await
+            .expect("pttl");
+        assert!((1_000..=2_000).contains(&pttl), "pin ttl {pttl} ms");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(2_600) {
+            pins.refresh("kept", "cli-0");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(pins.lookup("idle").await, None, "expired");
+        assert_eq!(pins.lookup("kept").await.as_deref(), Some("cli-0"));
+        assert_eq!(pins.live_on("cli-0").await.expect("answered"), ["kept"]);
     })
     .await;
 }

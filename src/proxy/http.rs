@@ -254,6 +254,13 @@ impl Conn {
         // A keyless request to a pool that learns its sessions starts one (MCP `initialize`):
         // placed by load and caps when the pool has them.
         let new_session = key.is_none() && pool.learned_pins && pool.places_by_load();
+        if let (Some((key, _)), true) = (&key, pool.learned_pins) {
+            // Made through another replica, or before a restart: the shared pins know it.
+            if pool.pins.shared().is_some() {
+                let session = key.with(|k| String::from_utf8_lossy(k).into_owned());
+                pool.recall_pin(&session).await;
+            }
+        }
         let placed = match key.map(|(key, _)| key) {
             Some(key) => key.with(|k| self.place(pool, k)),
             None if listener.config.no_key == NoKey::Reject => {

@@ -122,6 +122,9 @@ impl Server {
                             return;
                         }
                         let dropped = pool.pins.unpin_all_on(&name);
+                        if let Some(shared) = pool.pins.shared() {
+                            shared.drop_node(&name).await;
+                        }
                         info!(pool = %pool_name, upstream = %name, dropped, "drain_timeout passed: pins of removed upstream dropped");
                     }
                 });
@@ -142,7 +145,13 @@ impl Server {
         if config.redis != current.config.redis {
             warn!("redis changed; it takes effect at the next restart");
         }
-        let next = Snapshot::build(config, &current.source, Some(&current), &self.ctx.metrics)?;
+        let next = Snapshot::build(
+            config,
+            &current.source,
+            Some(&current),
+            &self.ctx.metrics,
+            &self.ctx.store,
+        )?;
         let pools = diff(&current, &next);
 
         // Bind what is new before swapping, so a port in use refuses the whole reload.

@@ -1,6 +1,6 @@
 //! State shared by the proxy replicas of one deployment: which user created each session of a
-//! pool (ownership bindings), sliding-window rate limits, and session locks (one turn at a time
-//! per session). With Redis ([`Store::with_redis`]) the state lives there, so every replica sees
+//! pool (ownership bindings), which node holds it (session pins, [`pins`]), sliding-window rate
+//! limits, and session locks (one turn at a time per session). With Redis ([`Store::with_redis`]) the state lives there, so every replica sees
 //! the same bindings, counts and locks; with [`Store::local`], or whenever Redis fails, the same
 //! operation is served in-process from bounded maps ([`local`]), which is correct within one
 //! replica.
@@ -22,6 +22,8 @@
 //! - `owner:{pool}:{session}`: the user, `SET … PX ttl`. An in-process copy stands in front:
 //!   reads look there first, and on a miss `GET` (with `PTTL`, one round trip) and keep the answer
 //!   for its remaining lifetime. `unbind` deletes both.
+//! - `pin:{pool}:{session}` and `live:{pool}:{node}`: session pins and each node's live
+//!   sessions (see [`pins`]); only with Redis, as the in-process pin table is the local copy.
 //! - `rate:{key}`: a hash of the counts of two fixed windows (this one and the one before),
 //!   checked and counted by one Lua script (one round trip) on Redis' clock; it expires two
 //!   windows after the last admitted request.
@@ -51,6 +53,7 @@
 //!   or later.
 
 mod local;
+mod pins;
 mod remote;
 
 use std::sync::Arc;
@@ -58,6 +61,7 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 
+pub use self::pins::{refresh_interval, SharedPins};
 pub use self::remote::{CALL_TIMEOUT, PROBE_INTERVAL};
 use self::{local::Local, remote::Remote};
 
@@ -89,11 +93,14 @@ enum Op {
     Lock,
     Renew,
     Unlock,
+    PinLookup,
+    PinWrite,
+    PinLive,
 }
 
 impl Op {
     /// In discriminant order: `op as usize` indexes arrays built from this.
-    const ALL: [Op; 7] = [
+    const ALL: [Op; 10] = [
         Op::Bind,
         Op::Owner,
         Op::Unbind,
@@ -101,6 +108,9 @@ impl Op {
         Op::Lock,
         Op::Renew,
         Op::Unlock,
+        Op::PinLookup,
+        Op::PinWrite,
+        Op::PinLive,
     ];
 
     fn as_str(self) -> &'static str {
@@ -112,6 +122,9 @@ impl Op {
             Op::Lock => "lock",
             Op::Renew => "renew",
             Op::Unlock => "unlock",
+            Op::PinLookup => "pin_lookup",
+            Op::PinWrite => "pin_write",
+            Op::PinLive => "pin_live",
         }
     }
 }
@@ -158,6 +171,13 @@ impl Store {
             local: Arc::new(Local::new(capacity)),
             redis: None,
         }
+    }
+
+    /// The pins of `pool` in Redis, for a pin table whose idle TTL is `idle_ttl`; `None`
+    /// without Redis.
+    pub fn shared_pins(&self, pool: &str, idle_ttl: Duration) -> Option<SharedPins> {
+        let remote = self.redis.as_ref()?;
+        Some(SharedPins::new(remote.clone(), pool, idle_ttl))
     }
 
     /// Whether Redis is configured (not whether it answers: that is `sessiongate_redis_up`).

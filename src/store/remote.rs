@@ -8,7 +8,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock, Once, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Once, OnceLock, Weak};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
@@ -17,6 +17,7 @@ use redis::{RedisError, RedisResult, Script};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::pins::{self, PinWrite};
 use super::{millis, Op};
 use crate::metrics::Metrics;
 
@@ -121,7 +122,10 @@ pub(super) struct Remote {
     errors: [IntCounter; Op::ALL.len()],
     fallbacks: [IntCounter; Op::ALL.len()],
     probe_started: Once,
-    /// Cancelled when the last handle goes, to end the probe task.
+    /// Pin writes for the writer task, which takes the receiver when it starts.
+    pin_writes: tokio::sync::mpsc::Sender<PinWrite>,
+    pin_queue: Mutex<Option<tokio::sync::mpsc::Receiver<PinWrite>>>,
+    /// Cancelled when the last handle goes, to end the probe and writer tasks.
     dropped: CancellationToken,
 }
 
@@ -131,6 +135,7 @@ impl Remote {
             Op::ALL.map(|op| counters.with_label_values(&[op.as_str()]))
         };
         metrics.redis_up.set(0);
+        let (pin_writes, pin_queue) = tokio::sync::mpsc::channel(pins::QUEUE);
         let remote = Arc::new(Remote {
             client,
             connection: OnceLock::new(),
@@ -139,6 +144,8 @@ impl Remote {
             errors: by_op(&metrics.redis_errors_total),
             fallbacks: by_op(&metrics.store_fallback_total),
             probe_started: Once::new(),
+            pin_writes,
+            pin_queue: Mutex::new(Some(pin_queue)),
             dropped: CancellationToken::new(),
         });
         info!(
@@ -150,14 +157,35 @@ impl Remote {
         remote
     }
 
-    /// Start the probe task, once, as soon as there is a Tokio runtime to run it on.
+    /// Start the probe and pin writer tasks, once, as soon as there is a Tokio runtime to run
+    /// them on.
     fn start_probe(self: &Arc<Self>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         self.probe_started.call_once(|| {
             tokio::spawn(probe_task(Arc::downgrade(self), self.dropped.clone()));
+            let queue = self
+                .pin_queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(queue) = queue {
+                tokio::spawn(pin_writer(
+                    Arc::downgrade(self),
+                    queue,
+                    self.dropped.clone(),
+                ));
+            }
         });
+    }
+
+    /// Queue a pin write without waiting; a full queue drops it (counted as a fallback).
+    pub(super) fn queue_pin_write(self: &Arc<Self>, write: PinWrite) {
+        self.start_probe();
+        if self.pin_writes.try_send(write).is_err() {
+            self.fallbacks[Op::PinWrite as usize].inc();
+        }
     }
 
     /// Ping Redis (connecting first if never connected) and record the outcome.
@@ -202,7 +230,7 @@ impl Remote {
 
     /// Run one call made by `send` on the connection, if Redis is answering. `None`: serve it
     /// from memory (counted).
-    async fn call<T, Fut>(
+    pub(super) async fn call<T, Fut>(
         self: &Arc<Self>,
         op: Op,
         send: impl FnOnce(ConnectionManager) -> Fut,
@@ -379,6 +407,37 @@ async fn probe_task(remote: Weak<Remote>, dropped: CancellationToken) {
         tokio::select! {
             () = dropped.cancelled() => return,
             () = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Drain the pin write queue in pipelines of up to [`pins::BATCH`] while the store lives. A
+/// batch that fails (Redis down, or no answer in time) is dropped: the pins stay in each
+/// replica's memory, and the next refresh writes them again.
+async fn pin_writer(
+    remote: Weak<Remote>,
+    mut queue: tokio::sync::mpsc::Receiver<PinWrite>,
+    dropped: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(pins::BATCH);
+    loop {
+        batch.clear();
+        tokio::select! {
+            () = dropped.cancelled() => return,
+            n = queue.recv_many(&mut batch, pins::BATCH) => if n == 0 { return },
+        }
+        let Some(remote) = remote.upgrade() else {
+            return;
+        };
+        let writes = &batch;
+        let sent = remote
+            .call(Op::PinWrite, |mut c| async move {
+                pins::send_batch(&mut c, writes).await
+            })
+            .await;
+        if sent.is_none() && batch.len() > 1 {
+            // `call` counted the batch once; count the rest of its writes too.
+            remote.fallbacks[Op::PinWrite as usize].inc_by(batch.len() as u64 - 1);
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod issuing;
 pub mod tls;
 pub mod upstream;
 // JSON-RPC client, mock CLI fleet and config; killable upstreams (jsonrpc_routing.rs, health.rs).

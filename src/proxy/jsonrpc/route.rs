@@ -277,6 +277,18 @@ fn to_session(pool: &Pool, sid: &str, discover: bool) -> Decision {
     }
 }
 
+/// `f` was decided while this replica had no pin for `sid`; the shared pins have just given
+/// one: decide again, keeping the request as rewritten.
+pub fn with_recalled_pin(pool: &Pool, sid: &str, f: &Forward) -> Decision {
+    match to_session(pool, sid, f.discover) {
+        Decision::Forward(again) => Decision::Forward(Forward {
+            rewritten: f.rewritten.clone(),
+            ..again
+        }),
+        other => other,
+    }
+}
+
 /// A session being created: its pin if the id is live already (the node answers that), else
 /// the ring; the create may move on if that node refuses the link, as the session does not
 /// exist yet.

@@ -138,19 +138,24 @@ impl Conn {
         routed: Routed,
     ) {
         let gates = self.gates(listener, snapshot, &routed);
-        if gates.is_none() && self.admissions.is_empty() {
+        let recall = to_recall(&routed);
+        if gates.is_none() && recall.is_none() && self.admissions.is_empty() {
             return self.dispatch(routed);
         }
         if let Some(id) = &routed.id {
             self.state.lent(id.clone());
         }
-        let admission: Admission = match gates {
-            None => Box::pin(async move { (routed, Verdict::Pass(None)) }),
-            Some(gates) => Box::pin(async move {
-                let verdict = gates.check(&routed).await;
-                (routed, verdict)
-            }),
-        };
+        let admission: Admission = Box::pin(async move {
+            let mut routed = routed;
+            if let Some(session) = recall {
+                recall_pin(&mut routed, &session).await;
+            }
+            let verdict = match gates {
+                None => Verdict::Pass(None),
+                Some(gates) => gates.check(&routed).await,
+            };
+            (routed, verdict)
+        });
         self.admissions.push_back(admission);
     }
 
@@ -296,6 +301,29 @@ impl Conn {
     fn binding_ttl(&self) -> Option<std::time::Duration> {
         let snapshot = self.ctx.shared.load();
         snapshot.identities.as_ref().map(|i| i.config.binding_ttl)
+    }
+}
+
+/// The session whose pin to ask the shared pins for before `routed` goes: one this replica
+/// does not know (a restart, or made through another replica), of a pool with `redis:`. A
+/// create needs none: its node is chosen here.
+fn to_recall(routed: &Routed) -> Option<Arc<str>> {
+    let Decision::Forward(f) = &routed.decision else {
+        return None;
+    };
+    let session = f.session.as_ref().filter(|_| !f.creates)?;
+    let pins = &routed.pool.pins;
+    (pins.shared().is_some() && pins.get(session).is_none()).then(|| session.clone())
+}
+
+/// Ask the shared pins where `session` lives; if a replica recorded it, route `routed` there
+/// instead of by the ring (and without owner discovery).
+async fn recall_pin(routed: &mut Routed, session: &str) {
+    if routed.pool.recall_pin(session).await.is_none() {
+        return;
+    }
+    if let Decision::Forward(f) = &routed.decision {
+        routed.decision = route::with_recalled_pin(&routed.pool, session, f);
     }
 }
 

@@ -28,7 +28,14 @@ fn pool(on_owner_down: &str) -> Arc<Pool> {
     let yaml = YAML.replace("ON_OWNER_DOWN", on_owner_down);
     let config = Config::parse(&yaml, Path::new("t.yaml")).expect("config");
     let metrics = Metrics::new(prometheus::Registry::new()).expect("metrics");
-    let snapshot = Snapshot::build(config, Path::new("t.yaml"), None, &metrics).expect("build");
+    let snapshot = Snapshot::build(
+        config,
+        Path::new("t.yaml"),
+        None,
+        &metrics,
+        &crate::store::Store::local(),
+    )
+    .expect("build");
     snapshot.pool("fleet").expect("pool").clone()
 }
 
