@@ -70,6 +70,16 @@ impl Server {
                 })
             })?,
             None => {
+                for pool in config.pools.values() {
+                    if pool.storage == crate::config::Storage::Shared {
+                        warn!(
+                            pool = %pool.name,
+                            "storage: shared without redis: a restarted proxy or another replica \
+                             does not know where sessions are open and can open a second writer \
+                             of a session on another node"
+                        );
+                    }
+                }
                 if shares_state(&config) {
                     warn!(
                         "no redis: configured: session owners, locks and rate limits are kept in \

@@ -131,6 +131,19 @@ pub enum OnOwnerDown {
     NotFound,
 }
 
+/// Where a pool's CLIs keep session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Each node on its own disk: a session lives on one node, found by pins and owner
+    /// discovery.
+    #[default]
+    PerNode,
+    /// One store every node reads (a shared volume): any node can resume any session, so
+    /// nothing in the fleet says who holds one. The pins (shared through `redis:`) are the
+    /// source of truth, and keep one writer per session.
+    Shared,
+}
+
 /// What a fan-out answers when some nodes give no result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FanoutFailure {
@@ -208,6 +221,7 @@ pub struct PoolConfig {
     /// JSON-RPC: at most this many pins; the least recently used go first.
     pub max_pinned_sessions: u64,
     pub on_owner_down: OnOwnerDown,
+    pub storage: Storage,
     /// JSON-RPC: how long a fan-out (`session.list`, owner discovery) waits for each node.
     pub fanout_timeout: Duration,
     /// JSON-RPC: what a fan-out answers when some nodes give no result.

@@ -187,6 +187,7 @@ pub struct RawPool {
     pub session_idle_ttl: Option<String>,
     pub max_pinned_sessions: Option<u64>,
     pub on_owner_down: Option<String>,
+    pub storage: Option<String>,
     pub fanout_timeout: Option<String>,
     pub fanout_failure: Option<String>,
     pub passive: Option<RawPassive>,

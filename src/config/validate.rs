@@ -529,6 +529,11 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             ("not_found", OnOwnerDown::NotFound),
         ],
     );
+    let storage = errs.choice(
+        &format!("{path}.storage"),
+        p.storage.as_deref(),
+        &[("per_node", Storage::PerNode), ("shared", Storage::Shared)],
+    );
     if p.max_sessions_per_upstream == Some(0) {
         errs.push(format!("{path}.max_sessions_per_upstream"), "must be >= 1");
     }
@@ -573,6 +578,7 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         ),
         max_pinned_sessions,
         on_owner_down,
+        storage,
         fanout_timeout: errs.duration(
             &format!("{path}.fanout_timeout"),
             p.fanout_timeout.as_deref(),

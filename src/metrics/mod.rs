@@ -30,6 +30,7 @@ pub mod names {
     pub const PINS_LEARNED_TOTAL: &str = "sessiongate_pins_learned_total";
     pub const SESSIONS_LIVE: &str = "sessiongate_sessions_live";
     pub const PLACEMENT_SPILLS_TOTAL: &str = "sessiongate_placement_spills_total";
+    pub const SESSIONS_ALREADY_IN_USE_TOTAL: &str = "sessiongate_sessions_already_in_use_total";
     pub const ADMISSION_REJECTED_TOTAL: &str = "sessiongate_admission_rejected_total";
     pub const PINS_DROPPED_TOTAL: &str = "sessiongate_pins_dropped_total";
     pub const JSONRPC_UNKNOWN_METHODS_TOTAL: &str = "sessiongate_jsonrpc_unknown_methods_total";
@@ -77,6 +78,7 @@ pub struct Metrics {
     pub sessions_live: IntGaugeVec,
     pub placement_spills_total: IntCounterVec,
     pub admission_rejected_total: IntCounterVec,
+    pub sessions_already_in_use_total: IntCounterVec,
     pub pins_dropped_total: IntCounterVec,
     jsonrpc_unknown_methods_total: IntCounterVec,
     /// The unknown method names that have a label of their own (the rest count as `other`).
@@ -195,6 +197,13 @@ impl Metrics {
             Opts::new(
                 PLACEMENT_SPILLS_TOTAL,
                 "New sessions placed away from the ring's choice (upstream) because it was at its load bound or cap.",
+            ),
+            &["pool", "upstream"],
+        )?;
+        let sessions_already_in_use_total = IntCounterVec::new(
+            Opts::new(
+                SESSIONS_ALREADY_IN_USE_TOTAL,
+                "Sessions a node resumed while another live CLI process held them (the CLI's alreadyInUse): a second writer.",
             ),
             &["pool", "upstream"],
         )?;
@@ -333,6 +342,7 @@ impl Metrics {
         registry.register(Box::new(sessions_live.clone()))?;
         registry.register(Box::new(placement_spills_total.clone()))?;
         registry.register(Box::new(admission_rejected_total.clone()))?;
+        registry.register(Box::new(sessions_already_in_use_total.clone()))?;
         registry.register(Box::new(pins_dropped_total.clone()))?;
         registry.register(Box::new(jsonrpc_unknown_methods_total.clone()))?;
         registry.register(Box::new(fanout_skipped_total.clone()))?;
@@ -362,6 +372,7 @@ impl Metrics {
             sessions_live,
             placement_spills_total,
             admission_rejected_total,
+            sessions_already_in_use_total,
             pins_dropped_total,
             jsonrpc_unknown_methods_total,
             unknown_method_labels: Arc::default(),

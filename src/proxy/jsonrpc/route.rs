@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::methods::{self, Class, Create, Field, Merge, Replay, Split};
 use super::state::HashMap;
-use crate::config::OnOwnerDown;
+use crate::config::{OnOwnerDown, Storage};
 use crate::snapshot::{NewPlacement, Pool};
 use crate::upstream::Endpoint;
 use crate::wire::message::{self, FLEET_FULL, INVALID_REQUEST, SERVER_UNAVAILABLE};
@@ -251,7 +251,10 @@ fn to_session(pool: &Pool, sid: &str, discover: bool) -> Decision {
     let Some(pin) = pool.pins.get(sid) else {
         return match pool.route(sid.as_bytes()) {
             Some(u) => Decision::Forward(Forward {
-                discover: discover && pool.upstreams.len() > 1,
+                // On shared storage every node has every session: nothing to look for.
+                discover: discover
+                    && pool.upstreams.len() > 1
+                    && pool.config.storage == Storage::PerNode,
                 ..Forward::plain(u.endpoint.clone(), session)
             }),
             None => no_node(pool),

@@ -89,8 +89,11 @@ impl Conn {
                 {
                     return;
                 }
-                if !self.turns.is_empty() && env.method.as_deref() == Some("session.event") {
-                    self.watch_turns(&body, env.session_id.as_deref());
+                if env.method.as_deref() == Some("session.event") {
+                    if !self.turns.is_empty() {
+                        self.watch_turns(&body, env.session_id.as_deref());
+                    }
+                    self.watch_second_writer(&node, &body, env.session_id.as_deref());
                 }
                 self.send_client(body)
             }
@@ -140,6 +143,35 @@ impl Conn {
                 self.link_down(&node, LinkFailure::Malformed, "invalid JSON-RPC message")
             }
         }
+    }
+
+    /// A node resumed a session another live CLI process holds (its `session.resume` event
+    /// says `alreadyInUse`; the answer itself does not): two writers of one session, which a
+    /// pool on shared storage must never have. Logged and counted; the client still gets the
+    /// event.
+    fn watch_second_writer(&self, node: &str, body: &[u8], session: Option<&str>) {
+        const FLAG: &[u8] = b"\"alreadyInUse\":true";
+        if !body.windows(FLAG.len()).any(|w| w == FLAG) {
+            return;
+        }
+        let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        let event = &msg["params"]["event"];
+        if event["type"] != "session.resume" || event["data"]["alreadyInUse"] != true {
+            return;
+        }
+        warn!(
+            pool = %self.pool_name,
+            upstream = node,
+            session = session.unwrap_or(""),
+            "a node resumed a session another CLI process holds: two writers of one session"
+        );
+        self.ctx
+            .metrics
+            .sessions_already_in_use_total
+            .with_label_values(&[&self.pool_name, node])
+            .inc();
     }
 
     pub(super) fn internal_answer(&mut self, n: u64, node: &Arc<str>, body: Bytes) {
