@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //!
+//! - [`access_log`]: one structured line per request, written off the data path.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
 //! - [`cleanup`]: fleet-wide session cleanup (`sessions.pruneOld` on every node of a pool), on
 //!   a schedule and on `POST /admin/cleanup`.
@@ -39,6 +40,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod cleanup;
 pub mod config;

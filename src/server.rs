@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::access_log::AccessLog;
 use crate::cleanup::CleanupSupervisor;
 use crate::config::Config;
 use crate::error::StartError;
@@ -38,6 +39,9 @@ pub struct Server {
     pub(crate) health: HealthSupervisor,
     pub(crate) cleanup: CleanupSupervisor,
     admin_addr: SocketAddr,
+    /// Ends the access log writer once connections have drained (see [`Server::shutdown`]).
+    access_log_stop: CancellationToken,
+    access_log_writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Server {
@@ -89,6 +93,21 @@ impl Server {
                 Store::local()
             }
         };
+        let access_log_stop = CancellationToken::new();
+        let (access_log, access_log_writer) = AccessLog::start(
+            &config.access_log,
+            metrics.access_log_dropped_total.clone(),
+            access_log_stop.clone(),
+        )
+        .map_err(|e| {
+            StartError::Config(crate::config::ConfigError::Invalid {
+                file: source.to_owned(),
+                errors: vec![crate::config::FieldError {
+                    path: "access_log.path".into(),
+                    message: format!("cannot open for appending: {e}"),
+                }],
+            })
+        })?;
         let snapshot = Snapshot::build(config, source, None, &metrics, &store)?;
         let admin_listen = snapshot.config.admin_listen;
         let admin = listener::bind(admin_listen).map_err(|source| StartError::Bind {
@@ -113,7 +132,9 @@ impl Server {
         let server = Arc::new(Server {
             health,
             cleanup: CleanupSupervisor::new(),
-            ctx: Context::new(shared, metrics, shutdown, store),
+            ctx: Context::new(shared, metrics, shutdown, store, access_log),
+            access_log_stop,
+            access_log_writer: Mutex::new(access_log_writer),
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             admin_addr: admin.local_addr().map_err(|source| StartError::Bind {
@@ -188,7 +209,18 @@ impl Server {
             running.stop.cancel();
         }
         info!(grace = ?grace, "stopped accepting; draining connections");
-        self.ctx.shutdown.drain(grace).await
+        let abandoned = self.ctx.shutdown.drain(grace).await;
+        // What the drained requests logged is written before the process goes.
+        self.access_log_stop.cancel();
+        let writer = self
+            .access_log_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+        }
+        abandoned
     }
 }
 

@@ -33,6 +33,45 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     pub identities: Option<IdentitiesConfig>,
     pub redis: Option<RedisConfig>,
+    pub access_log: AccessLogConfig,
+}
+
+/// `access_log:`: one structured line per HTTP request and per JSON-RPC request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub format: AccessLogFormat,
+    /// The fraction of requests logged, in (0, 1].
+    pub sample: f64,
+    pub path: AccessLogPath,
+    /// HTTP: log the routing key's value as sent (it may be a cookie) instead of a short hash.
+    pub log_keys: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> AccessLogConfig {
+        AccessLogConfig {
+            format: AccessLogFormat::Off,
+            sample: 1.0,
+            path: AccessLogPath::Stderr,
+            log_keys: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Off,
+    /// `key=value` pairs, values with spaces or quotes quoted.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogPath {
+    Stderr,
+    /// Appended to; reopened on SIGUSR1 (log rotation).
+    File(PathBuf),
 }
 
 /// Bounds on per-session metric series.

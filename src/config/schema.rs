@@ -22,6 +22,18 @@ pub struct RawConfig {
     pub pools: BTreeMap<String, RawPool>,
     pub identities: Option<RawIdentities>,
     pub redis: Option<RawRedis>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `access_log:`: one line per request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub format: Option<String>,
+    pub sample: Option<f64>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub log_keys: bool,
 }
 
 /// Who callers are: hashed tokens, and the rules that follow from identities.

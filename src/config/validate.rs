@@ -9,8 +9,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::schema::{
-    RawCleanup, RawConfig, RawHealth, RawKeySource, RawLearnSource, RawListener, RawPassive,
-    RawPool, RawUpstream,
+    RawAccessLog, RawCleanup, RawConfig, RawHealth, RawKeySource, RawLearnSource, RawListener,
+    RawPassive, RawPool, RawUpstream,
 };
 use super::*;
 
@@ -107,6 +107,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
     );
     let identities = tenancy::identities(&mut errs, raw.identities, base);
     let redis = tenancy::redis(&mut errs, raw.redis);
+    let access_log = access_log(&mut errs, raw.access_log.unwrap_or_default(), base);
     let shutdown_grace = errs.duration(
         "shutdown_grace",
         raw.shutdown_grace.as_deref(),
@@ -195,9 +196,40 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldE
             pools,
             identities,
             redis,
+            access_log,
         })
     } else {
         Err(errs.0)
+    }
+}
+
+fn access_log(errs: &mut Errors, raw: RawAccessLog, base: &Path) -> AccessLogConfig {
+    let format = errs.choice(
+        "access_log.format",
+        raw.format.as_deref(),
+        &[
+            ("off", AccessLogFormat::Off),
+            ("text", AccessLogFormat::Text),
+            ("json", AccessLogFormat::Json),
+        ],
+    );
+    let sample = raw.sample.unwrap_or(1.0);
+    if !(sample > 0.0 && sample <= 1.0) {
+        errs.push("access_log.sample", "must be above 0 and at most 1");
+    }
+    let path = match raw.path.as_deref() {
+        None | Some("stderr") => AccessLogPath::Stderr,
+        Some("") => {
+            errs.push("access_log.path", "must be stderr or a file path");
+            AccessLogPath::Stderr
+        }
+        Some(file) => AccessLogPath::File(base.join(file)),
+    };
+    AccessLogConfig {
+        format,
+        sample,
+        path,
+        log_keys: raw.log_keys,
     }
 }
 

@@ -207,6 +207,8 @@ impl HttpKeySource for Caller {
 #[derive(Debug, Default)]
 pub struct HttpKeys {
     sources: Vec<Box<dyn HttpKeySource>>,
+    /// Each source as written (`header X-Session-Id`), in `sources` order: for the access log.
+    names: Vec<std::sync::Arc<str>>,
     /// "header X-Session-Id, cookie session_id": for the 400 answer under `no_key: reject`.
     pub described: String,
 }
@@ -231,6 +233,10 @@ impl HttpKeys {
         }
         HttpKeys {
             sources: out,
+            names: described
+                .iter()
+                .map(|d| std::sync::Arc::from(d.as_str()))
+                .collect(),
             described: described.join(", "),
         }
     }
@@ -267,6 +273,16 @@ impl HttpKeys {
 
     /// Like [`HttpKeys::extract`], also saying whether the key names a session (header,
     /// cookie, query, path) rather than the caller (client IP, identity).
+    /// The source the key of `head` comes from (`header X-Session-Id`), if any: what the access
+    /// log names instead of the key's value.
+    pub fn source_of(&self, head: &RequestHead<'_>) -> Option<&std::sync::Arc<str>> {
+        let i = self
+            .sources
+            .iter()
+            .position(|s| s.extract(head).is_some())?;
+        self.names.get(i)
+    }
+
     pub fn extract_keyed<'r>(&self, head: &RequestHead<'r>) -> Option<(KeyBytes<'r>, bool)> {
         self.sources
             .iter()

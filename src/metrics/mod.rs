@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Metric names, so dashboards and code agree on one spelling.
@@ -30,6 +30,7 @@ pub mod names {
     pub const PINS_LEARNED_TOTAL: &str = "sessiongate_pins_learned_total";
     pub const SESSIONS_LIVE: &str = "sessiongate_sessions_live";
     pub const PLACEMENT_SPILLS_TOTAL: &str = "sessiongate_placement_spills_total";
+    pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sessiongate_access_log_dropped_total";
     pub const SESSIONS_ALREADY_IN_USE_TOTAL: &str = "sessiongate_sessions_already_in_use_total";
     pub const ADMISSION_REJECTED_TOTAL: &str = "sessiongate_admission_rejected_total";
     pub const PINS_DROPPED_TOTAL: &str = "sessiongate_pins_dropped_total";
@@ -79,6 +80,7 @@ pub struct Metrics {
     pub placement_spills_total: IntCounterVec,
     pub admission_rejected_total: IntCounterVec,
     pub sessions_already_in_use_total: IntCounterVec,
+    pub access_log_dropped_total: IntCounter,
     pub pins_dropped_total: IntCounterVec,
     jsonrpc_unknown_methods_total: IntCounterVec,
     /// The unknown method names that have a label of their own (the rest count as `other`).
@@ -199,6 +201,10 @@ impl Metrics {
                 "New sessions placed away from the ring's choice (upstream) because it was at its load bound or cap.",
             ),
             &["pool", "upstream"],
+        )?;
+        let access_log_dropped_total = IntCounter::new(
+            ACCESS_LOG_DROPPED_TOTAL,
+            "Access log records dropped because the writer was behind (traffic never waits for the log).",
         )?;
         let sessions_already_in_use_total = IntCounterVec::new(
             Opts::new(
@@ -343,6 +349,7 @@ impl Metrics {
         registry.register(Box::new(placement_spills_total.clone()))?;
         registry.register(Box::new(admission_rejected_total.clone()))?;
         registry.register(Box::new(sessions_already_in_use_total.clone()))?;
+        registry.register(Box::new(access_log_dropped_total.clone()))?;
         registry.register(Box::new(pins_dropped_total.clone()))?;
         registry.register(Box::new(jsonrpc_unknown_methods_total.clone()))?;
         registry.register(Box::new(fanout_skipped_total.clone()))?;
@@ -373,6 +380,7 @@ impl Metrics {
             placement_spills_total,
             admission_rejected_total,
             sessions_already_in_use_total,
+            access_log_dropped_total,
             pins_dropped_total,
             jsonrpc_unknown_methods_total,
             unknown_method_labels: Arc::default(),

@@ -27,6 +27,7 @@ mod affinity;
 
 use super::idle::{self, Opening};
 use super::Context;
+use crate::access_log;
 use crate::config::{IdentitySource, NoKey};
 use crate::identity::Identity;
 use crate::key::http::{KeyBytes, RequestHead};
@@ -41,6 +42,25 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the access log records of a request besides what the wrapper sees itself.
+#[derive(Default)]
+struct LogFacts {
+    pool: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    session: access_log::Session,
+    user: Option<Arc<str>>,
+}
+
+/// A message's `Content-Length`, when it has one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
 
 /// Per-connection facts the service needs for every request.
 struct Conn {
@@ -198,7 +218,41 @@ fn log_conn_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
 }
 
 impl Conn {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Serve one request, and log it when the access log samples it.
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.ctx.access_log.sampled() {
+            return self.serve(req, &mut None).await;
+        }
+        let started = Instant::now();
+        let method = format!("{} {}", req.method(), req.uri().path());
+        let bytes_in = content_length(req.headers());
+        let mut facts = Some(LogFacts::default());
+        let resp = self.serve(req, &mut facts).await;
+        let facts = facts.unwrap_or_default();
+        self.ctx.access_log.log(access_log::Record {
+            time: std::time::SystemTime::now(),
+            protocol: "http",
+            listener: self.listener.clone(),
+            pool: facts.pool.unwrap_or_else(|| Arc::from("none")),
+            upstream: facts.upstream,
+            session: facts.session,
+            user: facts.user,
+            method,
+            outcome: resp.status().as_u16().to_string(),
+            latency: started.elapsed(),
+            bytes_in,
+            bytes_out: content_length(resp.headers()),
+        });
+        resp
+    }
+
+    /// Route and forward one request. `log`: what the access log records of it, filled in as
+    /// it becomes known (`None`: not logged, nothing to fill in).
+    async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        log: &mut Option<LogFacts>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.ctx.shared.load_full();
         let Some(listener) = snapshot.listener(&self.listener) else {
@@ -221,6 +275,16 @@ impl Conn {
             caller: caller_key.as_deref(),
         };
         let key = listener.http_keys.extract_keyed(&head);
+        if let Some(facts) = log {
+            facts.pool = Some(Arc::from(pool.name()));
+            facts.user = caller.as_ref().map(|c| c.user.clone());
+            if let (Some((key, _)), Some(source)) = (&key, listener.http_keys.source_of(&head)) {
+                facts.session = access_log::Session::Key {
+                    source: source.clone(),
+                    value: key.with(|k| String::from_utf8_lossy(k).into_owned()),
+                };
+            }
+        }
         let mut admission = admission::Admission {
             snapshot: &snapshot,
             listener,
@@ -294,6 +358,9 @@ impl Conn {
             Target::Index(i) => (&pool.upstreams[*i], Some(*i)),
             Target::Retired(u) => (u, None),
         };
+        if let Some(facts) = log {
+            facts.upstream = Some(upstream.endpoint.name.clone());
+        }
         // Counted where it goes until its answer pins it (or it fails).
         let _reservation = new_session.then(|| pool.pins.reserve(&upstream.endpoint.name));
         if listener.config.identity.is_some() {

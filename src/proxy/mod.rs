@@ -11,6 +11,7 @@ pub mod tcp;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Shared;
@@ -33,16 +34,24 @@ pub struct Handles {
     pub store: Store,
     /// Sends waiting for their session's turn on this replica.
     pub turn_queues: Arc<TurnQueues>,
+    pub access_log: AccessLog,
 }
 
 impl Context {
-    pub fn new(shared: Shared, metrics: Metrics, shutdown: Shutdown, store: Store) -> Context {
+    pub fn new(
+        shared: Shared,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        store: Store,
+        access_log: AccessLog,
+    ) -> Context {
         Context(Arc::new(Handles {
             shared,
             metrics,
             shutdown,
             store,
             turn_queues: Arc::default(),
+            access_log,
         }))
     }
 }

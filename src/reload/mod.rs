@@ -145,6 +145,9 @@ impl Server {
         if config.redis != current.config.redis {
             warn!("redis changed; it takes effect at the next restart");
         }
+        if config.access_log != current.config.access_log {
+            warn!("access_log changed; it takes effect at the next restart");
+        }
         let next = Snapshot::build(
             config,
             &current.source,

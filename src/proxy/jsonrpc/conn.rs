@@ -167,6 +167,8 @@ pub async fn serve<IO>(
         link_tasks: JoinSet::new(),
         work: JoinSet::new(),
         work_requests: HashMap::default(),
+        work_logged: HashMap::default(),
+        work_noted: None,
         events_tx,
         events,
         to_client,
@@ -226,6 +228,10 @@ struct Conn {
     work: JoinSet<()>,
     /// The request each of them answers.
     work_requests: HashMap<tokio::task::Id, (ClientId, ReplyTo)>,
+    /// The next task's request, for the access log: method, arrival, size (set by dispatch).
+    work_noted: Option<(&'static str, tokio::time::Instant, usize)>,
+    /// Requests answered by such a task that the access log sampled: method, arrival, size.
+    work_logged: HashMap<ClientId, (&'static str, tokio::time::Instant, usize)>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     to_client: mpsc::Sender<Bytes>,
@@ -432,6 +438,7 @@ impl Conn {
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         self.state.lent(id.clone());
+        self.work_requests_log(&id);
         let handle = self.work.spawn(task);
         self.work_requests.insert(handle.id(), (id, reply));
     }
@@ -479,8 +486,17 @@ impl Conn {
         self.reply(reply, error_for(id, SERVER_UNAVAILABLE, message, &data));
     }
 
-    /// Record latency and outcome metrics for a finished request.
-    fn observe(&mut self, pending: &Pending, outcome: &str) {
+    /// Record latency and outcome metrics for a finished request, and its access log line.
+    fn observe(&mut self, pending: &Pending, outcome: &str, bytes_out: usize) {
+        self.log_request(LoggedRequest {
+            method: pending.method,
+            session: pending.session.as_ref(),
+            upstream: Some(&pending.upstream),
+            outcome,
+            started: pending.started,
+            bytes_in: pending.bytes_in as usize,
+            bytes_out,
+        });
         let m = &self.ctx.metrics;
         let secs = pending.started.elapsed().as_secs_f64();
         // The common case, a node's answer on its link, uses the link's own handles.
@@ -511,6 +527,86 @@ impl Conn {
         if let Some(session) = &pending.session {
             m.sessions.observe(&self.pool_name, session, secs);
         }
+    }
+}
+
+/// A finished request, for the access log.
+pub(super) struct LoggedRequest<'a> {
+    pub method: &'static str,
+    pub session: Option<&'a Arc<str>>,
+    /// `None`: answered by the proxy (a refusal, a merged fan-out).
+    pub upstream: Option<&'a Arc<str>>,
+    pub outcome: &'a str,
+    pub started: tokio::time::Instant,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+}
+
+impl Conn {
+    /// One access log line for a request the client sent, when the access log samples it.
+    pub(super) fn log_request(&self, r: LoggedRequest<'_>) {
+        if self.ctx.access_log.sampled() {
+            self.log_sampled(r);
+        }
+    }
+
+    /// A request a task answers (a fan-out, a split): noted now if sampled, logged at its
+    /// answer ([`Conn::log_work_answer`]).
+    fn work_requests_log(&mut self, id: &ClientId) {
+        if let Some(noted) = self.work_noted.take() {
+            if self.ctx.access_log.sampled() {
+                self.work_logged.insert(id.clone(), noted);
+            }
+        }
+    }
+
+    /// The answer a task gave the request `id`.
+    pub(super) fn log_work_answer(&mut self, id: &ClientId, answer: &[u8]) {
+        let Some((method, started, bytes_in)) = self.work_logged.remove(id) else {
+            return;
+        };
+        let failed = parse_envelope(answer).is_ok_and(|env| env.has_error);
+        self.log_sampled(LoggedRequest {
+            method,
+            session: None,
+            upstream: None,
+            outcome: if failed { "error" } else { "ok" },
+            started,
+            bytes_in,
+            bytes_out: answer.len(),
+        });
+    }
+
+    /// A request the proxy refused (a policy, a limit, a full fleet): answered at once.
+    pub(super) fn log_refused(&self, method: &'static str, bytes_in: usize, bytes_out: usize) {
+        self.log_request(LoggedRequest {
+            method,
+            session: None,
+            upstream: None,
+            outcome: "refused",
+            started: tokio::time::Instant::now(),
+            bytes_in,
+            bytes_out,
+        });
+    }
+
+    fn log_sampled(&self, r: LoggedRequest<'_>) {
+        self.ctx.access_log.log(crate::access_log::Record {
+            time: std::time::SystemTime::now(),
+            protocol: "jsonrpc",
+            listener: self.listener.clone(),
+            pool: self.pool_name.clone(),
+            upstream: r.upstream.cloned(),
+            session: r.session.map_or(crate::access_log::Session::None, |s| {
+                crate::access_log::Session::Id(s.clone())
+            }),
+            user: self.caller.as_ref().map(|c| c.user.clone()),
+            method: r.method.to_owned(),
+            outcome: r.outcome.to_owned(),
+            latency: r.started.elapsed(),
+            bytes_in: Some(r.bytes_in as u64),
+            bytes_out: Some(r.bytes_out as u64),
+        });
     }
 }
 

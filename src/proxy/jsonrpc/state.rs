@@ -59,6 +59,8 @@ pub struct Pending {
     pub redispatch: Option<Redispatch>,
     /// A create placed by load or caps: counted on its node until answered.
     pub reservation: Option<Box<crate::sessions::Reservation>>,
+    /// The request's size as the client sent it (for the access log).
+    pub bytes_in: u32,
     timer: Timer,
 }
 
@@ -87,6 +89,7 @@ impl Pending {
             discover: None,
             redispatch: None,
             reservation: None,
+            bytes_in: 0,
             timer: Timer::Paused(Duration::ZERO),
         }
     }

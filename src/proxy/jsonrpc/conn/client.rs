@@ -140,7 +140,9 @@ impl Conn {
         };
         if let Err(why) = self.policy(&snapshot, name) {
             if let Some(id) = &id {
-                self.reply(reply, error_for(id, FORBIDDEN, &why, &Value::Null));
+                let answer = error_for(id, FORBIDDEN, &why, &Value::Null);
+                self.log_refused(method.label, body.len(), answer.len());
+                self.reply(reply, answer);
             }
             return;
         }
@@ -194,6 +196,13 @@ impl Conn {
             decision,
             pool,
         } = routed;
+        let by_task = matches!(
+            decision,
+            Decision::FanOut(_) | Decision::Split(_) | Decision::OpenLast
+        );
+        if by_task && id.is_some() {
+            self.work_noted = Some((label, tokio::time::Instant::now(), body.len()));
+        }
         match decision {
             Decision::Forward(f) => {
                 if let Some(ring_choice) = &f.spilled_from {
@@ -224,7 +233,9 @@ impl Conn {
                         }
                         None => Value::Null,
                     };
-                    self.reply(reply, error_for(&id, r.code, &r.message, &data));
+                    let answer = error_for(&id, r.code, &r.message, &data);
+                    self.log_refused(label, body.len(), answer.len());
+                    self.reply(reply, answer);
                 }
             }
             Decision::FanOut(merge) => {
@@ -283,6 +294,7 @@ impl Conn {
         let sent = f.rewritten.unwrap_or_else(|| body.clone());
         if let Some(id) = id {
             let mut pending = Pending::new(f.to.name.clone(), label, reply);
+            pending.bytes_in = u32::try_from(body.len()).unwrap_or(u32::MAX);
             pending.learn = methods::learn(label);
             pending.session = f.session;
             pending.discover = f.discover.then(|| sent.clone());
@@ -323,6 +335,7 @@ impl Conn {
         self.state.record_setup(call.clone(), replay);
         {
             let mut pending = Pending::new(to.name.clone(), label, reply);
+            pending.bytes_in = u32::try_from(body.len()).unwrap_or(u32::MAX);
             pending.redispatch = Some(Redispatch {
                 body: body.clone(),
                 refused: Vec::new(),

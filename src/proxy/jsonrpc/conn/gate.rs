@@ -177,7 +177,9 @@ impl Conn {
             Verdict::Refuse(code, message, data) => {
                 if let Some(id) = &routed.id {
                     self.state.returned(id);
-                    self.reply(routed.reply, error_for(id, code, &message, &data));
+                    let answer = error_for(id, code, &message, &data);
+                    self.log_refused(routed.label, routed.body.len(), answer.len());
+                    self.reply(routed.reply, answer);
                 }
                 return;
             }

@@ -122,7 +122,8 @@ impl Conn {
                 Some(s) => format!("session {s}: its server {node} is unavailable ({why})"),
                 None => format!("server {node} is unavailable ({why})"),
             };
-            self.observe(&pending, "unavailable");
+            // The answer is the short error `fail` writes; its size is not worth building twice.
+            self.observe(&pending, "unavailable", 0);
             self.send_lost(&pending);
             self.fail(Some(&id), pending.reply, &msg, Some(node));
         }

@@ -42,6 +42,7 @@ impl Conn {
             }
             Event::Answer { id, reply, body } => {
                 self.state.returned(&id);
+                self.log_work_answer(&id, &body);
                 self.reply(reply, body);
             }
             Event::Resend {
@@ -64,7 +65,7 @@ impl Conn {
                 answer,
             } => {
                 self.state.returned(&id);
-                self.observe(&pending, "error");
+                self.observe(&pending, "error", answer.len());
                 self.reply(pending.reply, answer);
             }
         }
@@ -223,7 +224,7 @@ impl Conn {
             self.learn(pool, &node, &pending, &body);
         }
         self.send_answered(&pending, failed);
-        self.observe(&pending, if failed { "error" } else { "ok" });
+        self.observe(&pending, if failed { "error" } else { "ok" }, body.len());
         self.reply(pending.reply, body);
     }
 
@@ -299,9 +300,10 @@ impl Conn {
                     "method": pending.method,
                     "timeoutMs": timeout.as_millis() as u64,
                 });
-                self.observe(&pending, "timeout");
+                let answer = error_for(&id, UPSTREAM_TIMEOUT, &msg, &data);
+                self.observe(&pending, "timeout", answer.len());
                 self.send_lost(&pending);
-                self.reply(pending.reply, error_for(&id, UPSTREAM_TIMEOUT, &msg, &data));
+                self.reply(pending.reply, answer);
             }
             Fired::Internal(node, Internal::Replay) => {
                 warn!(upstream = %node, "setup replay got no answer in time; continuing");
