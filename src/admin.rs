@@ -301,6 +301,7 @@ fn upstreams(server: &Server) -> AdminResponse {
                 "headroom": u.config.max_sessions.map(|cap| cap.saturating_sub(p.pins.live_on(u.name()))),
                 "open_connections": metrics.upstream_connections_active.with_label_values(&[p.name(), u.name()]).get(),
                 "last_probe": u.state.last_probe(),
+                "discovered_from": p.config.discover.as_ref().map(|d| d.target.to_string()),
             })
         })
         .collect();
