@@ -272,7 +272,6 @@ impl DiscoverConfig {
             max_sessions: self.max_sessions,
         }
     }
-
 }
 
 /// `cleanup:` of a pool: `sessions.pruneOld` on every healthy node every `every` (jittered).

@@ -109,7 +109,11 @@ impl Lookup {
             }
         }
         let lookups = targets.iter().map(|(host, port)| async move {
-            let ip = self.ips(host).await.ok().and_then(|ips| ips.first().copied());
+            let ip = self
+                .ips(host)
+                .await
+                .ok()
+                .and_then(|ips| ips.first().copied());
             let addr = match ip {
                 Some(ip) => Some(SocketAddr::new(ip, *port).to_string()),
                 // A pod whose name does not resolve for a moment keeps its last address;

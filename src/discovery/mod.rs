@@ -88,7 +88,9 @@ const RESULTS: [&str; 4] = ["changed", "unchanged", "empty", "error"];
 fn forget_series(ctx: &Context, pool: &str) {
     let m = &ctx.metrics;
     for result in RESULTS {
-        let _ = m.discovery_lookups_total.remove_label_values(&[pool, result]);
+        let _ = m
+            .discovery_lookups_total
+            .remove_label_values(&[pool, result]);
     }
     let _ = m.discovery_upstreams.remove_label_values(&[pool]);
 }

@@ -61,10 +61,11 @@ pub(super) fn discover(
     let every = errs.duration(&format!("{at}.every"), raw.every.as_deref(), DEFAULT_EVERY);
     let resolver = raw.resolver.as_deref().and_then(|text| {
         // A bare IP means the DNS port, as in resolv.conf.
-        let parsed = text
-            .parse::<SocketAddr>()
-            .ok()
-            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()));
+        let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| (ip, 53).into())
+        });
         if parsed.is_none() {
             errs.push(
                 format!("{at}.resolver"),
