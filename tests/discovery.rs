@@ -148,7 +148,11 @@ async fn srv_discovery_follows_the_fleet_under_traffic() {
         assert_eq!(c.result("connect", json!({})).await["ok"], true);
         for (id, node) in &sessions {
             create(&mut c, id, json!({})).await;
-            assert_eq!(fleet.holders(id), [node.clone()], "{id} created on {node}");
+            assert_eq!(
+                fleet.holders(id),
+                std::slice::from_ref(node),
+                "{id} created on {node}"
+            );
         }
         let keys: Vec<String> = (0..2000).map(|i| format!("key-{i}")).collect();
         let owner_before = owners(&before, &keys);
@@ -182,7 +186,11 @@ async fn srv_discovery_follows_the_fleet_under_traffic() {
         let served = fleet.get("cli-1").requests_served();
         for (id, node) in &sessions {
             send(&mut c, id).await;
-            assert_eq!(fleet.holders(id), [node.clone()], "{id} stayed on {node}");
+            assert_eq!(
+                fleet.holders(id),
+                std::slice::from_ref(node),
+                "{id} stayed on {node}"
+            );
         }
         assert!(fleet.get("cli-1").requests_served() > served);
         let now = pool(&proxy);
