@@ -127,6 +127,7 @@ async fn srv_discovery_follows_the_fleet_under_traffic() {
             listed["upstreams"][0]["discovered_from"],
             format!("dns_srv {SRV}")
         );
+        assert_eq!(listed["discovered"]["fleet"], format!("dns_srv {SRV}"));
         let text = proxy.metrics_text().await;
         let gauge = metric_value(
             &text,
@@ -159,8 +160,14 @@ async fn srv_discovery_follows_the_fleet_under_traffic() {
         let (stop, traffic) = traffic(proxy.addr("cli"), sessions.iter().map(|s| s.0.clone()));
 
         // (2) A fourth node joins: keys move only to it.
+        let (changed_at, queries) = (std::time::Instant::now(), dns.queries());
         publish(&dns, &fleet, &["cli-0", "cli-1", "cli-2", "cli-3"]);
         wait_upstreams(&proxy, "cli-3 joins", |u| u.len() == 4).await;
+        eprintln!(
+            "cli-3 joined {:?} after its records were published ({} DNS queries meanwhile)",
+            changed_at.elapsed(),
+            dns.queries() - queries
+        );
         let owner_after = owners(&pool(&proxy), &keys);
         let mut moved = 0;
         for k in &keys {

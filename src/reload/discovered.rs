@@ -74,6 +74,12 @@ impl Server {
         {
             return Applied::Unchanged;
         }
+        // Same name, new address (a pod rescheduled): nothing moves on the ring, but say so.
+        let readdressed: Vec<&str> = found
+            .iter()
+            .filter(|(n, a)| serving.upstream(n).is_some_and(|u| u.addr() != a))
+            .map(|(n, _)| n.as_str())
+            .collect();
         let upstreams = found.iter().map(|(n, a)| asked.upstream(n, a)).collect();
         let next = Arc::new(current.with_upstreams(pool, upstreams, &self.ctx.metrics));
         let diffs = diff(&current, &next);
@@ -91,6 +97,7 @@ impl Server {
             pool = %d.pool,
             added = ?d.added,
             removed = ?d.removed,
+            readdressed = ?readdressed,
             moved_share = format!("{:.2}%", d.moved_share * 100.0),
             version = next.version,
             "discovery: pool diff"
