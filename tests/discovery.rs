@@ -301,6 +301,11 @@ async fn a_reload_keeps_the_discovered_set_and_a_new_target_is_looked_up() {
         let found = upstreams(&proxy);
         // Another setting changes; the file still lists no upstreams.
         let yaml = srv_config(&dns, "    drain_timeout: 5s\n");
+        let predicted = proxy.server.dry_run(Some(&yaml));
+        assert!(predicted.valid, "{:?}", predicted.error);
+        let plan = &predicted.pools[0];
+        assert!(plan.added.is_empty() && plan.removed.is_empty(), "{plan:?}");
+        assert_eq!(plan.moved_share, 0.0);
         let report = proxy.reload_with(&yaml).await.expect("reload");
         let diff = &report.pools[0];
         assert!(diff.added.is_empty() && diff.removed.is_empty(), "{diff:?}");
