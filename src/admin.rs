@@ -288,7 +288,7 @@ fn upstreams(server: &Server) -> AdminResponse {
         .iter()
         .flat_map(|p| p.upstreams.iter().map(move |u| (p, u)))
         .map(|(p, u)| {
-            json!({
+            let mut entry = json!({
                 "pool": p.name(),
                 "name": u.name(),
                 "addr": u.addr(),
@@ -302,13 +302,28 @@ fn upstreams(server: &Server) -> AdminResponse {
                 "headroom": u.config.max_sessions.map(|cap| cap.saturating_sub(p.pins.live_on(u.name()))),
                 "open_connections": metrics.upstream_connections_active.with_label_values(&[p.name(), u.name()]).get(),
                 "last_probe": u.state.last_probe(),
-            })
+            });
+            if let Some(d) = &p.config.discover {
+                entry["discovered_from"] = json!(d.target.to_string());
+            }
+            entry
         })
         .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "version": snapshot.version, "upstreams": list }),
-    )
+    let mut body = json!({ "version": snapshot.version, "upstreams": list });
+    // Discovered pools by source, so one still waiting for its first answer shows too.
+    let discovered: serde_json::Map<String, serde_json::Value> = pools
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.name().to_owned(),
+                json!(p.config.discover.as_ref()?.target.to_string()),
+            ))
+        })
+        .collect();
+    if !discovered.is_empty() {
+        body["discovered"] = serde_json::Value::Object(discovered);
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 /// `POST /admin/upstreams/{name}/drain` or `/undrain`, optionally `?pool=P` when names repeat.

@@ -15,6 +15,8 @@
 //! - [`config`]: YAML schema (serde, `deny_unknown_fields`), validation into typed config, and
 //!   [`config::ConfigError`].
 //! - [`demo`]: the built-in demo fleet behind `sessiongate demo` (feature `demo`).
+//! - [`discovery`]: upstreams of a pool looked up in DNS (SRV or A/AAAA) on a schedule, each
+//!   change applied like a reload of that pool.
 //! - [`error`]: `thiserror` error enums for reload and start-up.
 //! - [`identity`]: who a caller is: hashed tokens, client certificates, method policy, owners.
 //! - [`key`]: where a request's key comes from (header, cookie, query, path, SNI, client IP).
@@ -46,6 +48,7 @@ pub mod cleanup;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod identity;
 pub mod key;

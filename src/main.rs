@@ -193,6 +193,9 @@ fn check(config: &Config, path: &Path) {
         for u in &p.upstreams {
             outln!("  upstream {} {} weight {}", u.name, u.addr, u.weight);
         }
+        if let Some(d) = &p.discover {
+            outln!("  upstreams discovered: {} every {:?}", d.target, d.every);
+        }
     }
 }
 

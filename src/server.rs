@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::access_log::AccessLog;
 use crate::cleanup::CleanupSupervisor;
 use crate::config::Config;
+use crate::discovery::DiscoverySupervisor;
 use crate::error::StartError;
 use crate::listener;
 use crate::metrics::Metrics;
@@ -38,6 +39,7 @@ pub struct Server {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub(crate) health: HealthSupervisor,
     pub(crate) cleanup: CleanupSupervisor,
+    pub(crate) discovery: DiscoverySupervisor,
     admin_addr: SocketAddr,
     /// Ends the access log writer once connections have drained (see [`Server::shutdown`]).
     access_log_stop: CancellationToken,
@@ -129,23 +131,26 @@ impl Server {
         let health = HealthSupervisor::new(metrics.clone(), shutdown.token.clone());
         health.sync(&snapshot);
         let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
-        let server = Arc::new(Server {
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            what: "admin listener".into(),
+            addr: admin_listen,
+            source,
+        })?;
+        // Discovery tasks apply their answers through the server: they hold a weak handle.
+        let server = Arc::new_cyclic(|weak| Server {
             health,
             cleanup: CleanupSupervisor::new(),
+            discovery: DiscoverySupervisor::new(weak.clone()),
             ctx: Context::new(shared, metrics, shutdown, store, access_log),
             access_log_stop,
             access_log_writer: Mutex::new(access_log_writer),
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
-            admin_addr: admin.local_addr().map_err(|source| StartError::Bind {
-                what: "admin listener".into(),
-                addr: admin_listen,
-                source,
-            })?,
+            admin_addr,
         });
-        server
-            .cleanup
-            .sync(&server.ctx, &server.ctx.shared.load_full());
+        let serving = server.ctx.shared.load_full();
+        server.cleanup.sync(&server.ctx, &serving);
+        server.discovery.sync(&server.ctx, &serving);
         for (name, configured, tcp) in bound {
             server.run_listener(name, configured, tcp);
         }

@@ -35,6 +35,12 @@ pub struct Snapshot {
     pub identities: Option<Arc<Identities>>,
 }
 
+/// What a snapshot loads from the files its config names, one acceptor slot per listener.
+struct Files {
+    identities: Option<Arc<Identities>>,
+    acceptors: Vec<Option<TlsAcceptor>>,
+}
+
 /// A pool of upstreams and the ring that spreads keys over them.
 pub struct Pool {
     pub config: PoolConfig,
@@ -329,8 +335,39 @@ impl Snapshot {
         metrics: &Metrics,
         store: &Store,
     ) -> Result<Snapshot, ConfigError> {
-        // Files first (tokens, TLS): the only steps that can fail, before anything registers
-        // metrics.
+        let files = Snapshot::load_files(&config, source)?;
+        Ok(Snapshot::assemble(
+            config, source, previous, metrics, store, files,
+        ))
+    }
+
+    /// This snapshot with pool `pool`'s upstreams replaced (discovery): the next version, with
+    /// the same files (TLS, tokens) and nothing read from disk, so it cannot fail.
+    pub fn with_upstreams(
+        &self,
+        pool: &str,
+        upstreams: Vec<crate::config::UpstreamConfig>,
+        metrics: &Metrics,
+        store: &Store,
+    ) -> Snapshot {
+        let mut config = (*self.config).clone();
+        if let Some(p) = config.pools.get_mut(pool) {
+            p.upstreams = upstreams;
+        }
+        let files = Files {
+            identities: self.identities.clone(),
+            acceptors: config
+                .listeners
+                .iter()
+                .map(|l| self.listeners.get(&l.name).and_then(|r| r.tls.clone()))
+                .collect(),
+        };
+        Snapshot::assemble(config, &self.source, Some(self), metrics, store, files)
+    }
+
+    /// The files a config names (tokens, TLS): the only steps of a build that can fail, done
+    /// before anything registers metrics.
+    fn load_files(config: &Config, source: &Path) -> Result<Files, ConfigError> {
         let identities = match &config.identities {
             Some(ids) => Some(Arc::new(Identities::load(ids).map_err(|message| {
                 ConfigError::File {
@@ -359,6 +396,24 @@ impl Snapshot {
                 })?;
             acceptors.push(Some(acceptor));
         }
+        Ok(Files {
+            identities,
+            acceptors,
+        })
+    }
+
+    fn assemble(
+        config: Config,
+        source: &Path,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        store: &Store,
+        files: Files,
+    ) -> Snapshot {
+        let Files {
+            identities,
+            acceptors,
+        } = files;
         let learning: HashSet<&str> = config
             .listeners
             .iter()
@@ -414,14 +469,14 @@ impl Snapshot {
             };
             listeners.insert(l.name.clone(), Arc::new(runtime));
         }
-        Ok(Snapshot {
+        Snapshot {
             version: previous.map_or(1, |p| p.version + 1),
             config: Arc::new(config),
             source: source.to_owned(),
             pools,
             listeners,
             identities,
-        })
+        }
     }
 
     /// Make this snapshot's settings live in the state it shares with the one serving before it:

@@ -1,6 +1,6 @@
 //! The `/metrics` exposition is valid Prometheus text, checked by Prometheus' own `promtool
 //! check metrics` after HTTP and JSON-RPC traffic has created every kind of series (histograms,
-//! labelled counters, per-session series, health gauges). `tests/tools.sh` installs promtool.
+//! labelled counters, per-session series, health gauges, discovery). `tests/tools.sh` installs promtool.
 
 mod support;
 
@@ -89,6 +89,45 @@ async fn jsonrpc_metrics_pass_promtool() {
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }
+        promtool_check(&text).unwrap_or_else(|e| panic!("promtool rejects the exposition:\n{e}"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_metrics_pass_promtool() {
+    within(30, async {
+        let fleet = CliFleet::start(2).await;
+        let dns = support::dns::DnsServer::start().await;
+        let members = fleet.members();
+        let targets: Vec<(String, u16)> = members
+            .iter()
+            .map(|(n, a)| (format!("{n}.cli.test"), a.port()))
+            .collect();
+        for (host, _) in &targets {
+            dns.set_a(host, &[std::net::Ipv4Addr::LOCALHOST]);
+        }
+        let refs: Vec<(&str, u16)> = targets.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+        dns.set_srv("_rpc._tcp.cli.test", &refs);
+        let discover = format!(
+            "    discover: {{ dns_srv: _rpc._tcp.cli.test, every: 100ms, resolver: \"{}\" }}\n",
+            dns.addr()
+        );
+        // The pool's static list is replaced by discover:.
+        let yaml = jsonrpc_config(&[], RpcYaml::default()).replace("    upstreams:\n", &discover);
+        let proxy = Proxy::start_yaml(&yaml).await;
+        let mut text = String::new();
+        for _ in 0..250 {
+            text = proxy.metrics_text().await;
+            if text.contains("sessiongate_discovery_upstreams{pool=\"fleet\"} 2") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            text.contains("sessiongate_discovery_lookups_total{pool=\"fleet\",result=\"changed\"}"),
+            "discovery series missing from:\n{text}"
+        );
         promtool_check(&text).unwrap_or_else(|e| panic!("promtool rejects the exposition:\n{e}"));
     })
     .await

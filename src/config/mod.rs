@@ -275,7 +275,56 @@ pub struct PoolConfig {
     pub load_factor: Option<f64>,
     /// JSON-RPC: fleet-wide session cleanup on a schedule; `None` when not configured.
     pub cleanup: Option<CleanupConfig>,
+    /// With `discover:`, the upstreams last discovered (empty before the first answer); a
+    /// reload carries them over (`reload::discovered`).
     pub upstreams: Vec<UpstreamConfig>,
+    /// Upstreams looked up in DNS every `every`; `None`: the static `upstreams:` list.
+    pub discover: Option<DiscoverConfig>,
+}
+
+/// `discover:` of a pool. Discovered upstreams have weight 1, the pool's `token_env` token
+/// and its `max_sessions_per_upstream` cap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoverConfig {
+    pub target: DiscoverTarget,
+    /// Between lookups (jittered by ±10%).
+    pub every: Duration,
+    /// The nameserver asked (UDP, then TCP); `None`: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    pub token: Option<Secret>,
+    pub max_sessions: Option<usize>,
+}
+
+/// What a discovery lookup asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverTarget {
+    /// SRV records: each target host (its name is the ring name) at the record's port.
+    Srv(String),
+    /// A/AAAA records, each address at `port` (`ip:port` is the ring name).
+    Dns { name: String, port: u16 },
+}
+
+impl fmt::Display for DiscoverTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiscoverTarget::Srv(name) => write!(f, "dns_srv {name}"),
+            DiscoverTarget::Dns { name, port } => write!(f, "dns {name} port {port}"),
+        }
+    }
+}
+
+impl DiscoverConfig {
+    /// The upstream config of a discovered node `name` at `addr`.
+    pub fn upstream(&self, name: &str, addr: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+            weight: 1,
+            token: self.token.clone(),
+            drain: false,
+            max_sessions: self.max_sessions,
+        }
+    }
 }
 
 /// `cleanup:` of a pool: `sessions.pruneOld` on every healthy node every `every` (jittered).

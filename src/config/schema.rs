@@ -210,7 +210,21 @@ pub struct RawPool {
     pub cleanup: Option<RawCleanup>,
     #[serde(default)]
     pub max_sessions_per_upstream: Option<usize>,
+    /// Absent with `discover:` (its upstreams come from DNS).
+    #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
+    pub discover: Option<RawDiscover>,
+}
+
+/// `discover:` of a pool: its upstreams from DNS (`dns_srv: NAME` or `dns: NAME` with `port`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscover {
+    pub dns_srv: Option<String>,
+    pub dns: Option<String>,
+    pub port: Option<u16>,
+    pub every: Option<String>,
+    pub resolver: Option<String>,
 }
 
 /// `cleanup:` of a pool: fleet-wide `sessions.pruneOld` on a schedule.

@@ -14,6 +14,7 @@ use super::schema::{
 };
 use super::*;
 
+mod discover;
 mod tenancy;
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -523,12 +524,20 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
         );
     }
     let health = health_config(errs, &format!("{path}.health"), p.health);
-    if p.upstreams.is_empty() {
+    if p.upstreams.is_empty() && p.discover.is_none() {
         errs.push(
             format!("{path}.upstreams"),
-            "must list at least one upstream",
+            "must list at least one upstream (or set discover:)",
         );
     }
+    let discover = discover::discover(
+        errs,
+        &path,
+        p.discover,
+        p.token_env.as_deref(),
+        p.max_sessions_per_upstream,
+        !p.upstreams.is_empty(),
+    );
     let mut seen = HashSet::new();
     let upstreams = p
         .upstreams
@@ -641,6 +650,7 @@ fn pool_config(errs: &mut Errors, name: &str, p: RawPool) -> PoolConfig {
             .cleanup
             .map(|c| cleanup_config(errs, &format!("{path}.cleanup"), c)),
         upstreams,
+        discover,
     }
 }
 

@@ -49,6 +49,8 @@ pub mod names {
     pub const STORE_FALLBACK_TOTAL: &str = "sessiongate_store_fallback_total";
     pub const CLEANUP_DELETED_SESSIONS_TOTAL: &str = "sessiongate_cleanup_deleted_sessions_total";
     pub const CLEANUP_FREED_BYTES_TOTAL: &str = "sessiongate_cleanup_freed_bytes_total";
+    pub const DISCOVERY_LOOKUPS_TOTAL: &str = "sessiongate_discovery_lookups_total";
+    pub const DISCOVERY_UPSTREAMS: &str = "sessiongate_discovery_upstreams";
 }
 
 /// Unknown JSON-RPC method names that get a label of their own.
@@ -98,6 +100,8 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub redis_errors_total: IntCounterVec,
     pub store_fallback_total: IntCounterVec,
+    pub discovery_lookups_total: IntCounterVec,
+    pub discovery_upstreams: IntGaugeVec,
 }
 
 impl Metrics {
@@ -255,6 +259,20 @@ impl Metrics {
             ),
             &["pool", "upstream"],
         )?;
+        let discovery_lookups_total = IntCounterVec::new(
+            Opts::new(
+                DISCOVERY_LOOKUPS_TOTAL,
+                "Upstream discovery lookups (discover:), by result: changed, unchanged, empty, error.",
+            ),
+            &["pool", "result"],
+        )?;
+        let discovery_upstreams = IntGaugeVec::new(
+            Opts::new(
+                DISCOVERY_UPSTREAMS,
+                "Upstreams a discovered pool has (the last good answer).",
+            ),
+            &["pool"],
+        )?;
         let upstream_link_failures_total = IntCounterVec::new(
             Opts::new(
                 UPSTREAM_LINK_FAILURES_TOTAL,
@@ -356,6 +374,8 @@ impl Metrics {
         registry.register(Box::new(cleanup_deleted_sessions_total.clone()))?;
         registry.register(Box::new(cleanup_freed_bytes_total.clone()))?;
         registry.register(Box::new(upstream_link_failures_total.clone()))?;
+        registry.register(Box::new(discovery_lookups_total.clone()))?;
+        registry.register(Box::new(discovery_upstreams.clone()))?;
         registry.register(Box::new(redispatches_total.clone()))?;
         // Export both reload outcomes from the start so rate() works before the first failure.
         for result in ["success", "failure"] {
@@ -397,6 +417,8 @@ impl Metrics {
             redis_up,
             redis_errors_total,
             store_fallback_total,
+            discovery_lookups_total,
+            discovery_upstreams,
         })
     }
 

@@ -3,6 +3,7 @@
 //! snapshot serving. The diff (upstreams added and removed, keyspace moved) is logged; [`plan`]
 //! computes it, and the dry run that predicts a reload without applying it.
 
+pub mod discovered;
 pub mod plan;
 
 use std::sync::Arc;
@@ -70,7 +71,7 @@ impl Server {
             Some(text) => Config::parse(text, &current.source),
             None => Config::load(&current.source),
         };
-        let config = match loaded {
+        let mut config = match loaded {
             Ok(c) => c,
             Err(e) => return DryRun::invalid(e.to_string()),
         };
@@ -82,6 +83,7 @@ impl Server {
                 }
             }
         }
+        discovered::carry(&current, &mut config);
         plan::dry_run(&current, &config)
     }
 
@@ -134,7 +136,9 @@ impl Server {
 
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let current = self.ctx.shared.load_full();
-        let config = Config::load(&current.source)?;
+        let mut config = Config::load(&current.source)?;
+        // The file lists no upstreams for a discovered pool: keep what discovery found.
+        discovered::carry(&current, &mut config);
         if config.admin_listen != current.config.admin_listen {
             warn!("admin.listen changed; it takes effect at the next restart");
         }
@@ -184,6 +188,7 @@ impl Server {
         self.ctx.shared.store(next.clone());
         self.health.sync(&next);
         self.cleanup.sync(&self.ctx, &next);
+        self.discovery.sync(&self.ctx, &next);
 
         let listeners_added = to_bind.iter().map(|(n, _, _)| n.clone()).collect();
         for (name, configured, tcp) in to_bind {

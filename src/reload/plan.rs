@@ -19,6 +19,9 @@ pub struct PoolDiff {
     pub removed: Vec<String>,
     /// Share of the keyspace (0..=1) whose ring owner changed.
     pub moved_share: f64,
+    /// What the pool's upstreams are looked up from (`discover:`), e.g. `dns_srv NAME`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovered_from: Option<String>,
 }
 
 /// Compare two snapshots pool by pool; pools only in `new` count as all-moved.
@@ -27,12 +30,14 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PoolDiff> {
         .pools()
         .map(|pool| {
             let new_names = pool.upstream_names();
+            let discovered_from = pool.config.discover.as_ref().map(|d| d.target.to_string());
             let Some(prev) = old.pool(pool.name()) else {
                 return PoolDiff {
                     pool: pool.name().to_owned(),
                     added: new_names.iter().map(|s| s.to_string()).collect(),
                     removed: vec![],
                     moved_share: 1.0,
+                    discovered_from,
                 };
             };
             let old_names = prev.upstream_names();
@@ -42,6 +47,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PoolDiff> {
                 added,
                 removed,
                 moved_share: Ring::moved_share(&prev.ring, &old_names, &pool.ring, &new_names),
+                discovered_from,
             }
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: config files in a tempdir, an in-process proxy,
 //! mock upstreams ([`upstream`]), small HTTP clients ([`client`]), test certificates ([`tls`]),
-//! the real binary as a child process ([`binary`]) and a real Redis server ([`redis`]).
+//! the real binary as a child process ([`binary`]), a real Redis server ([`redis`]) and a DNS
+//! server ([`dns`]).
 //! Everything binds 127.0.0.1:0.
 
 // Each test file uses its own subset of these helpers.
@@ -16,6 +17,8 @@ pub mod jsonrpc;
 pub mod nodes;
 // A real redis-server on a free port, stoppable for outages (store_redis.rs).
 pub mod redis;
+// A DNS server in the test process whose records the test changes (discovery.rs).
+pub mod dns;
 
 use std::future::Future;
 use std::net::SocketAddr;
