@@ -177,7 +177,6 @@ describe('sessiongate interop, shared storage: failover, pins through Redis, one
   let X;               // S's ring owner, where P1 creates it; SIGKILLed, then restarted
   let Y;               // the other node, where S fails over
   let creator;         // the SDK client (through P1) that creates S, stays connected, resumes it on Y
-  let onY;             // {session, events} of S on Y through P1
   let xEventIds = [];  // persisted events of S while it was on X
   const resumes = [];  // [{via, node, alreadyInUse}]: every session.resume event seen
 
@@ -269,7 +268,7 @@ describe('sessiongate interop, shared storage: failover, pins through Redis, one
     await sendExpectingError(session, 'on X');
     const persisted = await withTimeout(session.getEvents(), RPC_TIMEOUT, 'getEvents on X');
     const types = persisted.map((e) => e.type);
-    for (const type of ['session.start', 'user.message', 'session.error']) assert.ok(types.includes(type), `S's events on X lack ${type}: ${types}`);
+    for (const type of ['session.start', 'session.error']) assert.ok(types.includes(type), `S's events on X lack ${type}: ${types}`);
     xEventIds = persisted.map((e) => e.id);
     assert.deepEqual(locks().live, [cli(X).proc.pid], `live locks of S on X: ${JSON.stringify(locks())}`);
     await until(`Redis to pin S to ${X}`, async () => (await redisPin(redis, SID)) === X, { timeoutMs: 5000, everyMs: 50 });
@@ -289,7 +288,6 @@ describe('sessiongate interop, shared storage: failover, pins through Redis, one
     const missing = xEventIds.filter((id) => !ids.has(id));
     assert.deepEqual(missing, [], `events of S written on X that Y does not return (of ${xEventIds.length})`);
     await sendExpectingError(r.session, 'on Y');
-    onY = r;
     const l = locks();
     assert.deepEqual(l.live, [cli(Y).proc.pid], `live locks of S after the send on Y: ${JSON.stringify(l)}`);
     await until(`Redis to pin S to ${Y}`, async () => (await redisPin(redis, SID)) === Y, { timeoutMs: 5000, everyMs: 50 });
@@ -343,7 +341,6 @@ describe('sessiongate interop, shared storage: failover, pins through Redis, one
     const r = await resume(client, 'P3 (no redis)');
     assert.equal(r.node, X, 'P3 (no pin) resumed S on its ring owner');
     assert.equal(r.alreadyInUse, true, 'alreadyInUse of the resume on X while Y holds S');
-    assert.ok(onY, 'S is still open on Y through P1');
     assert.ok(locks().live.includes(cli(Y).proc.pid), `Y's lock: ${JSON.stringify(locks())}`);
     const counted = await until(`P3's ${IN_USE_METRIC}{upstream="${X}"}`, async () => (await metricValue(gates.p3, IN_USE_METRIC, { pool: POOL, upstream: X })) || null, { timeoutMs: 3000, everyMs: 50 });
     assert.equal(counted, 1, `P3's ${IN_USE_METRIC}{pool="${POOL}",upstream="${X}"}`);
