@@ -270,6 +270,12 @@ describe('sessiongate interop, shared storage: failover, pins through Redis, one
     const types = persisted.map((e) => e.type);
     for (const type of ['session.start', 'session.error']) assert.ok(types.includes(type), `S's events on X lack ${type}: ${types}`);
     xEventIds = persisted.map((e) => e.id);
+    // The CLI writes events.jsonl lazily (a session whose file is not there yet cannot be resumed:
+    // "Session not found"); X is killed in the next step, so wait until its events are on disk.
+    const t0 = Date.now();
+    const file = path.join(shared, SID, 'events.jsonl');
+    await until(`S's events in ${file}`, () => fs.existsSync(file) && xEventIds.every((id) => fs.readFileSync(file, 'utf8').includes(id)), { timeoutMs: 10_000, everyMs: 20 });
+    t.diagnostic(`events.jsonl had X's ${xEventIds.length} events ${Date.now() - t0} ms after getEvents`);
     assert.deepEqual(locks().live, [cli(X).proc.pid], `live locks of S on X: ${JSON.stringify(locks())}`);
     await until(`Redis to pin S to ${X}`, async () => (await redisPin(redis, SID)) === X, { timeoutMs: 5000, everyMs: 50 });
     t.diagnostic(`on X: ${types.length} persisted events (${types.join(', ')}); locks ${JSON.stringify(locks())}; redis pin ${await redisPin(redis, SID)}`);
