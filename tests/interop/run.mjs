@@ -11,10 +11,10 @@
 //   COPILOT_CLI_BIN   CLI binary (default node_modules/@github/copilot-linux-x64/copilot)
 //   INTEROP_KEEP=1    keep the temp dir (CLI homes, proxy config and logs) after the run
 //
-// Layout of this file:
-//   1. settings
-//   2. process helpers: free ports, CLI servers, the sessiongate process, its config and admin API
-//   3. SDK helpers: clients with timeouts, create+send, resume+read
+// Layout of this file (the generic helpers, for processes and SDK clients, are in lib.mjs):
+//   1. settings: the suite's session ids
+//   2. process helpers: where a session lives, the proxy's config, its ring
+//   3. SDK helpers: create+send, resume+read
 //   4. the suite (one sequential describe; later tests build on the sessions the earlier ones made)
 //   5. ownership: a second describe with its own CLI fleet (requiring a node token) and a proxy
 //      with identities; two users with different connection tokens
@@ -23,128 +23,28 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import net from 'node:net';
 import crypto from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CopilotClient, RuntimeConnection, approveAll } from '@github/copilot-sdk';
+import {
+  HERE, DIRECT, KEEP, SG_BIN, POOL, TEST_TIMEOUT, RPC_TIMEOUT,
+  until, withTimeout, stopProc, startCli, startGate, adminGet, ringOwners, metricSum,
+  clients, newClient, closeClient, waitForEvent, gateLogTail,
+} from './lib.mjs';
 
 // ───────────────────────────── 1. settings ─────────────────────────────
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const DIRECT = process.env.INTEROP_DIRECT === '1';
-const KEEP = process.env.INTEROP_KEEP === '1';
-const CLI_BIN = process.env.COPILOT_CLI_BIN
-  ?? path.join(HERE, 'node_modules', '@github', 'copilot-linux-x64', 'copilot');
-const SG_BIN = path.resolve(HERE, process.env.SESSIONGATE_BIN ?? '../../target/release/sessiongate');
-const SG_ARGS = (process.env.SESSIONGATE_ARGS ?? 'run --config {config} --log-format json')
-  .split(/\s+/).filter(Boolean);
-const POOL = 'fleet';
 const N_SESSIONS = 12;
-const TEST_TIMEOUT = 60_000; // per test; the whole suite is capped at 180 s
-const RPC_TIMEOUT = 15_000;  // per SDK call: a proxy that drops or never answers must fail, not hang
 // Fixed session ids: with random ids, 12 sessions on a 3-node hash ring leave some node empty about
 // 2% of the time; fixed ids make "spread over all nodes" deterministic for a given ring.
 const SESSION_IDS = Array.from({ length: N_SESSIONS }, (_, i) =>
   `5e55c0de-${String(i).padStart(4, '0')}-4000-8000-${(0x1000_0000_0000 + i * 7919).toString(16).slice(-12)}`);
 
-// Everything spawned, so that it is killed even when a test throws or the runner is interrupted.
-const children = new Set();
-function killAllSync() {
-  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
-}
-process.on('exit', killAllSync);
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAllSync(); process.exit(130); });
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(what, fn, { timeoutMs = 10_000, everyMs = 200 } = {}) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
-    await sleep(everyMs);
-  }
-}
-
-/** Reject after ms: the SDK waits forever on a request whose connection went silent. */
-function withTimeout(promise, ms, what) {
-  let t;
-  const timeout = new Promise((_, reject) => { t = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
-}
-
 // ───────────────────────────── 2. process helpers ─────────────────────────────
-
-/** A port that was free a moment ago (bind 127.0.0.1:0, read it, close). Callers retry on EADDRINUSE. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
-  });
-}
-
-/** Spawn, remember for cleanup, and collect stdout+stderr as text (also teed to logFile). */
-function spawnTracked(bin, args, { env, cwd, logFile }) {
-  const child = spawn(bin, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
-  child.output = '';
-  const log = logFile ? fs.createWriteStream(logFile, { flags: 'a' }) : null;
-  const onData = (d) => { child.output += d.toString(); log?.write(d); };
-  child.stdout.on('data', onData);
-  child.stderr.on('data', onData);
-  child.exited = new Promise((r) => child.on('exit', (code, signal) => {
-    children.delete(child); log?.end(); r({ code, signal });
-  }));
-  return child;
-}
-
-async function stopProc(child, signal = 'SIGTERM', graceMs = 5000) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  child.kill(signal);
-  const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await child.exited;
-  clearTimeout(t);
-}
-
-/** Environment for a CLI: its own COPILOT_HOME, and no credentials or connection token leaking in. */
-function cliEnv(home) {
-  const env = { ...process.env, COPILOT_HOME: home };
-  for (const k of ['COPILOT_CONNECTION_TOKEN', 'COPILOT_GITHUB_TOKEN', 'GH_TOKEN', 'GITHUB_TOKEN']) delete env[k];
-  return env;
-}
-
-/**
- * Start one headless CLI server on a free port with its own COPILOT_HOME.
- * Ready = the line "CLI server listening on port N" on stdout (about 0.8 s after spawn; the port is
- * open at the same moment). A port lost to a race makes the CLI print "Address already in use" and
- * exit 1: retry with another port.
- */
-async function startCli(name, root, extraEnv = {}) {
-  const home = path.join(root, name, 'home');
-  const cwd = path.join(root, name, 'cwd'); // sessions record this cwd; keep it out of any git repo
-  await fsp.mkdir(home, { recursive: true });
-  await fsp.mkdir(cwd, { recursive: true });
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    const proc = spawnTracked(CLI_BIN, ['--headless', '--port', String(port), '--no-auto-login'],
-      { env: { ...cliEnv(home), ...extraEnv }, cwd, logFile: path.join(root, name, 'cli.out') });
-    const ready = await Promise.race([
-      until(`${name} ready`, () => /CLI server listening on port \d+/.test(proc.output), { timeoutMs: 20_000, everyMs: 50 })
-        .then(() => true),
-      proc.exited.then(() => false),
-    ]);
-    if (ready) return { name, port, addr: `127.0.0.1:${port}`, home, cwd, proc };
-    if (/Address already in use/.test(proc.output) && attempt < 5) continue;
-    throw new Error(`${name} failed to start (attempt ${attempt}):\n${proc.output}`);
-  }
-}
 
 /** Which CLI holds a session: the one whose COPILOT_HOME has session-state/<id>/. */
 function ownersOf(sessionId, clis) {
@@ -171,43 +71,6 @@ function gateConfigYaml(clis) {
   ].join('\n');
 }
 
-/**
- * Parse sessiongate's JSON log lines (stdout+stderr) for
- *   {"fields":{"message":"listener bound","listener":"cli","addr":"127.0.0.1:43125"},...}
- * Returns {name: addr} once every wanted listener is bound. Tolerates flattened fields.
- */
-export function parseBoundListeners(text) {
-  const bound = {};
-  for (const line of text.split('\n')) {
-    const s = line.trim();
-    if (!s.startsWith('{')) continue;
-    let obj;
-    try { obj = JSON.parse(s); } catch { continue; }
-    const f = obj.fields ?? obj;
-    if (f.message === 'listener bound' && f.listener && f.addr) bound[String(f.listener)] = String(f.addr);
-  }
-  return bound;
-}
-
-async function startGate(configPath, root, tag, extraEnv = {}) {
-  if (!fs.existsSync(SG_BIN)) throw new Error(`sessiongate binary not found at ${SG_BIN} (set SESSIONGATE_BIN or cargo build --release)`);
-  const args = SG_ARGS.map((a) => a.replace('{config}', configPath));
-  const proc = spawnTracked(SG_BIN, args, { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', ...extraEnv }, cwd: root, logFile: path.join(root, `sessiongate-${tag}.log`) });
-  const listeners = await Promise.race([
-    until('sessiongate listeners "cli" and "admin" bound', () => {
-      const b = parseBoundListeners(proc.output);
-      return b.cli && b.admin ? b : null;
-    }, { timeoutMs: 15_000, everyMs: 50 }),
-    proc.exited.then(({ code, signal }) => { throw new Error(`sessiongate exited (code ${code}, signal ${signal}) before binding:\n${proc.output.slice(-4000)}`); }),
-  ]);
-  return { proc, cliAddr: listeners.cli, adminAddr: listeners.admin };
-}
-
-async function adminGet(gate, pathAndQuery) {
-  const res = await fetch(`http://${gate.adminAddr}${pathAndQuery}`);
-  return { status: res.status, text: await res.text() };
-}
-
 /** Upstream names (cli-N) that GET /admin/ring?pool=fleet mentions; shape-agnostic on purpose. */
 async function ringUpstreams(gate) {
   const { status, text } = await adminGet(gate, `/admin/ring?pool=${POOL}`);
@@ -215,45 +78,7 @@ async function ringUpstreams(gate) {
   return [...new Set(text.match(/cli-\d+/g) ?? [])].sort();
 }
 
-/** The ring owner of each id (`sessiongate route`, offline, health ignored): [[id, node], ...]. */
-function ringOwners(configPath, ids, extraEnv = {}) {
-  return execFileSync(SG_BIN, ['route', '--config', configPath, '--pool', POOL, ...ids], { encoding: 'utf8', env: { ...process.env, ...extraEnv } })
-    .trim().split('\n').map((line) => line.split('\t'));
-}
-
-/** Sum of a counter over all its series of this pool, from GET /metrics (0 while it has none). */
-async function metricSum(gate, name) {
-  const { status, text } = await adminGet(gate, '/metrics');
-  if (status !== 200) throw new Error(`/metrics answered ${status}: ${text.slice(0, 300)}`);
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = line.match(/^(\w+)(\{[^}]*\})?\s+(\S+)$/);
-    if (m && m[1] === name && (m[2] ?? '').includes(`pool="${POOL}"`)) sum += Number(m[3]);
-  }
-  return sum;
-}
-
 // ───────────────────────────── 3. SDK helpers ─────────────────────────────
-
-const clients = new Set();
-async function newClient(addr) {
-  const c = new CopilotClient({ connection: RuntimeConnection.forUri(addr) });
-  clients.add(c);
-  await withTimeout(c.start(), RPC_TIMEOUT, `connect to ${addr}`);
-  return c;
-}
-async function closeClient(c) {
-  clients.delete(c);
-  const stopped = await Promise.race([c.stop().then(() => true, () => false), sleep(5000).then(() => false)]);
-  if (!stopped) await c.forceStop().catch(() => {});
-}
-
-function waitForEvent(session, type, timeoutMs = 15_000) {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => { off(); reject(new Error(`no ${type} event for ${session.sessionId} within ${timeoutMs} ms`)); }, timeoutMs);
-    const off = session.on((e) => { if (e.type === type) { clearTimeout(t); off(); resolve(e); } });
-  });
-}
 
 /**
  * Create a session with a caller-chosen id and send one prompt. Without login the CLI answers the
@@ -319,11 +144,6 @@ async function resumeAll(addr, ids) {
 // A failure of a test marked critical (nothing after it can work) makes the rest skip at once
 // instead of each waiting out its own timeouts.
 let blocker = null;
-
-/** The proxy log without Rust backtrace frames, last n lines. */
-function gateLogTail(out, n = 30) {
-  return out.trimEnd().split('\n').filter((l) => !/^\s+(\d+: |at )/.test(l)).slice(-n).join('\n');
-}
 
 /**
  * Wrap a test body: skip when an earlier critical test failed, and on failure append the tail of

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Interop suite: real Copilot CLI servers + SDK through sessiongate. See README.md.
-# Installs the pinned npm packages when missing or stale, then runs the node:test suite.
+# Installs the pinned npm packages when missing or stale, then runs the node:test suites (run.mjs,
+# then shared_storage.mjs; one file at a time: each starts its own CLI fleet and proxies).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -17,4 +18,4 @@ if [ ! -x node_modules/@github/copilot-linux-x64/copilot ] \
   fi
 fi
 
-exec node --test run.mjs "$@"
+exec node --test --test-concurrency=1 run.mjs shared_storage.mjs "$@"
