@@ -327,7 +327,7 @@ def main():
     problems = Problems()
     objects = render(args.kustomization, problems)
     for obj in objects:
-        where = f"{os.path.relpath(obj['__file'])}: {ident(obj)}"
+        where = f"{obj['__file']}: {ident(obj)}"
         if obj["apiVersion"].startswith(CRD_GROUPS):
             continue  # CRD-based: no schema here; shape-checked in check_refs
         try:
