@@ -4,8 +4,8 @@
 #      compared with `kubectl kustomize` where kubectl exists), each object validated against the
 #      Kubernetes schemas of the pinned kubernetes-validate (strict), the ServiceMonitor and the
 #      references between objects checked for shape;
-#   2. negative checks: broken copies (a bad field type, a ServiceMonitor naming a missing port,
-#      a compose service with an unknown option) must FAIL;
+#   2. negative checks: broken copies (a bad field type, a misspelt field, a ServiceMonitor naming a
+#      port the Service lacks, a compose service with an unknown option) must FAIL;
 #   3. docker/compose.yaml with `docker-compose config` (Debian's docker-compose, tests/tools.sh);
 #   4. the sessiongate config of each ConfigMap and docker/sessiongate.yaml with
 #      `sessiongate check` ($SESSIONGATE_BIN, default target/release/sessiongate).
@@ -47,13 +47,17 @@ expect_failure() { # name, command...
     echo "FAIL negative check '$name': the broken copy passed"
     fail=1
   else
-    echo "ok   negative check '$name' failed as it must: $(grep -m1 -v '^FAIL' "$tmp/neg.out" | sed 's/^ *//' | cut -c1-160)"
+    echo "ok   negative check '$name' failed as it must: $(grep -v '^FAIL' "$tmp/neg.out" | head -2 | sed 's/^ *//' | tr '\n' ' ' | cut -c1-200)"
   fi
 }
 cp -r deploy/k8s "$tmp/schema"
 sed -i 's/^  replicas: 2$/  replicas: two/' "$tmp/schema/base/sessiongate.yaml"
 grep -q 'replicas: two' "$tmp/schema/base/sessiongate.yaml"
 expect_failure "Deployment replicas: two" "$py" tests/k8s/validate.py "$tmp/schema/base" --kubernetes-version "$K8S_VERSION"
+cp -r deploy/k8s "$tmp/typo"
+sed -i 's/^          image: redis:7.2-alpine$/&\n          imagePullPolicyy: Always/' "$tmp/typo/base/redis.yaml"
+grep -q 'imagePullPolicyy' "$tmp/typo/base/redis.yaml"
+expect_failure "unknown field (strict schemas)" "$py" tests/k8s/validate.py "$tmp/typo/base" --kubernetes-version "$K8S_VERSION"
 cp -r deploy/k8s "$tmp/monitor"
 sed -i 's/^    - port: admin$/    - port: metrics/' "$tmp/monitor/base/servicemonitor.yaml"
 grep -q 'port: metrics' "$tmp/monitor/base/servicemonitor.yaml"
@@ -66,7 +70,7 @@ echo "== compose: docker/compose.yaml"
 # Placeholder values: compose refuses to render without the three variables.
 export COPILOT_CONNECTION_TOKEN=placeholder COPILOT_GITHUB_TOKEN=placeholder SESSIONGATE_ADMIN_TOKEN=placeholder
 if docker-compose -f docker/compose.yaml config -q; then
-  echo "ok   docker/compose.yaml ($(docker-compose -f docker/compose.yaml config --services | tr '\n' ' '))"
+  echo "ok   docker/compose.yaml ($(docker-compose -f docker/compose.yaml config --services | paste -sd' '))"
 else
   echo "FAIL docker/compose.yaml"
   fail=1
@@ -76,6 +80,10 @@ expect_failure "compose service with an unknown option" docker-compose -f "$tmp/
 echo "== sessiongate check: the configs of the ConfigMaps and of compose"
 # The variables the configs' token_env fields name, with placeholder values.
 export SESSIONGATE_ADMIN_TOKEN=placeholder COPILOT_TOKEN=placeholder
+if [ ! -x "$bin" ]; then
+  echo "FAIL no sessiongate binary at $bin (cargo build --release, or set SESSIONGATE_BIN)"
+  exit 1
+fi
 for cfg in "$out"/*.sessiongate.yaml docker/sessiongate.yaml; do
   if "$bin" check --config "$cfg" >"$tmp/check.out" 2>&1; then
     echo "ok   sessiongate check $cfg: $(head -1 "$tmp/check.out")"
