@@ -3,7 +3,10 @@
 #   promtool  - from Debian's prometheus package (binary only: no service is installed or started)
 # and checks node/npm for the interop suite (Debian's nodejs/npm when missing) and redis-server
 # for the shared store's tests (Debian's redis-server when missing; the tests start their own
-# servers on free ports, whatever the package's service does).
+# servers on free ports, whatever the package's service does), and for tests/k8s/validate.sh
+# Python's venv (Debian's python3-venv when missing; the venv itself and its pinned packages are
+# made by that script) and docker-compose (Debian's package: `docker-compose config` checks a
+# compose file offline, no Docker engine needed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="$PWD/target/tools"
@@ -32,4 +35,12 @@ if ! command -v redis-server >/dev/null; then
   echo "tools.sh: installing redis-server from Debian"
   apt_install redis-server
 fi
-echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3)"
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  echo "tools.sh: installing python3-venv from Debian"
+  apt_install python3-venv
+fi
+if ! command -v docker-compose >/dev/null; then
+  echo "tools.sh: installing docker-compose from Debian"
+  apt_install docker-compose
+fi
+echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3), $(docker-compose version --short)"
