@@ -16,6 +16,8 @@ pub mod jsonrpc;
 pub mod nodes;
 // A real redis-server on a free port, stoppable for outages (store_redis.rs).
 pub mod redis;
+// The README's metric table and a config naming every kind of labelled series.
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
