@@ -262,18 +262,50 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         };
         let proxy = Proxy::start_yaml(&config(&api)).await;
 
-        // A session the ring puts on the dead node: its link is refused, the request goes
-        // to another node (a redispatch), and passive ejection takes the node out.
+        // The dead node: a session the ring puts there cannot be created (its state would
+        // live there), a global call from a connection whose home it is goes to another
+        // node (a redispatch), and the third failure ejects it (`passive:` in the config).
         let pool = proxy
             .server
             .snapshot()
             .pool("fleet")
             .expect("fleet")
             .clone();
-        let on_dead = id_on(&pool, "dead");
         let mut cli = RpcClient::connect(proxy.addr("cli")).await;
-        cli.result("session.create", session_params(&on_dead, json!({})))
+        let refused = cli
+            .call(
+                "session.create",
+                session_params(&id_on(&pool, "dead"), json!({})),
+            )
             .await;
+        error_of(&refused);
+        let redispatched = || async {
+            let text = proxy.metrics_text().await;
+            metric_value(
+                &text,
+                "sessiongate_redispatches_total",
+                &[("upstream", "dead")],
+            ) >= Some(1.0)
+        };
+        // Each connection has a random home node: a few find the dead one.
+        for _ in 0..200 {
+            if redispatched().await {
+                break;
+            }
+            let mut c = RpcClient::connect(proxy.addr("cli")).await;
+            c.result("ping", json!({})).await;
+        }
+        assert!(
+            redispatched().await,
+            "no ping was redispatched from the dead node"
+        );
+        let refused = cli
+            .call(
+                "session.create",
+                session_params(&id_on(&pool, "dead"), json!({})),
+            )
+            .await;
+        error_of(&refused);
         // An owner search: a session no pin names.
         let unknown = "00000000-0000-4000-8000-00000000dead";
         let resumed = cli
@@ -284,7 +316,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         let text = proxy.metrics_text().await;
         for (metric, labels) in [
             (
-                "sessiongate_redispatches_total",
+                "sessiongate_upstream_ejections_total",
                 &[("upstream", "dead")][..],
             ),
             ("sessiongate_owner_discovery_total", &[][..]),
@@ -364,6 +396,29 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             "dashboard queries that failed or returned nothing:\n{}",
             failures.join("\n")
         );
+
+        // And Prometheus saw the traffic between scrapes, not only series at 0.
+        for (what, query) in [
+            (
+                "an applied reload",
+                "sum(increase(sessiongate_config_reloads_total{result=\"success\"}[5m]))",
+            ),
+            (
+                "a refused reload",
+                "sum(increase(sessiongate_config_reloads_total{result=\"failure\"}[5m]))",
+            ),
+            (
+                "a rate-limited request",
+                "sum(increase(sessiongate_requests_total{code=\"429\"}[5m]))",
+            ),
+            (
+                "HTTP 500s",
+                "sum(increase(sessiongate_requests_total{code=\"500\"}[5m]))",
+            ),
+        ] {
+            let v = prometheus.value(query).await;
+            assert!(v > Some(0.0), "{what}: {query} = {v:?}");
+        }
 
         let names = prometheus.api("/api/v1/label/__name__/values").await;
         let names: Vec<&str> = names["data"]

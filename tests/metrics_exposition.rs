@@ -142,6 +142,16 @@ async fn the_first_scrape_has_every_documented_metric_and_configured_series_at_z
             );
             zero("sessiongate_connections_total", &[("listener", listener)]);
         }
+        // `web` has a rate limit: its 429s are counted from the first one on.
+        zero(
+            "sessiongate_requests_total",
+            &[
+                ("listener", "web"),
+                ("pool", "api"),
+                ("upstream", "none"),
+                ("code", "429"),
+            ],
+        );
         // Only `fleet` has capped upstreams: only `cli` can refuse for a full fleet.
         zero(
             "sessiongate_admission_rejected_total",

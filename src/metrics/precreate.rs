@@ -21,6 +21,8 @@ pub const JSONRPC_OUTCOMES: &[&str] = &["ok", "error", "unavailable", "timeout"]
 pub const TCP_UPSTREAM_OUTCOMES: &[&str] = &["closed"];
 /// ...and those counted against upstream `none` (no key, or no upstream could take it).
 pub const TCP_REFUSED_OUTCOMES: &[&str] = &["no_key", "no_upstream"];
+/// `sessiongate_requests_total{code}` of an HTTP listener with `limits:`, against upstream `none`.
+pub const HTTP_LIMITED: &[&str] = &["429"];
 /// `sessiongate_upstream_link_failures_total{kind}`.
 pub const LINK_FAILURE_KINDS: &[&str] = &["connect", "dropped", "malformed"];
 /// `sessiongate_owner_discovery_total{result}`.
@@ -75,10 +77,12 @@ impl Metrics {
                     _ => {}
                 }
                 // HTTP's codes are the upstreams' statuses, unknown in advance; the snapshot
-                // already creates code="200" (the data path's own handle).
+                // already creates code="200" (the data path's own handle). A rate limit's 429
+                // is the proxy's own answer, counted against upstream `none`.
                 let (per_upstream, refused): (&[&str], &[&str]) = match l.protocol {
                     Protocol::JsonRpc => (JSONRPC_OUTCOMES, &[]),
                     Protocol::Tcp => (TCP_UPSTREAM_OUTCOMES, TCP_REFUSED_OUTCOMES),
+                    Protocol::Http if l.limits.any() => (&[], HTTP_LIMITED),
                     Protocol::Http => (&[], &[]),
                 };
                 for u in &pool.upstreams {
@@ -89,6 +93,10 @@ impl Metrics {
                         self.requests_total
                             .with_label_values(&[listener, p, upstream, code]);
                     }
+                }
+                if !refused.is_empty() {
+                    self.request_duration
+                        .with_label_values(&[listener, p, "none"]);
                 }
                 for code in refused {
                     self.requests_total

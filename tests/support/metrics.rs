@@ -64,7 +64,8 @@ pub struct Members<'a> {
 /// Listeners of every protocol and pools with every optional feature that has metrics:
 /// `redis:` (store series), caps and `load_factor` (spills, `fleet_full`), `passive:`
 /// (ejections), `cleanup:`, `learn:`, `limits:` (429s). `fleet_probe_interval` sets how often
-/// the JSON-RPC pool is probed (long: nodes stay as they are until passive ejection notices).
+/// the JSON-RPC pool is probed (long: nodes stay as they are until passive ejection notices,
+/// after 3 failures).
 pub fn every_kind_config(
     members: &Members<'_>,
     redis_url: &str,
@@ -105,7 +106,7 @@ pools:
   fleet:
     hash: {{ load_factor: 1.25 }}
     health: {{ probe: jsonrpc, interval: {fleet_probe_interval}, timeout: 1s, rise: 1, fall: 1 }}
-    passive: {{ consecutive_failures: 1, eject_for: 1h }}
+    passive: {{ consecutive_failures: 3, eject_for: 1h }}
     fanout_timeout: 500ms
     max_sessions_per_upstream: 50
     cleanup: {{ older_than: 7d, every: 24h }}
