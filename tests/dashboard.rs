@@ -2,8 +2,9 @@
 //! proxy with a mock CLI fleet and HTTP upstreams serves real traffic (errors, a reload, a
 //! rate-limited request, an owner search, a redispatch), a `prometheus` child process scrapes
 //! its admin `/metrics` every second, and every query of every panel must parse and return data.
-//! Every metric the README documents must be in what Prometheus stored. `tests/tools.sh`
-//! installs `prometheus` into target/tools.
+//! Every metric the README documents must be in what Prometheus stored, and the exposition
+//! under this traffic must pass `promtool check metrics`. `tests/tools.sh` installs both
+//! binaries into target/tools.
 
 mod support;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::client::{self, Client};
 use support::jsonrpc::{error_of, id_on, session_params, CliFleet, RpcClient};
-use support::metrics::{every_kind_config, readme_metrics, Members};
+use support::metrics::{every_kind_config, promtool_check, readme_metrics, Members};
 use support::redis::RedisServer;
 use support::upstream::{named, refused_addr, serve_fn, Fleet};
 use support::{metric_value, within, Proxy};
@@ -367,6 +368,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             "the 429 is counted:\n{text}"
         );
         traffic(&proxy, 2).await;
+        let text = proxy.metrics_text().await;
+        promtool_check(&text).unwrap_or_else(|e| panic!("promtool rejects the exposition:\n{e}"));
         prometheus.scrapes(3.0).await;
 
         let dashboard: Value =

@@ -4,44 +4,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::json;
 use sessiongate::metrics::{
     DISCOVERY_RESULTS, HEALTH_STATES, JSONRPC_OUTCOMES, LINK_FAILURE_KINDS, PIN_DROP_REASONS,
 };
 use support::jsonrpc::{jsonrpc_config, session_params, CliFleet, RpcClient, RpcYaml};
-use support::metrics::{every_kind_config, readme_metrics, Members};
+use support::metrics::{every_kind_config, promtool_check, readme_metrics, Members};
 use support::upstream::{refused_addr, Fleet};
 use support::{metric_value, web_config, within, Proxy};
-
-/// Run `promtool check metrics` on `text`; its complaints, if any.
-fn promtool_check(text: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: run tests/tools.sh (it installs it into target/tools) and put it on PATH");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics to promtool");
-    let out = child.wait_with_output().expect("promtool ran");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_metrics_pass_promtool() {
@@ -126,6 +96,19 @@ async fn the_first_scrape_has_every_documented_metric_and_configured_series_at_z
         assert!(
             missing.is_empty(),
             "documented in the README but not in the first scrape: {missing:?}\n{text}"
+        );
+
+        // And the other way: nothing is exported that the README does not document.
+        let documented: Vec<String> = readme_metrics().into_iter().map(|m| m.name).collect();
+        let undocumented: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|name| !documented.iter().any(|d| d == name))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "exported but not in the README's table: {undocumented:?}"
         );
 
         let zero = |name: &str, labels: &[(&str, &str)]| {

@@ -1,8 +1,10 @@
 //! The README's metric table, parsed, so tests check the code against the documentation
-//! (metrics_exposition.rs, dashboard.rs), and a config that names every kind of listener and
-//! pool the metrics have label sets for.
+//! (metrics_exposition.rs, dashboard.rs); a config that names every kind of listener and pool
+//! the metrics have label sets for; `promtool check metrics` (tests/tools.sh installs it).
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 
 use super::upstreams_yaml;
 
@@ -122,4 +124,31 @@ pools:
         api = upstreams_yaml(members.api),
         learned = upstreams_yaml(members.learned),
     )
+}
+
+/// Run `promtool check metrics` on `text`; its complaints, if any.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: run tests/tools.sh (it installs it into target/tools) and put it on PATH");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
