@@ -480,9 +480,11 @@ impl Snapshot {
     }
 
     /// Make this snapshot's settings live in the state it shares with the one serving before it:
-    /// each upstream's drain by config, the bounds on per-session series. Called once the
-    /// snapshot is stored (never by [`Snapshot::build`], so a refused reload changes nothing).
+    /// each upstream's drain by config, the bounds on per-session series, and every metric
+    /// series the config names, at 0. Called once the snapshot is stored (never by
+    /// [`Snapshot::build`], so a refused reload changes nothing).
     pub fn activate(&self, metrics: &Metrics) {
+        metrics.precreate(&self.config);
         for pool in self.pools.values() {
             for u in &pool.upstreams {
                 u.state.set_config_drain(u.config.drain);

@@ -517,13 +517,16 @@ async fn routing_follows_health_and_drain_and_only_the_affected_keys_move() {
         )
     };
     assert_eq!((flips("down"), flips("up")), (Some(1.0), Some(1.0)));
+    // The others never flipped: their series exist from the start, at 0.
     for other in ["a", "c", "d"] {
-        let none = metric_value(
-            &metrics,
-            "sessiongate_upstream_health_transitions_total",
-            &[("pool", "api"), ("upstream", other)],
-        );
-        assert_eq!(none, None, "{other} never flipped");
+        for to in ["up", "down"] {
+            let flips = metric_value(
+                &metrics,
+                "sessiongate_upstream_health_transitions_total",
+                &[("pool", "api"), ("upstream", other), ("to", to)],
+            );
+            assert_eq!(flips, Some(0.0), "{other} never flipped");
+        }
     }
 }
 

@@ -4,40 +4,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::json;
+use sessiongate::metrics::{
+    DISCOVERY_RESULTS, HEALTH_STATES, JSONRPC_OUTCOMES, LINK_FAILURE_KINDS, PIN_DROP_REASONS,
+};
 use support::jsonrpc::{jsonrpc_config, session_params, CliFleet, RpcClient, RpcYaml};
-use support::upstream::Fleet;
-use support::{web_config, within, Proxy};
-
-/// Run `promtool check metrics` on `text`; its complaints, if any.
-fn promtool_check(text: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: run tests/tools.sh (it installs it into target/tools) and put it on PATH");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics to promtool");
-    let out = child.wait_with_output().expect("promtool ran");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
+use support::metrics::{every_kind_config, promtool_check, readme_metrics, Members};
+use support::upstream::{refused_addr, Fleet};
+use support::{metric_value, web_config, within, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_metrics_pass_promtool() {
@@ -129,6 +103,193 @@ async fn discovery_metrics_pass_promtool() {
             "discovery series missing from:\n{text}"
         );
         promtool_check(&text).unwrap_or_else(|e| panic!("promtool rejects the exposition:\n{e}"));
+    })
+    .await
+}
+
+/// The first scrape already has every metric the README documents, and every series whose
+/// labels the config names, at 0: `rate()` and alerts work from the start, and a dashboard
+/// tells "nothing happened" from "not exported".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_has_every_documented_metric_and_configured_series_at_zero() {
+    within(30, async {
+        let clis = CliFleet::start(2).await;
+        let web = Fleet::start(&["u1", "u2"]).await;
+        let learned = Fleet::start(&["m1"]).await;
+        let members = Members {
+            fleet: &clis.members(),
+            api: &web.members,
+            learned: &learned.members,
+        };
+        // Nothing listens there: the store's series exist with Redis configured, answering or
+        // not, and no test traffic needs it.
+        let redis = format!("redis://{}", refused_addr());
+        let proxy = Proxy::start_yaml(&every_kind_config(&members, &redis, "1h")).await;
+        let text = proxy.metrics_text().await;
+
+        let missing: Vec<String> = readme_metrics()
+            .iter()
+            .map(|m| m.sample_name())
+            .filter(|name| metric_value(&text, name, &[]).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "documented in the README but not in the first scrape: {missing:?}\n{text}"
+        );
+
+        // And the other way: nothing is exported that the README does not document.
+        let documented: Vec<String> = readme_metrics().into_iter().map(|m| m.name).collect();
+        let undocumented: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|name| !documented.iter().any(|d| d == name))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "exported but not in the README's table: {undocumented:?}"
+        );
+
+        let zero = |name: &str, labels: &[(&str, &str)]| {
+            assert_eq!(
+                metric_value(&text, name, labels),
+                Some(0.0),
+                "{name}{labels:?} at 0 in the first scrape:\n{text}"
+            );
+        };
+        for listener in ["cli", "web", "mcp", "raw"] {
+            zero(
+                "sessiongate_connection_errors_total",
+                &[("listener", listener), ("kind", "accept")],
+            );
+            zero("sessiongate_connections_total", &[("listener", listener)]);
+        }
+        // `web` has a rate limit: its 429s are counted from the first one on.
+        zero(
+            "sessiongate_requests_total",
+            &[
+                ("listener", "web"),
+                ("pool", "api"),
+                ("upstream", "none"),
+                ("code", "429"),
+            ],
+        );
+        // Only `fleet` has capped upstreams: only `cli` can refuse for a full fleet.
+        zero(
+            "sessiongate_admission_rejected_total",
+            &[("listener", "cli"), ("reason", "fleet_full")],
+        );
+        assert_eq!(
+            metric_value(
+                &text,
+                "sessiongate_admission_rejected_total",
+                &[("listener", "web")]
+            ),
+            None
+        );
+        for (name, _) in members.fleet {
+            let at = [("pool", "fleet"), ("upstream", name.as_str())];
+            for metric in [
+                "sessiongate_redispatches_total",
+                "sessiongate_fanout_skipped_total",
+                "sessiongate_upstream_ejections_total",
+                "sessiongate_placement_spills_total",
+                "sessiongate_cleanup_deleted_sessions_total",
+                "sessiongate_cleanup_freed_bytes_total",
+                "sessiongate_sessions_already_in_use_total",
+            ] {
+                zero(metric, &at);
+            }
+            for kind in LINK_FAILURE_KINDS {
+                zero(
+                    "sessiongate_upstream_link_failures_total",
+                    &[at[0], at[1], ("kind", kind)],
+                );
+            }
+            for code in JSONRPC_OUTCOMES {
+                zero(
+                    "sessiongate_requests_total",
+                    &[("listener", "cli"), at[0], at[1], ("code", code)],
+                );
+            }
+        }
+        for (pool, upstreams) in [("fleet", members.fleet), ("api", members.api)] {
+            for (name, _) in upstreams {
+                for to in HEALTH_STATES {
+                    zero(
+                        "sessiongate_upstream_health_transitions_total",
+                        &[("pool", pool), ("upstream", name), ("to", to)],
+                    );
+                }
+            }
+        }
+        for result in DISCOVERY_RESULTS {
+            zero(
+                "sessiongate_owner_discovery_total",
+                &[("pool", "fleet"), ("result", result)],
+            );
+        }
+        for reason in PIN_DROP_REASONS {
+            zero(
+                "sessiongate_pins_dropped_total",
+                &[("pool", "learned"), ("reason", reason)],
+            );
+        }
+        zero(
+            "sessiongate_pins_learned_total",
+            &[("pool", "learned"), ("upstream", "m1")],
+        );
+        zero(
+            "sessiongate_jsonrpc_request_duration_seconds_count",
+            &[("pool", "fleet"), ("method", "other")],
+        );
+        zero(
+            "sessiongate_session_request_duration_seconds_count",
+            &[("pool", "fleet"), ("session", "_other")],
+        );
+        // Features a pool does not have get no series: no cleanup on `api`.
+        assert_eq!(
+            metric_value(
+                &text,
+                "sessiongate_cleanup_deleted_sessions_total",
+                &[("pool", "api")]
+            ),
+            None
+        );
+        promtool_check(&text).unwrap_or_else(|e| panic!("promtool rejects the exposition:\n{e}"));
+    })
+    .await
+}
+
+/// A reload that adds an upstream exports its series at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_exports_the_series_of_new_upstreams() {
+    within(30, async {
+        let clis = CliFleet::start(3).await;
+        let all = clis.members();
+        let proxy = Proxy::start_yaml(&jsonrpc_config(&all[..2], RpcYaml::default())).await;
+        let at = [("pool", "fleet"), ("upstream", "cli-2")];
+        let text = proxy.metrics_text().await;
+        assert_eq!(
+            metric_value(&text, "sessiongate_redispatches_total", &at),
+            None
+        );
+        proxy
+            .reload_with(&jsonrpc_config(&all, RpcYaml::default()))
+            .await
+            .expect("reload");
+        let text = proxy.metrics_text().await;
+        for metric in [
+            "sessiongate_redispatches_total",
+            "sessiongate_fanout_skipped_total",
+            "sessiongate_upstream_link_failures_total",
+        ] {
+            assert_eq!(
+                metric_value(&text, metric, &at),
+                Some(0.0),
+                "{metric}:\n{text}"
+            );
+        }
     })
     .await
 }

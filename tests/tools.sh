@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the outside tools the test suite uses, idempotently, into target/tools:
-#   promtool  - from Debian's prometheus package (binary only: no service is installed or started)
+#   promtool, prometheus - from Debian's prometheus package (binaries only: no service is
+#                          installed or started; the tests run prometheus themselves)
 # and checks node/npm for the interop suite (Debian's nodejs/npm when missing) and redis-server
 # for the shared store's tests (Debian's redis-server when missing; the tests start their own
 # servers on free ports, whatever the package's service does), and for tests/k8s/validate.sh
@@ -18,12 +19,18 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-if [ ! -x "$tools/promtool" ] && ! command -v promtool >/dev/null; then
-  echo "tools.sh: fetching promtool from Debian's prometheus package"
+# Both from one package: promtool checks the exposition (metrics_exposition.rs), prometheus
+# scrapes a running proxy and evaluates the Grafana dashboard's queries (dashboard.rs).
+need=()
+for bin in promtool prometheus; do
+  if [ ! -x "$tools/$bin" ] && ! command -v "$bin" >/dev/null; then need+=("$bin"); fi
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "tools.sh: fetching ${need[*]} from Debian's prometheus package"
   if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
   work=$(mktemp -d)
   (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root prometheus >/dev/null && dpkg-deb -x prometheus_*.deb pkg)
-  cp "$work/pkg/usr/bin/promtool" "$tools/promtool"
+  for bin in "${need[@]}"; do cp "$work/pkg/usr/bin/$bin" "$tools/$bin"; done
   rm -rf "$work"
 fi
 
@@ -43,4 +50,4 @@ if ! command -v docker-compose >/dev/null; then
   echo "tools.sh: installing docker-compose from Debian"
   apt_install docker-compose
 fi
-echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3), $(docker-compose version --short)"
+echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), prometheus $( ("$tools/prometheus" --version 2>/dev/null || prometheus --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3), $(docker-compose version --short)"

@@ -1,8 +1,15 @@
 //! Every metric sessiongate exports, named in one place and registered on a registry the caller
 //! passes in (no global registry), so tests can run many proxies in one process. Per-session
-//! series are bounded by [`session_series`].
+//! series are bounded by [`session_series`]; series whose labels the config names are created
+//! at 0 when a config version goes live ([`Metrics::precreate`]).
 
+mod precreate;
 pub mod session_series;
+
+pub use precreate::{
+    DISCOVERY_RESULTS, HEALTH_STATES, HTTP_LIMITED, JSONRPC_OUTCOMES, LINK_FAILURE_KINDS,
+    OTHER_METHOD, PIN_DROP_REASONS, TCP_REFUSED_OUTCOMES, TCP_UPSTREAM_OUTCOMES,
+};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -50,6 +50,12 @@ impl SessionSeries {
         }
     }
 
+    /// Export `pool`'s overflow series (`session="_other"`) at 0, so the family is in the first
+    /// scrape of a JSON-RPC pool and `topk` over it has data before any session does.
+    pub fn precreate(&self, pool: &str) {
+        self.histogram.with_label_values(&[pool, OTHER]);
+    }
+
     /// Record one request's duration for `session` of `pool`.
     pub fn observe(&self, pool: &Arc<str>, session: &str, seconds: f64) {
         self.observe_at(pool, session, seconds, Instant::now());

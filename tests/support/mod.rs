@@ -19,6 +19,8 @@ pub mod nodes;
 pub mod redis;
 // A DNS server in the test process whose records the test changes (discovery.rs).
 pub mod dns;
+// The README's metric table and a config naming every kind of labelled series.
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
