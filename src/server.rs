@@ -37,6 +37,8 @@ pub struct Server {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub(crate) health: HealthSupervisor,
     pub(crate) cleanup: CleanupSupervisor,
+    /// The last reloads, for the status page.
+    pub(crate) reloads: crate::reload::history::ReloadHistory,
     admin_addr: SocketAddr,
 }
 
@@ -113,6 +115,7 @@ impl Server {
         let server = Arc::new(Server {
             health,
             cleanup: CleanupSupervisor::new(),
+            reloads: Default::default(),
             ctx: Context::new(shared, metrics, shutdown, store),
             listeners: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),

@@ -59,6 +59,8 @@ pub struct Pending {
     pub redispatch: Option<Redispatch>,
     /// A create placed by load or caps: counted on its node until answered.
     pub reservation: Option<Box<crate::sessions::Reservation>>,
+    /// The session's figures, counting this request in flight until it is dropped.
+    pub stats: Option<crate::sessions::stats::InFlight>,
     timer: Timer,
 }
 
@@ -87,6 +89,7 @@ impl Pending {
             discover: None,
             redispatch: None,
             reservation: None,
+            stats: None,
             timer: Timer::Paused(Duration::ZERO),
         }
     }
