@@ -56,6 +56,24 @@ impl Entry {
     }
 }
 
+/// moka's own bookkeeping per cached entry (hash table slot, entry info, the access- and
+/// write-order queue nodes, the frequency sketch's share), a generous estimate from its
+/// source; `tests/session_memory.rs` checks the whole figure against the process's growth.
+pub const CACHE_OVERHEAD_BYTES: usize = 256;
+
+/// What one live session costs the pin table, with its figures, for an id of `id_len` bytes
+/// (the pin's names are shared with the upstream). The README's memory bound is this times
+/// `max_pinned_sessions`.
+pub fn entry_bytes(id_len: usize) -> usize {
+    use std::mem::size_of;
+    // An `Arc` allocation: two counts, then the value.
+    let arc = |value: usize| 2 * size_of::<usize>() + value;
+    let key = size_of::<Arc<str>>() + arc(id_len);
+    let entry =
+        size_of::<Entry>() + arc(size_of::<AtomicU64>()) + arc(size_of::<SessionStats>());
+    key + entry + CACHE_OVERHEAD_BYTES
+}
+
 /// A live session as the admin endpoints list it.
 #[derive(Debug, Clone)]
 pub struct LiveSession {
