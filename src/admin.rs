@@ -428,7 +428,9 @@ fn html_response(body: String) -> AdminResponse {
     // The page is self-contained: nothing else may load into it, and no other site may frame it.
     resp.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
     );
     resp
 }

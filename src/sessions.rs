@@ -26,8 +26,8 @@ use moka::sync::Cache;
 
 use crate::config::Secret;
 use crate::store::SharedPins;
-use stats::SessionStats;
 use crate::upstream::Upstream;
+use stats::SessionStats;
 
 /// The node a session lives on. The address is kept with the name so that a session pinned to
 /// an upstream a reload removed can still be reached while it drains.
@@ -69,8 +69,7 @@ pub fn entry_bytes(id_len: usize) -> usize {
     // An `Arc` allocation: two counts, then the value.
     let arc = |value: usize| 2 * size_of::<usize>() + value;
     let key = size_of::<Arc<str>>() + arc(id_len);
-    let entry =
-        size_of::<Entry>() + arc(size_of::<AtomicU64>()) + arc(size_of::<SessionStats>());
+    let entry = size_of::<Entry>() + arc(size_of::<AtomicU64>()) + arc(size_of::<SessionStats>());
     key + entry + CACHE_OVERHEAD_BYTES
 }
 
@@ -346,7 +345,8 @@ impl SessionPins {
         self.live.add(&pin.upstream);
         // A session re-pinned (resumed, moved) keeps its figures.
         let stats = self.cache.get(session).map(|e| e.stats);
-        self.cache.insert(Arc::from(session), Entry::new(pin, stats));
+        self.cache
+            .insert(Arc::from(session), Entry::new(pin, stats));
     }
 
     /// The figures of pinned `session` (refreshing its idle timer, like any use of the pin).

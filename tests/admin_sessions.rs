@@ -55,9 +55,17 @@ async fn drill_down_reports_latency_errors_in_flight_and_the_last_methods() {
         assert_eq!(d["addr"], cli.addr().to_string());
         assert!(d["user"].is_null(), "no identities: no user: {d}");
         assert_eq!(d["requests"], 12, "the create and 11 reads: {d}");
-        assert_eq!((d["errors"].as_u64(), d["in_flight"].as_u64()), (Some(0), Some(0)));
+        assert_eq!(
+            (d["errors"].as_u64(), d["in_flight"].as_u64()),
+            (Some(0), Some(0))
+        );
         let lat = &d["latency_ms"];
-        let (p50, p90, p99, max) = (ms(&lat["p50"]), ms(&lat["p90"]), ms(&lat["p99"]), ms(&lat["max"]));
+        let (p50, p90, p99, max) = (
+            ms(&lat["p50"]),
+            ms(&lat["p90"]),
+            ms(&lat["p99"]),
+            ms(&lat["max"]),
+        );
         let fast = FAST.as_secs_f64() * 1000.0;
         let slow = SLOW.as_secs_f64() * 1000.0;
         // A real sample is at least the delay, plus the proxy's and loopback's few ms.
@@ -82,10 +90,13 @@ async fn drill_down_reports_latency_errors_in_flight_and_the_last_methods() {
         assert_eq!(recent[0]["method"], "session.getMessages");
         assert_eq!(recent[0]["outcome"], "ok");
         assert!(ms(&recent[0]["latency_ms"]) >= slow, "newest first: {d}");
-        assert!(recent[1..].iter().all(|r| {
-            let l = ms(&r["latency_ms"]);
-            l >= fast && l < slow
-        }), "{d}");
+        assert!(
+            recent[1..].iter().all(|r| {
+                let l = ms(&r["latency_ms"]);
+                l >= fast && l < slow
+            }),
+            "{d}"
+        );
 
         // A read the node never answers: in flight, then a timeout (an error).
         cli.set_fault("session.getMessages", Fault::Hang);
@@ -101,7 +112,11 @@ async fn drill_down_reports_latency_errors_in_flight_and_the_last_methods() {
         assert_eq!(error_of(&resp)["code"], -32007, "{resp}");
         let d = admin_json(admin, &format!("/admin/sessions/{encoded}")).await;
         assert_eq!(d["session"], other);
-        assert_eq!((d["requests"].as_u64(), d["errors"].as_u64()), (Some(2), Some(1)), "{d}");
+        assert_eq!(
+            (d["requests"].as_u64(), d["errors"].as_u64()),
+            (Some(2), Some(1)),
+            "{d}"
+        );
         assert_eq!(d["in_flight"], 0);
         assert_eq!(d["recent"][0]["outcome"], "timeout");
         assert!(ms(&d["latency_ms"]["max"]) >= 400.0, "{d}");
@@ -116,17 +131,34 @@ async fn drill_down_reports_latency_errors_in_flight_and_the_last_methods() {
 
         // Top lists.
         let ids = |v: &Value| -> Vec<String> {
-            v["sessions"].as_array().expect("sessions").iter()
-                .map(|s| s["session"].as_str().unwrap().to_owned()).collect()
+            v["sessions"]
+                .as_array()
+                .expect("sessions")
+                .iter()
+                .map(|s| s["session"].as_str().unwrap().to_owned())
+                .collect()
         };
         let by_requests = admin_json(admin, "/admin/sessions?by=requests").await;
         assert_eq!(ids(&by_requests), [sid, other]);
-        assert_eq!((by_requests["live"].as_u64(), by_requests["top"].as_u64()), (Some(2), Some(20)));
+        assert_eq!(
+            (by_requests["live"].as_u64(), by_requests["top"].as_u64()),
+            (Some(2), Some(20))
+        );
         assert_eq!(by_requests["sessions"][0]["requests"], 12);
         assert_eq!(by_requests["sessions"][0]["node"], "cli-0");
-        assert_eq!(ids(&admin_json(admin, "/admin/sessions?by=errors").await), [other, sid]);
-        assert_eq!(ids(&admin_json(admin, "/admin/sessions?by=p99").await), [other, sid]);
-        assert_eq!(ids(&admin_json(admin, "/admin/sessions").await), [other, sid], "recent first");
+        assert_eq!(
+            ids(&admin_json(admin, "/admin/sessions?by=errors").await),
+            [other, sid]
+        );
+        assert_eq!(
+            ids(&admin_json(admin, "/admin/sessions?by=p99").await),
+            [other, sid]
+        );
+        assert_eq!(
+            ids(&admin_json(admin, "/admin/sessions").await),
+            [other, sid],
+            "recent first"
+        );
         let one = admin_json(admin, "/admin/sessions?top=1&by=requests").await;
         assert_eq!(ids(&one), [sid]);
         assert_eq!(one["by"], "requests");
@@ -138,7 +170,8 @@ async fn drill_down_reports_latency_errors_in_flight_and_the_last_methods() {
         }
 
         // A deleted session is gone from the table at once.
-        c.result("session.delete", session_params(sid, json!({}))).await;
+        c.result("session.delete", session_params(sid, json!({})))
+            .await;
         let reply = client::get(admin, &format!("/admin/sessions/{sid}"), &[]).await;
         assert_eq!(reply.status, 404, "deleted: {}", reply.body);
     })

@@ -53,7 +53,10 @@ fn ten_thousand_live_sessions_stay_within_the_documented_bound() {
     let grown = rss_bytes().saturating_sub(before);
     println!("{kept} sessions kept; resident memory grew by {grown} B");
     assert!(kept <= BOUND, "{kept} sessions kept, bound {BOUND}");
-    assert!(kept >= BOUND * 9 / 10, "the table keeps about its bound: {kept}");
+    assert!(
+        kept >= BOUND * 9 / 10,
+        "the table keeps about its bound: {kept}"
+    );
     let estimate = kept as usize * per_entry;
     assert!(
         estimate <= BOUND as usize * DOCUMENTED_ENTRY_BYTES,

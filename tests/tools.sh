@@ -3,7 +3,8 @@
 #   promtool  - from Debian's prometheus package (binary only: no service is installed or started)
 # and checks node/npm for the interop suite (Debian's nodejs/npm when missing) and redis-server
 # for the shared store's tests (Debian's redis-server when missing; the tests start their own
-# servers on free ports, whatever the package's service does).
+# servers on free ports, whatever the package's service does), and headless Chromium for the
+# status page test (Debian's chromium when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="$PWD/target/tools"
@@ -32,4 +33,8 @@ if ! command -v redis-server >/dev/null; then
   echo "tools.sh: installing redis-server from Debian"
   apt_install redis-server
 fi
-echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3)"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "tools.sh: installing chromium from Debian"
+  apt_install chromium
+fi
+echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3), $(/usr/bin/chromium --version 2>/dev/null)"

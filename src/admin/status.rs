@@ -114,7 +114,13 @@ pub(super) fn page(server: &Server) -> String {
     html.push_str("<h2>Listeners</h2>");
     let mut t = Table::new(
         "listeners",
-        &["listener", "protocol", "address", "pool", "open connections"],
+        &[
+            "listener",
+            "protocol",
+            "address",
+            "pool",
+            "open connections",
+        ],
     );
     let bound: std::collections::HashMap<String, String> = server
         .lock_listeners()
@@ -129,7 +135,10 @@ pub(super) fn page(server: &Server) -> String {
         t.row(&[
             l.name.clone(),
             l.protocol.as_str().to_owned(),
-            bound.get(&l.name).cloned().unwrap_or_else(|| l.listen.to_string()),
+            bound
+                .get(&l.name)
+                .cloned()
+                .unwrap_or_else(|| l.listen.to_string()),
             l.pool.clone().unwrap_or_else(|| "(by tenant)".into()),
             open.to_string(),
         ]);
@@ -180,10 +189,7 @@ pub(super) fn page(server: &Server) -> String {
     if reloads.is_empty() {
         html.push_str("<p class=\"meta\">no reload since start</p>");
     }
-    let mut t = Table::new(
-        "reloads",
-        &["at", "version", "result", "changes / error"],
-    );
+    let mut t = Table::new("reloads", &["at", "version", "result", "changes / error"]);
     for r in &reloads {
         let changes = match &r.error {
             Some(e) => e.clone(),

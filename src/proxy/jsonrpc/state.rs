@@ -508,7 +508,7 @@ impl ConnState {
         self.next_sweep = next;
         for id in due {
             if let Some(p) = self.pending.remove(&id) {
-                fired.push(Fired::Request(id, p));
+                fired.push(Fired::Request(id, Box::new(p)));
             }
         }
         for n in due_internal {
@@ -524,7 +524,7 @@ impl ConnState {
 #[derive(Debug)]
 pub enum Fired {
     /// The client request `id` got no answer in time.
-    Request(ClientId, Pending),
+    Request(ClientId, Box<Pending>),
     /// A request of the proxy's own got no answer in time.
     Internal(Arc<str>, Internal),
 }
