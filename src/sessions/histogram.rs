@@ -3,7 +3,7 @@
 //! No allocation, one array increment per observation.
 //!
 //! Accuracy: a quantile is reported as the geometric middle of the bucket holding it (capped by
-//! the exact maximum), so for latencies between 0.5 ms and 16 s it is within a factor 2^¼ of a
+//! the exact maximum; the top rank is the maximum itself), so for latencies between 0.5 ms and 16 s it is within a factor 2^¼ of a
 //! real sample, a relative error of at most [`RELATIVE_ERROR`] (19%). Below 0.5 ms the answer
 //! is 0.25 ms (absolute error under 0.25 ms); above 16 s it is the maximum.
 
@@ -48,6 +48,10 @@ impl LatencyHistogram {
         }
         // The rank of the sample that is the quantile, 1-based (nearest-rank method).
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        if rank >= total {
+            // The top sample is the maximum, known exactly.
+            return Some(f64::from(self.max_us));
+        }
         let mut seen = 0u64;
         for (bucket, &c) in self.counts.iter().enumerate() {
             seen += u64::from(c);
