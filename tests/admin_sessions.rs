@@ -8,10 +8,13 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sessiongate::identity::token_hash;
 use sessiongate::mockcli::Fault;
 use sessiongate::sessions::histogram::RELATIVE_ERROR;
-use support::jsonrpc::{create, error_of, session_params, RpcYaml, Setup};
-use support::{admin_json, client, poll_until, within};
+use support::jsonrpc::{
+    create, error_of, jsonrpc_config, session_params, CliFleet, RpcClient, RpcYaml, Setup,
+};
+use support::{admin_json, client, poll_until, within, ConfigDir, Proxy};
 
 const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(200);
@@ -174,6 +177,33 @@ async fn drill_down_reports_latency_errors_in_flight_and_the_last_methods() {
             .await;
         let reply = client::get(admin, &format!("/admin/sessions/{sid}"), &[]).await;
         assert_eq!(reply.status, 404, "deleted: {}", reply.body);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_identities_the_drill_down_names_the_sessions_owner() {
+    const TOKEN: &str = "drill-alice-token";
+    let fleet = CliFleet::start(1).await;
+    let extra = RpcYaml {
+        top: "identities:\n  tokens_file: tokens.yaml\n",
+        listener: "    identity: { from: [token], required: true }\n",
+        ..Default::default()
+    };
+    let dir = ConfigDir::new(&jsonrpc_config(&fleet.members(), extra));
+    dir.file(
+        "tokens.yaml",
+        format!("- {{ sha256: {}, user: alice }}\n", token_hash(TOKEN)),
+    );
+    let proxy = Proxy::start(dir).await;
+    within(30, async {
+        let mut c = RpcClient::connect(proxy.addr("cli")).await;
+        let resp = c.call("connect", json!({ "token": TOKEN })).await;
+        assert!(resp.get("result").is_some(), "connect: {resp}");
+        create(&mut c, "alices-session", json!({})).await;
+        let d = admin_json(proxy.admin(), "/admin/sessions/alices-session").await;
+        assert_eq!(d["user"], "alice", "{d}");
+        assert_eq!(d["requests"], 1, "the create: {d}");
     })
     .await;
 }
