@@ -1,7 +1,8 @@
 //! Session drill-down over real sockets: `/admin/sessions/{id}` against a mock CLI that delays
 //! answers by known amounts (latency quantiles within the histogram's documented error),
 //! errors and requests in flight, the last methods, unknown sessions, and the
-//! `/admin/sessions?top=N&by=…` lists with their bad parameters.
+//! `/admin/sessions?top=N&by=…` lists with their bad parameters; the owner with identities;
+//! the requests of learned HTTP sessions.
 
 mod support;
 
@@ -204,6 +205,35 @@ async fn with_identities_the_drill_down_names_the_sessions_owner() {
         let d = admin_json(proxy.admin(), "/admin/sessions/alices-session").await;
         assert_eq!(d["user"], "alice", "{d}");
         assert_eq!(d["requests"], 1, "the create: {d}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_http_sessions_count_their_requests() {
+    use support::issuing;
+    let fleet = issuing::issuers(&["m1"]).await;
+    let proxy = Proxy::start_yaml(&issuing::config(&fleet.members, "")).await;
+    within(30, async {
+        let mut c = proxy.client("mcp").await;
+        let (id, _) = issuing::initialize(&mut c).await;
+        for _ in 0..3 {
+            let reply = issuing::send(&mut c, http::Method::POST, Some(&id)).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        let d = admin_json(proxy.admin(), &format!("/admin/sessions/{id}")).await;
+        assert_eq!(
+            (d["pool"].as_str(), d["node"].as_str()),
+            (Some("mcp"), Some("m1")),
+            "{d}"
+        );
+        assert_eq!(
+            d["requests"], 3,
+            "the requests after the pin was learned: {d}"
+        );
+        assert_eq!(d["errors"], 0);
+        assert_eq!(d["recent"][0]["method"], "POST");
+        assert_eq!(d["in_flight"], 0);
     })
     .await;
 }
