@@ -1,5 +1,10 @@
-//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, and the
-//! operator endpoints under `/admin/` (route lookup, ring shares, reload, session cleanup).
+//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz`, the operator
+//! endpoints under `/admin/` (route lookup, ring shares, reload, session cleanup, session
+//! drill-down in [`sessions`]) and the HTML status page at `/` ([`status`]).
+
+mod html;
+pub mod sessions;
+mod status;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -64,11 +69,16 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
             );
             resp
         }
+        (&Method::GET, "/") => html_response(status::page(server)),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(server),
         (&Method::GET, "/admin/route") => route_lookup(server, &query).await,
         (&Method::GET, "/admin/ring") => ring(server, &query),
         (&Method::GET, "/admin/upstreams") => upstreams(server),
+        (&Method::GET, "/admin/sessions") => sessions::list(server, &query),
+        (&Method::GET, path) if path.starts_with("/admin/sessions/") => {
+            sessions::one(server, &path["/admin/sessions/".len()..], &query)
+        }
         (&Method::POST, path) if path.starts_with("/admin/upstreams/") => {
             drain(server, path, &query)
         }
@@ -102,15 +112,16 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
         },
         (
             _,
-            "/metrics" | "/healthz" | "/readyz" | "/admin/route" | "/admin/ring" | "/admin/reload"
-            | "/admin/cleanup",
+            "/" | "/metrics" | "/healthz" | "/readyz" | "/admin/route" | "/admin/ring"
+            | "/admin/reload" | "/admin/cleanup" | "/admin/sessions",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-/// With `admin.token_env` set, `/admin/*` (and the probes and metrics, if protected) need
-/// `Authorization: Bearer <token>`. Read from the snapshot, so a reload rotates the token.
+/// With `admin.token_env` set, `/admin/*` and the status page `/` (it shows session ids), and
+/// the probes and metrics if protected, need `Authorization: Bearer <token>`. Read from the
+/// snapshot, so a reload rotates the token.
 /// The 401 to answer, if the request lacks the token it needs.
 fn unauthorized(server: &Server, req: &Request<Incoming>) -> Option<AdminResponse> {
     let snapshot = server.snapshot();
@@ -419,6 +430,22 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn html_response(body: String) -> AdminResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // The page is self-contained: nothing else may load into it, and no other site may frame it.
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
     );
     resp
 }

@@ -9,7 +9,9 @@
 //! # Layout
 //!
 //! - [`access_log`]: one structured line per request, written off the data path.
-//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`, `/`).
+//! - [`admin::sessions`]: session drill-down, `/admin/sessions/{id}` and the top lists.
+//! - `admin::status`: the HTML status page at `/`; `admin::html`: its escaping table builder.
 //! - [`cleanup`]: fleet-wide session cleanup (`sessions.pruneOld` on every node of a pool), on
 //!   a schedule and on `POST /admin/cleanup`.
 //! - [`config`]: YAML schema (serde, `deny_unknown_fields`), validation into typed config, and
@@ -30,9 +32,13 @@
 //! - [`proxy::idle`]: idle HTTP/1 keep-alive connections parked between requests, holding only
 //!   their socket.
 //! - [`reload`]: rebuild and swap the snapshot on SIGHUP or `POST /admin/reload`; the diff.
+//! - [`reload::history`]: the last 10 reloads and their diffs, for the status page.
 //! - [`ring`]: the hashring-based consistent-hash ring and clockwise selection.
 //! - [`server`]: the running proxy: shared snapshot, listeners, start and shutdown.
 //! - [`sessions`]: session pins, the bounded TTL cache of which node holds each session.
+//! - [`sessions::stats`]: each live session's figures (requests, errors, in flight, latency,
+//!   last methods), kept in its pin entry; [`sessions::histogram`]: their fixed latency
+//!   histogram.
 //! - [`shutdown`]: cancellation token, connection tracker and grace deadline.
 //! - [`snapshot`]: the immutable per-version routing state behind one `ArcSwap`.
 //! - [`store`]: state shared by proxy replicas (session owners, rate limits, session locks) in

@@ -40,6 +40,8 @@ pub struct Server {
     pub(crate) health: HealthSupervisor,
     pub(crate) cleanup: CleanupSupervisor,
     pub(crate) discovery: DiscoverySupervisor,
+    /// The last reloads, for the status page.
+    pub(crate) reloads: crate::reload::history::ReloadHistory,
     admin_addr: SocketAddr,
     /// Ends the access log writer once connections have drained (see [`Server::shutdown`]).
     access_log_stop: CancellationToken,
@@ -141,6 +143,7 @@ impl Server {
             health,
             cleanup: CleanupSupervisor::new(),
             discovery: DiscoverySupervisor::new(weak.clone()),
+            reloads: Default::default(),
             ctx: Context::new(shared, metrics, shutdown, store, access_log),
             access_log_stop,
             access_log_writer: Mutex::new(access_log_writer),

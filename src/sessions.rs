@@ -9,6 +9,13 @@
 //! activity refreshes a shared pin at most once per refresh interval. Expiry and eviction here
 //! are local matters and leave the shared pin alone; a miss asks Redis before the fleet
 //! ([`crate::snapshot::Pool::recall_pin`]).
+//!
+//! Each pin entry also carries the session's [`stats::SessionStats`] (requests, errors,
+//! latency), so the figures live and go with the pin and are bounded by the same
+//! `max_pinned_sessions`.
+
+pub mod histogram;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +27,7 @@ use moka::sync::Cache;
 use crate::config::Secret;
 use crate::store::SharedPins;
 use crate::upstream::Upstream;
+use stats::SessionStats;
 
 /// The node a session lives on. The address is kept with the name so that a session pinned to
 /// an upstream a reload removed can still be reached while it drains.
@@ -30,20 +38,47 @@ pub struct Pin {
 }
 
 /// A pin in the table, with when it was last written to the shared store (milliseconds since
-/// [`EPOCH`]), shared by the entry's clones.
+/// [`EPOCH`]) and the session's figures, both shared by the entry's clones.
 #[derive(Debug, Clone)]
 struct Entry {
     pin: Pin,
     shared_at: Arc<AtomicU64>,
+    stats: Arc<SessionStats>,
 }
 
 impl Entry {
-    fn new(pin: Pin) -> Entry {
+    fn new(pin: Pin, stats: Option<Arc<SessionStats>>) -> Entry {
         Entry {
             pin,
             shared_at: Arc::new(AtomicU64::new(now_ms())),
+            stats: stats.unwrap_or_default(),
         }
     }
+}
+
+/// moka's own bookkeeping per cached entry (hash table slot, entry info, the access- and
+/// write-order queue nodes, the frequency sketch's share), a generous estimate from its
+/// source; `tests/session_memory.rs` checks the whole figure against the process's growth.
+pub const CACHE_OVERHEAD_BYTES: usize = 256;
+
+/// What one live session costs the pin table, with its figures, for an id of `id_len` bytes
+/// (the pin's names are shared with the upstream). The README's memory bound is this times
+/// `max_pinned_sessions`.
+pub fn entry_bytes(id_len: usize) -> usize {
+    use std::mem::size_of;
+    // An `Arc` allocation: two counts, then the value.
+    let arc = |value: usize| 2 * size_of::<usize>() + value;
+    let key = size_of::<Arc<str>>() + arc(id_len);
+    let entry = size_of::<Entry>() + arc(size_of::<AtomicU64>()) + arc(size_of::<SessionStats>());
+    key + entry + CACHE_OVERHEAD_BYTES
+}
+
+/// A live session as the admin endpoints list it.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub id: Arc<str>,
+    pub pin: Pin,
+    pub stats: Arc<SessionStats>,
 }
 
 /// The zero of [`Entry::shared_at`].
@@ -142,6 +177,8 @@ impl LiveCounts {
 /// new entry, which the old holds must not release).
 struct Held {
     pin: Pin,
+    /// The figures, for the entry made again if the pin expires while held.
+    stats: Arc<SessionStats>,
     holds: usize,
     entry: u64,
 }
@@ -207,10 +244,12 @@ impl SessionPins {
     /// say (an open stream is activity); `None` if it is not pinned.
     pub fn hold(&self, session: &str) -> Option<PinHold> {
         let pin = self.get(session)?;
+        let stats = self.stats(session).unwrap_or_default();
         let session: Arc<str> = Arc::from(session);
         let mut held = self.held();
         let h = held.entry(session.clone()).or_insert_with(|| Held {
             pin: pin.clone(),
+            stats,
             holds: 0,
             entry: NEXT_HELD_ENTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
@@ -259,10 +298,14 @@ impl SessionPins {
             self.refresh_shared(session, &entry);
             return Some(entry.pin);
         }
-        let pin = self.held().get(session)?.pin.clone();
+        let (pin, stats) = {
+            let held = self.held();
+            let h = held.get(session)?;
+            (h.pin.clone(), h.stats.clone())
+        };
         self.live.add(&pin.upstream);
         self.cache
-            .insert(Arc::from(session), Entry::new(pin.clone()));
+            .insert(Arc::from(session), Entry::new(pin.clone(), Some(stats)));
         Some(pin)
     }
 
@@ -300,7 +343,43 @@ impl SessionPins {
             h.pin = pin.clone();
         }
         self.live.add(&pin.upstream);
-        self.cache.insert(Arc::from(session), Entry::new(pin));
+        // A session re-pinned (resumed, moved) keeps its figures.
+        let stats = self.cache.get(session).map(|e| e.stats);
+        self.cache
+            .insert(Arc::from(session), Entry::new(pin, stats));
+    }
+
+    /// The figures of pinned `session` (refreshing its idle timer, like any use of the pin).
+    pub fn stats(&self, session: &str) -> Option<Arc<SessionStats>> {
+        self.cache.get(session).map(|e| e.stats)
+    }
+
+    /// Every live session with its pin and figures, without refreshing them (a scan: for the
+    /// admin endpoints, not the data path).
+    pub fn sessions(&self) -> impl Iterator<Item = LiveSession> + '_ {
+        self.cache.iter().map(|(id, e)| LiveSession {
+            id: (*id).clone(),
+            pin: e.pin,
+            stats: e.stats,
+        })
+    }
+
+    /// Live session `id`, without refreshing it. A scan (moka has no lookup that leaves the
+    /// idle timer alone, and an operator looking must not keep a session alive).
+    pub fn session(&self, id: &str) -> Option<LiveSession> {
+        self.cache
+            .iter()
+            .find(|(k, _)| &***k == id)
+            .map(|(k, e)| LiveSession {
+                id: (*k).clone(),
+                pin: e.pin,
+                stats: e.stats,
+            })
+    }
+
+    /// The configured bound on pins (and so on session figures).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
     }
 
     /// Live sessions on `upstream` (its pins), O(1).

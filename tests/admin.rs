@@ -162,6 +162,8 @@ async fn admin_token_guards_admin_paths_and_optionally_the_probes() {
             "/admin/ring?pool=api",
             "/admin/upstreams",
             "/admin/route?pool=api&key=k",
+            "/admin/sessions?top=5",
+            "/",
         ] {
             for token in [None, Some("wrong")] {
                 let reply = get(path, token).await;

@@ -4,10 +4,11 @@
 #                          installed or started; the tests run prometheus themselves)
 # and checks node/npm for the interop suite (Debian's nodejs/npm when missing) and redis-server
 # for the shared store's tests (Debian's redis-server when missing; the tests start their own
-# servers on free ports, whatever the package's service does), and for tests/k8s/validate.sh
+# servers on free ports, whatever the package's service does), for tests/k8s/validate.sh
 # Python's venv (Debian's python3-venv when missing; the venv itself and its pinned packages are
 # made by that script) and docker-compose (Debian's package: `docker-compose config` checks a
-# compose file offline, no Docker engine needed).
+# compose file offline, no Docker engine needed), and headless Chromium for the status page test
+# (Debian's chromium when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="$PWD/target/tools"
@@ -46,8 +47,12 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   echo "tools.sh: installing python3-venv from Debian"
   apt_install python3-venv
 fi
+if [ ! -x /usr/bin/chromium ]; then
+  echo "tools.sh: installing chromium from Debian"
+  apt_install chromium
+fi
 if ! command -v docker-compose >/dev/null; then
   echo "tools.sh: installing docker-compose from Debian"
   apt_install docker-compose
 fi
-echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), prometheus $( ("$tools/prometheus" --version 2>/dev/null || prometheus --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3), $(docker-compose version --short)"
+echo "tools.sh: promtool $( ("$tools/promtool" --version 2>/dev/null || promtool --version) | head -1 | cut -d' ' -f3), prometheus $( ("$tools/prometheus" --version 2>/dev/null || prometheus --version) | head -1 | cut -d' ' -f3), node $(node --version), $(redis-server --version | cut -d' ' -f1-3), $(docker-compose version --short), $(/usr/bin/chromium --version 2>/dev/null)"

@@ -363,6 +363,12 @@ impl Conn {
         }
         // Counted where it goes until its answer pins it (or it fails).
         let _reservation = new_session.then(|| pool.pins.reserve(&upstream.endpoint.name));
+        // A request of a learned session counts in its figures (`/admin/sessions`) until its
+        // response head is back.
+        let in_flight = pinned
+            .as_ref()
+            .and_then(|(session, _)| pool.pins.stats(session))
+            .map(|stats| (stats.start(), method_label(req.method())));
         if listener.config.identity.is_some() {
             set_identity_headers(req.headers_mut(), caller.as_ref());
         }
@@ -431,6 +437,10 @@ impl Conn {
                 resp.map(Either::Left)
             }
         };
+        if let Some((in_flight, method)) = in_flight {
+            let outcome = session_outcome(resp.status());
+            in_flight.stats().record(method, started.elapsed(), outcome);
+        }
         match index {
             Some(_) => self.finish(started, Some(route), index, resp),
             None => self.finish_retired(started, pool, upstream, resp),
@@ -701,6 +711,32 @@ impl Conn {
             .requests_total
             .with_label_values(&[&self.listener, pool, upstream, status.as_str()])
             .inc();
+    }
+}
+
+/// An HTTP method as a session's recent requests name it (no allocation: a fixed label).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// How an HTTP request of a session ended, for its figures: 5xx are the proxy's or the
+/// upstream's failures (a 4xx is the client's and counts as answered).
+fn session_outcome(status: StatusCode) -> crate::sessions::stats::Outcome {
+    use crate::sessions::stats::Outcome;
+    match status {
+        StatusCode::GATEWAY_TIMEOUT => Outcome::Timeout,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => Outcome::Unavailable,
+        s if s.is_server_error() => Outcome::Error,
+        _ => Outcome::Ok,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Reload: re-read the config file, validate it fully, build a new snapshot off the data path,
 //! bind any new listeners, and only then swap the snapshot in. Any failure leaves the old
 //! snapshot serving. The diff (upstreams added and removed, keyspace moved) is logged; [`plan`]
-//! computes it, and the dry run that predicts a reload without applying it.
+//! computes it, and the dry run that predicts a reload without applying it; [`history`] keeps
+//! the last few for the status page.
 
 pub mod discovered;
+pub mod history;
 pub mod plan;
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ impl Server {
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.try_reload();
+        self.reloads.push(&result);
         let outcome = if result.is_ok() { "success" } else { "failure" };
         self.ctx
             .metrics

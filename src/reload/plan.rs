@@ -12,7 +12,7 @@ use crate::ring::Ring;
 use crate::snapshot::{Pool, Snapshot};
 
 /// What a reload changed in one pool.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PoolDiff {
     pub pool: String,
     pub added: Vec<String>,

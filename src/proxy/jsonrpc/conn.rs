@@ -45,6 +45,7 @@ use crate::config::{IdentitySource, KeySource, Limits, Secret};
 use crate::identity::{Identities, Identity};
 use crate::limits;
 use crate::proxy::Context;
+use crate::sessions::stats::Outcome;
 use crate::snapshot::{ListenerRuntime, Pool, Snapshot};
 use crate::upstream::{prober, Endpoint};
 use crate::wire::codec::{write_frames, FrameCodec, FrameError};
@@ -526,6 +527,23 @@ impl Conn {
             .observe(secs);
         if let Some(session) = &pending.session {
             m.sessions.observe(&self.pool_name, session, secs);
+        }
+        self.record_session(pending, outcome);
+    }
+
+    /// The session's own figures (`/admin/sessions`). A request that made its pin (a create)
+    /// had none when sent: it is looked up now, after the answer pinned it.
+    fn record_session(&self, pending: &Pending, outcome: &str) {
+        let elapsed = pending.started.elapsed();
+        let outcome = Outcome::from_label(outcome);
+        match (&pending.stats, &pending.session) {
+            (Some(in_flight), _) => in_flight.stats().record(pending.method, elapsed, outcome),
+            (None, Some(session)) if pending.learn != Learn::Nothing => {
+                if let Some(stats) = self.pool().and_then(|p| p.pins.stats(session)) {
+                    stats.record(pending.method, elapsed, outcome);
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Pending {
     pub reservation: Option<Box<crate::sessions::Reservation>>,
     /// The request's size as the client sent it (for the access log).
     pub bytes_in: u32,
+    /// The session's figures, counting this request in flight until it is dropped.
+    pub stats: Option<crate::sessions::stats::InFlight>,
     timer: Timer,
 }
 
@@ -90,6 +92,7 @@ impl Pending {
             redispatch: None,
             reservation: None,
             bytes_in: 0,
+            stats: None,
             timer: Timer::Paused(Duration::ZERO),
         }
     }
@@ -508,7 +511,7 @@ impl ConnState {
         self.next_sweep = next;
         for id in due {
             if let Some(p) = self.pending.remove(&id) {
-                fired.push(Fired::Request(id, p));
+                fired.push(Fired::Request(id, Box::new(p)));
             }
         }
         for n in due_internal {
@@ -524,7 +527,7 @@ impl ConnState {
 #[derive(Debug)]
 pub enum Fired {
     /// The client request `id` got no answer in time.
-    Request(ClientId, Pending),
+    Request(ClientId, Box<Pending>),
     /// A request of the proxy's own got no answer in time.
     Internal(Arc<str>, Internal),
 }

@@ -296,6 +296,13 @@ impl Conn {
             let mut pending = Pending::new(f.to.name.clone(), label, reply);
             pending.bytes_in = u32::try_from(body.len()).unwrap_or(u32::MAX);
             pending.learn = methods::learn(label);
+            // A second pin-table read for session requests (the gate's was for the route):
+            // cheap, and it keeps the figures apart from routing.
+            pending.stats = f
+                .session
+                .as_deref()
+                .and_then(|s| pool.pins.stats(s))
+                .map(|s| s.start());
             pending.session = f.session;
             pending.discover = f.discover.then(|| sent.clone());
             pending.redispatch = f.redispatch.then(|| Redispatch {

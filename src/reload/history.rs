@@ -1,0 +1,100 @@
+//! The last [`KEPT`] reloads, in memory, for the status page: when, which version, whether it
+//! applied, and its diff (or why it was refused). Bounded, so a reload loop costs nothing.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::{PoolDiff, ReloadReport};
+use crate::error::ReloadError;
+
+/// Reloads remembered.
+pub const KEPT: usize = 10;
+
+/// One reload as remembered.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// The version it made (a refused reload makes none).
+    pub version: Option<u64>,
+    pub result: &'static str,
+    pub error: Option<String>,
+    pub pools: Vec<PoolDiff>,
+    pub listeners_added: Vec<String>,
+    pub listeners_removed: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ReloadHistory(Mutex<VecDeque<ReloadRecord>>);
+
+impl ReloadHistory {
+    pub fn push(&self, result: &Result<ReloadReport, ReloadError>) {
+        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let record = match result {
+            Ok(r) => ReloadRecord {
+                at,
+                version: Some(r.version),
+                result: "success",
+                error: None,
+                pools: r.pools.clone(),
+                listeners_added: r.listeners_added.clone(),
+                listeners_removed: r.listeners_removed.clone(),
+            },
+            Err(e) => ReloadRecord {
+                at,
+                version: None,
+                result: "failure",
+                error: Some(e.to_string()),
+                pools: Vec::new(),
+                listeners_added: Vec::new(),
+                listeners_removed: Vec::new(),
+            },
+        };
+        let mut kept = self.lock();
+        if kept.len() == KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(record);
+    }
+
+    /// Newest first.
+    pub fn recent(&self) -> Vec<ReloadRecord> {
+        self.lock().iter().rev().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ReloadRecord>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_ten_newest_first() {
+        let history = ReloadHistory::default();
+        for version in 1..=12 {
+            history.push(&Ok(ReloadReport {
+                version,
+                pools: Vec::new(),
+                listeners_added: Vec::new(),
+                listeners_removed: Vec::new(),
+            }));
+        }
+        history.push(&Err(ReloadError::Bind {
+            listener: "web".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::Error::other("in use"),
+        }));
+        let recent = history.recent();
+        assert_eq!(recent.len(), KEPT);
+        assert_eq!(recent[0].result, "failure");
+        assert!(recent[0].error.as_deref().unwrap().contains("web"));
+        assert_eq!(recent[1].version, Some(12));
+        assert_eq!(recent[KEPT - 1].version, Some(4), "the oldest went first");
+    }
+}
