@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use support::client::full;
 use support::jsonrpc::{create, jsonrpc_config, send, CliFleet, RpcClient, RpcYaml};
 use support::upstream::Fleet;
-use support::{poll_until, web_config, within, ConfigDir, Proxy};
+use support::{metric_value, poll_until, web_config, within, ConfigDir, Proxy};
 
 /// The token of user `alice`, and its SHA-256.
 const ALICE: &str = "alice-secret";
@@ -189,6 +189,13 @@ async fn jsonrpc_requests_are_logged_per_request_with_the_user_and_never_the_tok
         assert_eq!(by_method("connect").len(), 1);
         let raw = std::fs::read_to_string(&log).unwrap();
         assert!(!raw.contains(ALICE), "the token is never logged");
+        let refused = [("listener", "cli"), ("reason", "forbidden")];
+        let text = proxy.metrics_text().await;
+        assert_eq!(
+            metric_value(&text, "sessiongate_admission_rejected_total", &refused),
+            Some(1.0),
+            "the policy refusal is counted"
+        );
     })
     .await;
 }

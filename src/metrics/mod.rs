@@ -227,7 +227,7 @@ impl Metrics {
         let admission_rejected_total = IntCounterVec::new(
             Opts::new(
                 ADMISSION_REJECTED_TOTAL,
-                "Requests refused before reaching an upstream, by reason (fleet_full: every node at its session cap).",
+                "Requests refused before reaching an upstream, by reason (fleet_full: every node at its session cap; rate_limited; forbidden: a policy or another user's session; busy: the session's turn is taken).",
             ),
             &["listener", "reason"],
         )?;

@@ -65,6 +65,18 @@ impl Metrics {
                 self.admission_rejected_total
                     .with_label_values(&[listener, "fleet_full"]);
             }
+            if l.protocol != Protocol::Tcp && l.limits.any() {
+                self.admission_rejected_total
+                    .with_label_values(&[listener, "rate_limited"]);
+            }
+            if l.protocol != Protocol::Tcp && l.identity.is_some() {
+                self.admission_rejected_total
+                    .with_label_values(&[listener, "forbidden"]);
+            }
+            if l.protocol == Protocol::JsonRpc && pools.iter().any(|p| p.turns.is_some()) {
+                self.admission_rejected_total
+                    .with_label_values(&[listener, "busy"]);
+            }
             for pool in pools {
                 let p = pool.name.as_str();
                 match l.protocol {

@@ -311,6 +311,15 @@ impl Conn {
             };
             admission.session = session;
             if let Err(resp) = admission.check(&self.ctx.store).await {
+                let reason = match resp.status() {
+                    StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+                    _ => "forbidden",
+                };
+                self.ctx
+                    .metrics
+                    .admission_rejected_total
+                    .with_label_values(&[&self.listener, reason])
+                    .inc();
                 return self.finish(started, Some(route), None, resp);
             }
         }

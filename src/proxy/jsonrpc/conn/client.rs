@@ -139,6 +139,7 @@ impl Conn {
             return;
         };
         if let Err(why) = self.policy(&snapshot, name) {
+            self.count_refusal("forbidden");
             if let Some(id) = &id {
                 let answer = error_for(id, FORBIDDEN, &why, &Value::Null);
                 self.log_refused(method.label, body.len(), answer.len());
@@ -219,11 +220,7 @@ impl Conn {
             }
             Decision::Refuse(r) => {
                 if r.code == FLEET_FULL {
-                    self.ctx
-                        .metrics
-                        .admission_rejected_total
-                        .with_label_values(&[&self.listener, "fleet_full"])
-                        .inc();
+                    self.count_refusal("fleet_full");
                 }
                 if let Some(id) = id {
                     let data = match &r.upstream {

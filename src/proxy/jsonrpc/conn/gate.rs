@@ -115,6 +115,15 @@ impl Conn {
         None
     }
 
+    /// A request admission refused, by reason (`sessiongate_admission_rejected_total`).
+    pub(super) fn count_refusal(&self, reason: &str) {
+        self.ctx
+            .metrics
+            .admission_rejected_total
+            .with_label_values(&[&self.listener, reason])
+            .inc();
+    }
+
     /// May the caller call `name`? Without identities, anything may be called.
     pub(super) fn policy(&self, snapshot: &Snapshot, name: &str) -> Result<(), String> {
         let (Some(caller), Some(identities)) = (&self.caller, &snapshot.identities) else {
@@ -175,6 +184,12 @@ impl Conn {
                 return self.turn_waits.push(wait);
             }
             Verdict::Refuse(code, message, data) => {
+                let reason = match code {
+                    RATE_LIMITED => "rate_limited",
+                    SESSION_BUSY => "busy",
+                    _ => "forbidden",
+                };
+                self.count_refusal(reason);
                 if let Some(id) = &routed.id {
                     self.state.returned(id);
                     let answer = error_for(id, code, &message, &data);
