@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use http::Method;
 use serde_json::{json, Value};
@@ -36,21 +36,24 @@ async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
     lines(path)
 }
 
-fn http_proxy_config(fleet: &Fleet, access_log: &str) -> String {
-    format!("{access_log}{}", web_config(&fleet.members, "", ""))
+/// A proxy in front of `fleet` logging to a file, with `fields` added to `access_log:` (after
+/// `path`): the proxy and the log's path.
+async fn logging_proxy(fleet: &Fleet, fields: &str) -> (Proxy, PathBuf) {
+    let dir = ConfigDir::new("");
+    let log = dir.file("access.log", "");
+    let access_log = format!("access_log: {{ path: {}, {fields} }}\n", log.display());
+    dir.write(&format!(
+        "{access_log}{}",
+        web_config(&fleet.members, "", "")
+    ));
+    (Proxy::start(dir).await, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_requests_are_logged_with_hashed_keys() {
     within(30, async {
         let fleet = Fleet::start(&["a", "b"]).await;
-        let dir = ConfigDir::new("");
-        let log = dir.file("access.log", "");
-        dir.write(&http_proxy_config(
-            &fleet,
-            &format!("access_log: {{ format: json, path: {} }}\n", log.display()),
-        ));
-        let proxy = Proxy::start(dir).await;
+        let (proxy, log) = logging_proxy(&fleet, "format: json").await;
         let mut client = proxy.client("web").await;
         let reply = client
             .get("/x?y=1", &[("cookie", "session_id=cookie-value-secret")])
@@ -93,16 +96,7 @@ async fn http_requests_are_logged_with_hashed_keys() {
 async fn log_keys_writes_the_key_and_text_lines_are_key_value_pairs() {
     within(30, async {
         let fleet = Fleet::start(&["a"]).await;
-        let dir = ConfigDir::new("");
-        let log = dir.file("access.log", "");
-        dir.write(&http_proxy_config(
-            &fleet,
-            &format!(
-                "access_log: {{ format: text, path: {}, log_keys: true }}\n",
-                log.display()
-            ),
-        ));
-        let proxy = Proxy::start(dir).await;
+        let (proxy, log) = logging_proxy(&fleet, "format: text, log_keys: true").await;
         let mut client = proxy.client("web").await;
         client.get("/", &[("x-session-id", "visible-key")]).await;
         poll_until("one text line", 10, || async {
@@ -204,16 +198,7 @@ async fn jsonrpc_requests_are_logged_per_request_with_the_user_and_never_the_tok
 async fn sampling_logs_about_that_fraction() {
     within(60, async {
         let fleet = Fleet::start(&["a"]).await;
-        let dir = ConfigDir::new("");
-        let log = dir.file("access.log", "");
-        dir.write(&http_proxy_config(
-            &fleet,
-            &format!(
-                "access_log: {{ format: json, path: {}, sample: 0.25 }}\n",
-                log.display()
-            ),
-        ));
-        let proxy = Proxy::start(dir).await;
+        let (proxy, log) = logging_proxy(&fleet, "format: json, sample: 0.25").await;
         let mut client = proxy.client("web").await;
         for i in 0..400 {
             client.get(&format!("/{i}"), &[]).await;
@@ -243,14 +228,8 @@ async fn sampling_logs_about_that_fraction() {
 async fn sigusr1_reopens_the_file_after_rotation() {
     within(30, async {
         let fleet = Fleet::start(&["a"]).await;
-        let dir = ConfigDir::new("");
-        let log = dir.file("access.log", "");
+        let (proxy, log) = logging_proxy(&fleet, "format: json").await;
         let rotated = log.with_extension("log.1");
-        dir.write(&http_proxy_config(
-            &fleet,
-            &format!("access_log: {{ format: json, path: {} }}\n", log.display()),
-        ));
-        let proxy = Proxy::start(dir).await;
         let mut client = proxy.client("web").await;
         client.get("/before", &[]).await;
         wait_lines(&log, 1).await;

@@ -183,6 +183,12 @@ async fn srv_discovery_follows_the_fleet_under_traffic() {
             (200..=800).contains(&moved),
             "{moved} of 2000 keys moved to the 4th node"
         );
+        // The status page lists the change among the reloads.
+        let page = support::client::get(proxy.admin(), "/", &[]).await.body;
+        assert!(
+            page.contains("discovery") && page.contains("+[cli-3.cli.test]"),
+            "{page}"
+        );
 
         // (3) cli-1 leaves: it drains; its pinned sessions keep answering from it.
         publish(&dns, &fleet, &["cli-0", "cli-2", "cli-3"]);

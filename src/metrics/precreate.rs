@@ -312,7 +312,7 @@ pools:
         metrics.redis_errors_total.with_label_values(&["bind"]);
         metrics.store_fallback_total.with_label_values(&["bind"]);
         let families = metrics.registry().gather();
-        assert_eq!(families.len(), 33, "every family has a series");
+        assert_eq!(families.len(), 34, "every family has a series");
         for f in &families {
             let name = f.get_name();
             assert!(name.starts_with("sessiongate_"), "{name}");

@@ -103,6 +103,7 @@ impl Server {
             version = next.version,
             "discovery: pool diff"
         );
+        self.reloads.push_discovered(next.version, &d);
         Applied::Changed(d)
     }
 }

@@ -1,5 +1,6 @@
 //! The last [`KEPT`] reloads, in memory, for the status page: when, which version, whether it
-//! applied, and its diff (or why it was refused). Bounded, so a reload loop costs nothing.
+//! applied, and its diff (or why it was refused); discovery changes count as reloads of their
+//! pool. Bounded, so a reload loop costs nothing.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -52,6 +53,24 @@ impl ReloadHistory {
                 listeners_added: Vec::new(),
                 listeners_removed: Vec::new(),
             },
+        };
+        let mut kept = self.lock();
+        if kept.len() == KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(record);
+    }
+
+    /// A discovery answer that changed pool `diff.pool` (applied like a reload of that pool).
+    pub fn push_discovered(&self, version: u64, diff: &PoolDiff) {
+        let record = ReloadRecord {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            version: Some(version),
+            result: "discovery",
+            error: None,
+            pools: vec![diff.clone()],
+            listeners_added: Vec::new(),
+            listeners_removed: Vec::new(),
         };
         let mut kept = self.lock();
         if kept.len() == KEPT {

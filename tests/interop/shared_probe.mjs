@@ -25,18 +25,14 @@ import net from 'node:net';
 import crypto from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CopilotClient, RuntimeConnection, approveAll } from '@github/copilot-sdk';
+import { CLI_BIN, freePort, sleep, until, withTimeout } from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const CLI_BIN = process.env.COPILOT_CLI_BIN
-  ?? path.join(HERE, 'node_modules', '@github', 'copilot-linux-x64', 'copilot');
 const KEEP = process.env.PROBE_KEEP === '1';
 const T0 = Date.now();
 const log = (...a) => console.error(`[${((Date.now() - T0) / 1000).toFixed(1)}s]`, ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// ───────────── process helpers (minimal copies of run.mjs's, plus process groups) ─────────────
+// ───────────── process helpers (process groups: SIGKILL must reach the CLI's whole tree) ─────────────
 
 const children = new Set();
 function killAllSync() {
@@ -45,28 +41,6 @@ function killAllSync() {
 process.on('exit', killAllSync);
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAllSync(); process.exit(130); });
 
-async function until(what, fn, { timeoutMs = 10_000, everyMs = 200 } = {}) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
-    await sleep(everyMs);
-  }
-}
-function withTimeout(promise, ms, what) {
-  let t;
-  const timeout = new Promise((_, reject) => { t = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
-}
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
-  });
-}
 
 /** All pids whose process group is pgid (the CLI binary and whatever it spawned). */
 function groupPids(pgid) {
