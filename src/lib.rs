@@ -41,8 +41,8 @@
 //!   histogram.
 //! - [`shutdown`]: cancellation token, connection tracker and grace deadline.
 //! - [`snapshot`]: the immutable per-version routing state behind one `ArcSwap`.
-//! - [`store`]: state shared by proxy replicas (session owners, rate limits, session locks) in
-//!   Redis, with an in-process fallback.
+//! - [`store`]: state shared by proxy replicas (session owners and pins, rate limits, session
+//!   locks) in Redis, with an in-process fallback.
 //! - [`upstream`]: upstreams, their connection pools, and state carried across reloads.
 //! - [`wire`]: the CLI's wire format: LSP framing and the JSON-RPC envelope.
 

@@ -179,13 +179,24 @@ async fn the_first_scrape_has_every_documented_metric_and_configured_series_at_z
             "sessiongate_admission_rejected_total",
             &[("listener", "cli"), ("reason", "fleet_full")],
         );
+        // `web` has limits, so it can refuse for them; never for a full fleet.
+        zero(
+            "sessiongate_admission_rejected_total",
+            &[("listener", "web"), ("reason", "rate_limited")],
+        );
         assert_eq!(
             metric_value(
                 &text,
                 "sessiongate_admission_rejected_total",
-                &[("listener", "web")]
+                &[("listener", "web"), ("reason", "fleet_full")]
             ),
             None
+        );
+        // A discovered pool has no upstreams before its first answer.
+        zero("sessiongate_discovery_upstreams", &[("pool", "found")]);
+        zero(
+            "sessiongate_discovery_lookups_total",
+            &[("pool", "found"), ("result", "changed")],
         );
         for (name, _) in members.fleet {
             let at = [("pool", "fleet"), ("upstream", name.as_str())];

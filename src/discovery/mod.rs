@@ -82,7 +82,8 @@ impl DiscoverySupervisor {
     }
 }
 
-const RESULTS: [&str; 4] = ["changed", "unchanged", "empty", "error"];
+/// The `result` label values of `sessiongate_discovery_lookups_total`.
+pub const RESULTS: [&str; 4] = ["changed", "unchanged", "empty", "error"];
 
 /// A pool no longer discovered exports no discovery series.
 fn forget_series(ctx: &Context, pool: &str) {

@@ -120,6 +120,13 @@ impl Metrics {
         for pool in config.pools.values() {
             let p = pool.name.as_str();
             self.pinned_sessions.with_label_values(&[p]);
+            if pool.discover.is_some() {
+                // A discovered pool starts empty: 0 upstreams until its first answer.
+                self.discovery_upstreams.with_label_values(&[p]);
+                for result in crate::discovery::RESULTS {
+                    self.discovery_lookups_total.with_label_values(&[p, result]);
+                }
+            }
             let jsonrpc = jsonrpc_pools.contains(p);
             let learns = learning_pools.contains(p);
             let places_by_load = pool.load_factor.is_some()

@@ -119,10 +119,14 @@ pools:
     upstreams:
 {api}  learned:
     upstreams:
-{learned}",
+{learned}  found:
+    # Discovered: nothing answers at this resolver, so the pool stays empty; its series exist.
+    discover: {{ dns: cli.test, port: 4321, every: 1h, resolver: \"{resolver}\" }}
+",
         fleet = upstreams_yaml(members.fleet),
         api = upstreams_yaml(members.api),
         learned = upstreams_yaml(members.learned),
+        resolver = super::upstream::refused_addr(),
     )
 }
 
