@@ -9,6 +9,7 @@
 //! (which may be a cookie) is logged as its source and a short hash of its value unless
 //! `log_keys: true`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -48,10 +49,10 @@ pub struct Record {
     pub session: Session,
     pub user: Option<Arc<str>>,
     /// HTTP method and path, or the JSON-RPC method (as the method table names it).
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// HTTP status, or the JSON-RPC outcome (`ok`, `error`, `unavailable`, `timeout`,
     /// `refused`).
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// Until the response head (HTTP) or the answer (JSON-RPC).
     pub latency: Duration,
     /// Request body bytes (HTTP: its `Content-Length`, when it has one) or frame bytes.
@@ -302,7 +303,7 @@ fn format_json(r: &Record, log_keys: bool, out: &mut String) {
 
 fn format_text(r: &Record, log_keys: bool, out: &mut String) {
     let session = session_text(&r.session, log_keys);
-    let fields: [(&str, Option<&str>); 9] = [
+    let fields: [(&str, Option<&str>); 8] = [
         ("protocol", Some(r.protocol)),
         ("listener", Some(&r.listener)),
         ("pool", Some(&r.pool)),
@@ -311,10 +312,9 @@ fn format_text(r: &Record, log_keys: bool, out: &mut String) {
         ("user", r.user.as_deref()),
         ("method", Some(&r.method)),
         ("outcome", Some(&r.outcome)),
-        ("", None),
     ];
     out.push_str(&rfc3339(r.time));
-    for (key, value) in fields.iter().filter(|(k, _)| !k.is_empty()) {
+    for (key, value) in fields {
         let _ = write!(out, " {key}=");
         push_text_value(out, value.unwrap_or("-"));
     }
@@ -366,8 +366,8 @@ mod tests {
             upstream: Some(Arc::from("api-1")),
             session,
             user: Some(Arc::from("alice")),
-            method: "GET /x y".to_owned(),
-            outcome: "200".to_owned(),
+            method: "GET /x y".into(),
+            outcome: "200".into(),
             latency: Duration::from_micros(1_500),
             bytes_in: None,
             bytes_out: Some(42),

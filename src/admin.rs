@@ -83,11 +83,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> AdminResponse {
             drain(server, path, &query)
         }
         (&Method::POST, "/admin/cleanup") => cleanup(server, &query).await,
-        (&Method::POST, "/admin/reload")
-            if query
-                .get("dry_run")
-                .is_some_and(|v| v == "true" || v == "1") =>
-        {
+        (&Method::POST, "/admin/reload") if dry_run_asked(&query) => {
             let body = match read_body(req).await {
                 Ok(body) => body,
                 Err(resp) => return resp,
@@ -289,6 +285,13 @@ async fn read_body(req: Request<Incoming>) -> Result<String, AdminResponse> {
         .map_err(|_| error(StatusCode::BAD_REQUEST, "body is not UTF-8"))
 }
 
+/// `?dry_run=true` (or `=1`).
+fn dry_run_asked(query: &HashMap<String, String>) -> bool {
+    query
+        .get("dry_run")
+        .is_some_and(|v| v == "true" || v == "1")
+}
+
 /// Every upstream: health, drain, ejection, live sessions, open connections, last probe.
 fn upstreams(server: &Server) -> AdminResponse {
     let snapshot = server.snapshot();
@@ -299,6 +302,7 @@ fn upstreams(server: &Server) -> AdminResponse {
         .iter()
         .flat_map(|p| p.upstreams.iter().map(move |u| (p, u)))
         .map(|(p, u)| {
+            let live = p.pins.live_on(u.name());
             let mut entry = json!({
                 "pool": p.name(),
                 "name": u.name(),
@@ -308,9 +312,9 @@ fn upstreams(server: &Server) -> AdminResponse {
                 "ejected": u.state.is_ejected(),
                 "draining": u.state.is_draining(),
                 "accepts_new_work": u.state.accepts_new_work(),
-                "live_sessions": p.pins.live_on(u.name()),
+                "live_sessions": live,
                 "max_sessions": u.config.max_sessions,
-                "headroom": u.config.max_sessions.map(|cap| cap.saturating_sub(p.pins.live_on(u.name()))),
+                "headroom": u.config.max_sessions.map(|cap| cap.saturating_sub(live)),
                 "open_connections": metrics.upstream_connections_active.with_label_values(&[p.name(), u.name()]).get(),
                 "last_probe": u.state.last_probe(),
             });
@@ -403,10 +407,7 @@ async fn cleanup(server: &Server, query: &HashMap<String, String>) -> AdminRespo
         return error(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
     };
     let config = p.config.cleanup.clone().unwrap_or_default();
-    let forced = query
-        .get("dry_run")
-        .is_some_and(|v| v == "true" || v == "1");
-    let dry_run = config.dry_run || forced;
+    let dry_run = config.dry_run || dry_run_asked(query);
     // Run as a task of its own, so a client going away does not cut the round short (it holds
     // the pool's cleanup lock until it ends).
     let (ctx, pool) = (server.ctx.clone(), p.clone());

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -25,13 +24,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::{CleanupConfig, Secret};
 use crate::proxy::Context;
+use crate::schedule::{backoff, first_delay, jittered, FIRST_RETRY};
 use crate::snapshot::{Pool, Snapshot};
 use crate::store::Store;
 use crate::wire::codec::FrameCodec;
 
 const SECONDS_PER_DAY: f64 = 86_400.0;
-/// First retry of a failing node; doubles up to the pool's `every`.
-const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a round did not run.
 #[derive(Debug, thiserror::Error)]
@@ -54,16 +52,6 @@ pub fn prune_params(config: &CleanupConfig, dry_run: bool, exclude: &[String]) -
         "includeNamed": config.include_named,
         "excludeSessionIds": exclude,
     })
-}
-
-/// How long after its `failures`-th consecutive failure a node is tried again: 1s doubling,
-/// never more than `every` (the next round would come by then anyway).
-pub fn backoff(failures: u32, every: Duration) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    FIRST_RETRY
-        .saturating_mul(1u32 << doublings)
-        .min(every)
-        .max(Duration::from_millis(1))
 }
 
 /// What one node answered (or why it did not).
@@ -424,7 +412,7 @@ impl CleanupSupervisor {
 /// interval) until `stop`, retrying failed nodes on their backoff in between. Settings and
 /// nodes are read from the snapshot each round; a pool gone or without `cleanup:` ends it.
 async fn schedule(ctx: Context, pool_name: String, every: Duration, stop: CancellationToken) {
-    let mut next_round = Instant::now() + every.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+    let mut next_round = Instant::now() + first_delay(every);
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
@@ -469,8 +457,7 @@ async fn schedule(ctx: Context, pool_name: String, every: Duration, stop: Cancel
             }
         }
         if full {
-            let factor = rand::thread_rng().gen_range(0.9..=1.1);
-            next_round = now + every.mul_f64(factor).max(Duration::from_millis(1));
+            next_round = now + jittered(every);
         }
     }
 }
@@ -516,28 +503,6 @@ mod tests {
         for (older_than, named, dry, exclude, want) in cases {
             let got = prune_params(&config(*older_than, *named), *dry, exclude);
             assert_eq!(&got, want, "{older_than:?} named={named} dry={dry}");
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_from_one_second_up_to_every() {
-        let hour = Duration::from_secs(3600);
-        let cases = [
-            (1, hour, 1),
-            (2, hour, 2),
-            (3, hour, 4),
-            (10, hour, 512),
-            (13, hour, 3600),
-            (u32::MAX, hour, 3600),
-            (4, Duration::from_secs(5), 5),
-            (0, hour, 1),
-        ];
-        for (failures, every, secs) in cases {
-            assert_eq!(
-                backoff(failures, every),
-                Duration::from_secs(secs),
-                "{failures} failures, every {every:?}"
-            );
         }
     }
 

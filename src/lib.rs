@@ -34,6 +34,7 @@
 //! - [`reload`]: rebuild and swap the snapshot on SIGHUP or `POST /admin/reload`; the diff.
 //! - [`reload::history`]: the last 10 reloads and their diffs, for the status page.
 //! - [`ring`]: the hashring-based consistent-hash ring and clockwise selection.
+//! - [`schedule`]: when periodic tasks run next: jitter, first delay, backoff.
 //! - [`server`]: the running proxy: shared snapshot, listeners, start and shutdown.
 //! - [`sessions`]: session pins, the bounded TTL cache of which node holds each session.
 //! - [`sessions::stats`]: each live session's figures (requests, errors, in flight, latency,
@@ -67,6 +68,7 @@ pub mod ownership;
 pub mod proxy;
 pub mod reload;
 pub mod ring;
+pub mod schedule;
 pub mod server;
 pub mod sessions;
 pub mod shutdown;

@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::json;
 use sessiongate::metrics::{
-    DISCOVERY_RESULTS, HEALTH_STATES, JSONRPC_OUTCOMES, LINK_FAILURE_KINDS, PIN_DROP_REASONS,
+    HEALTH_STATES, JSONRPC_OUTCOMES, LINK_FAILURE_KINDS, OWNER_DISCOVERY_RESULTS, PIN_DROP_REASONS,
 };
 use support::jsonrpc::{jsonrpc_config, session_params, CliFleet, RpcClient, RpcYaml};
 use support::metrics::{every_kind_config, promtool_check, readme_metrics, Members};
@@ -234,7 +234,7 @@ async fn the_first_scrape_has_every_documented_metric_and_configured_series_at_z
                 }
             }
         }
-        for result in DISCOVERY_RESULTS {
+        for result in OWNER_DISCOVERY_RESULTS {
             zero(
                 "sessiongate_owner_discovery_total",
                 &[("pool", "fleet"), ("result", result)],

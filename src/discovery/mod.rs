@@ -9,15 +9,14 @@ pub mod dns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, Weak};
-use std::time::Duration;
 
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::DiscoverConfig;
 use crate::proxy::Context;
 use crate::reload::discovered::Applied;
+use crate::schedule;
 use crate::server::Server;
 use crate::snapshot::Snapshot;
 
@@ -105,11 +104,7 @@ async fn discover(
     config: DiscoverConfig,
     stop: CancellationToken,
 ) {
-    for result in RESULTS {
-        ctx.metrics
-            .discovery_lookups_total
-            .with_label_values(&[&pool, result]);
-    }
+    // Its series exist already: `Metrics::precreate` made them when the config went live.
     let mut lookup: Option<Lookup> = None;
     let mut failures: u32 = 0;
     loop {
@@ -174,15 +169,13 @@ async fn discover(
                 .set(p.upstreams.len() as i64);
         }
         let wait = if failures == 0 {
-            config
-                .every
-                .mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
+            schedule::jittered(config.every)
         } else {
-            crate::cleanup::backoff(failures, config.every)
+            schedule::backoff(failures, config.every)
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -194,11 +187,9 @@ async fn once(
     config: &DiscoverConfig,
     previous: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, LookupError> {
-    if lookup.is_none() {
-        *lookup = Some(Lookup::new(config)?);
-    }
-    match lookup {
-        Some(l) => l.run(previous).await,
-        None => Err(LookupError::Failed("no resolver".into())),
-    }
+    let lookup = match lookup {
+        Some(l) => l,
+        None => lookup.insert(Lookup::new(config)?),
+    };
+    lookup.run(previous).await
 }

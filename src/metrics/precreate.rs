@@ -26,7 +26,7 @@ pub const HTTP_LIMITED: &[&str] = &["429"];
 /// `sessiongate_upstream_link_failures_total{kind}`.
 pub const LINK_FAILURE_KINDS: &[&str] = &["connect", "dropped", "malformed"];
 /// `sessiongate_owner_discovery_total{result}`.
-pub const DISCOVERY_RESULTS: &[&str] = &["found", "not_found"];
+pub const OWNER_DISCOVERY_RESULTS: &[&str] = &["found", "not_found"];
 /// `sessiongate_pins_dropped_total{reason}`.
 pub const PIN_DROP_REASONS: &[&str] = &["deleted", "owner_gone"];
 /// `sessiongate_upstream_health_transitions_total{to}`.
@@ -137,7 +137,7 @@ impl Metrics {
                 self.jsonrpc_unknown_methods_total
                     .with_label_values(&[p, OTHER_METHOD]);
                 self.sessions.precreate(p);
-                for result in DISCOVERY_RESULTS {
+                for result in OWNER_DISCOVERY_RESULTS {
                     self.owner_discovery_total.with_label_values(&[p, result]);
                 }
             }

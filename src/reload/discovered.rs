@@ -84,12 +84,8 @@ impl Server {
         let next =
             Arc::new(current.with_upstreams(pool, upstreams, &self.ctx.metrics, &self.ctx.store));
         let diffs = diff(&current, &next);
-        // As a reload does: shared state first, then the swap, then what follows the snapshot.
-        next.activate(&self.ctx.metrics);
-        self.ctx.shared.store(next.clone());
+        self.install(&next);
         self.ctx.metrics.config_version.set(next.version as i64);
-        self.health.sync(&next);
-        self.cleanup.sync(&self.ctx, &next);
         self.retire_removed(&current, &diffs);
         let Some(d) = diffs.into_iter().find(|d| d.pool == pool) else {
             return Applied::Stale;

@@ -28,50 +28,49 @@ pub struct ReloadRecord {
     pub listeners_removed: Vec<String>,
 }
 
+impl ReloadRecord {
+    /// A record stamped now, with no error and no listener changes.
+    fn now(result: &'static str, version: Option<u64>, pools: Vec<PoolDiff>) -> ReloadRecord {
+        ReloadRecord {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            version,
+            result,
+            error: None,
+            pools,
+            listeners_added: Vec::new(),
+            listeners_removed: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ReloadHistory(Mutex<VecDeque<ReloadRecord>>);
 
 impl ReloadHistory {
     pub fn push(&self, result: &Result<ReloadReport, ReloadError>) {
-        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let record = match result {
+        self.keep(match result {
             Ok(r) => ReloadRecord {
-                at,
-                version: Some(r.version),
-                result: "success",
-                error: None,
-                pools: r.pools.clone(),
                 listeners_added: r.listeners_added.clone(),
                 listeners_removed: r.listeners_removed.clone(),
+                ..ReloadRecord::now("success", Some(r.version), r.pools.clone())
             },
             Err(e) => ReloadRecord {
-                at,
-                version: None,
-                result: "failure",
                 error: Some(e.to_string()),
-                pools: Vec::new(),
-                listeners_added: Vec::new(),
-                listeners_removed: Vec::new(),
+                ..ReloadRecord::now("failure", None, Vec::new())
             },
-        };
-        let mut kept = self.lock();
-        if kept.len() == KEPT {
-            kept.pop_front();
-        }
-        kept.push_back(record);
+        });
     }
 
     /// A discovery answer that changed pool `diff.pool` (applied like a reload of that pool).
     pub fn push_discovered(&self, version: u64, diff: &PoolDiff) {
-        let record = ReloadRecord {
-            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            version: Some(version),
-            result: "discovery",
-            error: None,
-            pools: vec![diff.clone()],
-            listeners_added: Vec::new(),
-            listeners_removed: Vec::new(),
-        };
+        self.keep(ReloadRecord::now(
+            "discovery",
+            Some(version),
+            vec![diff.clone()],
+        ));
+    }
+
+    fn keep(&self, record: ReloadRecord) {
         let mut kept = self.lock();
         if kept.len() == KEPT {
             kept.pop_front();

@@ -137,6 +137,17 @@ impl Server {
         }
     }
 
+    /// Serve `next`: apply what it shares with the serving snapshot first (so that no request
+    /// routes by the new rings with the old drains), swap it in, then bring the background
+    /// tasks (probes, cleanup, discovery) in line with it.
+    pub(crate) fn install(&self, next: &Arc<Snapshot>) {
+        next.activate(&self.ctx.metrics);
+        self.ctx.shared.store(next.clone());
+        self.health.sync(next);
+        self.cleanup.sync(&self.ctx, next);
+        self.discovery.sync(&self.ctx, next);
+    }
+
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let current = self.ctx.shared.load_full();
         let mut config = Config::load(&current.source)?;
@@ -185,13 +196,8 @@ impl Server {
 
         let version = next.version;
         let next = Arc::new(next);
-        // Nothing can refuse the reload any more: apply what the new snapshot shares with the
-        // serving one first, so that no request routes by the new rings with the old drains.
-        next.activate(&self.ctx.metrics);
-        self.ctx.shared.store(next.clone());
-        self.health.sync(&next);
-        self.cleanup.sync(&self.ctx, &next);
-        self.discovery.sync(&self.ctx, &next);
+        // Nothing can refuse the reload any more.
+        self.install(&next);
 
         let listeners_added = to_bind.iter().map(|(n, _, _)| n.clone()).collect();
         for (name, configured, tcp) in to_bind {

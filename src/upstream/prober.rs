@@ -5,9 +5,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,6 +16,7 @@ use super::state::{Flip, ProbeRecord, UpstreamState};
 use super::Upstream;
 use crate::config::{HealthConfig, Secret};
 use crate::metrics::Metrics;
+use crate::schedule;
 use crate::snapshot::Snapshot;
 
 /// What a running prober was started with; a change restarts it.
@@ -118,10 +118,7 @@ pub async fn run_prober(
 ) {
     let labels = [up.pool.as_str(), up.name()];
     let duration = metrics.upstream_probe_duration.with_label_values(&labels);
-    let first = health
-        .interval
-        .mul_f64(rand::thread_rng().gen_range(0.0..1.0));
-    let mut next = Instant::now() + first;
+    let mut next = Instant::now() + schedule::first_delay(health.interval);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -143,13 +140,7 @@ pub async fn run_prober(
         {
             report_flip(&metrics, &up.pool, up.name(), &flip);
         }
-        // ±10% jitter keeps a fleet's probes from synchronising.
-        let factor = rand::thread_rng().gen_range(0.9..=1.1);
-        next = started
-            + health
-                .interval
-                .mul_f64(factor)
-                .max(Duration::from_millis(1));
+        next = started + schedule::jittered(health.interval);
     }
 }
 

@@ -169,7 +169,6 @@ pub async fn serve<IO>(
         work: JoinSet::new(),
         work_requests: HashMap::default(),
         work_logged: HashMap::default(),
-        work_noted: None,
         events_tx,
         events,
         to_client,
@@ -229,10 +228,8 @@ struct Conn {
     work: JoinSet<()>,
     /// The request each of them answers.
     work_requests: HashMap<tokio::task::Id, (ClientId, ReplyTo)>,
-    /// The next task's request, for the access log: method, arrival, size (set by dispatch).
-    work_noted: Option<(&'static str, tokio::time::Instant, usize)>,
-    /// Requests answered by such a task that the access log sampled: method, arrival, size.
-    work_logged: HashMap<ClientId, (&'static str, tokio::time::Instant, usize)>,
+    /// Requests answered by such a task that the access log sampled.
+    work_logged: HashMap<ClientId, WorkNote>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     to_client: mpsc::Sender<Bytes>,
@@ -437,9 +434,12 @@ impl Conn {
         id: ClientId,
         reply: ReplyTo,
         task: impl std::future::Future<Output = ()> + Send + 'static,
+        noted: Option<WorkNote>,
     ) {
         self.state.lent(id.clone());
-        self.work_requests_log(&id);
+        if let Some(noted) = noted.filter(|_| self.ctx.access_log.sampled()) {
+            self.work_logged.insert(id.clone(), noted);
+        }
         let handle = self.work.spawn(task);
         self.work_requests.insert(handle.id(), (id, reply));
     }
@@ -488,7 +488,7 @@ impl Conn {
     }
 
     /// Record latency and outcome metrics for a finished request, and its access log line.
-    fn observe(&mut self, pending: &Pending, outcome: &str, bytes_out: usize) {
+    fn observe(&mut self, pending: &Pending, outcome: &'static str, bytes_out: usize) {
         self.log_request(LoggedRequest {
             method: pending.method,
             session: pending.session.as_ref(),
@@ -548,13 +548,30 @@ impl Conn {
     }
 }
 
+/// A request a task answers (a fan-out, a split), as the access log will need it at the answer.
+pub(super) struct WorkNote {
+    method: &'static str,
+    started: tokio::time::Instant,
+    bytes_in: usize,
+}
+
+impl WorkNote {
+    pub(super) fn new(method: &'static str, body: &[u8]) -> WorkNote {
+        WorkNote {
+            method,
+            started: tokio::time::Instant::now(),
+            bytes_in: body.len(),
+        }
+    }
+}
+
 /// A finished request, for the access log.
 pub(super) struct LoggedRequest<'a> {
     pub method: &'static str,
     pub session: Option<&'a Arc<str>>,
     /// `None`: answered by the proxy (a refusal, a merged fan-out).
     pub upstream: Option<&'a Arc<str>>,
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     pub started: tokio::time::Instant,
     pub bytes_in: usize,
     pub bytes_out: usize,
@@ -568,19 +585,14 @@ impl Conn {
         }
     }
 
-    /// A request a task answers (a fan-out, a split): noted now if sampled, logged at its
-    /// answer ([`Conn::log_work_answer`]).
-    fn work_requests_log(&mut self, id: &ClientId) {
-        if let Some(noted) = self.work_noted.take() {
-            if self.ctx.access_log.sampled() {
-                self.work_logged.insert(id.clone(), noted);
-            }
-        }
-    }
-
-    /// The answer a task gave the request `id`.
+    /// The answer a task gave the request `id`, logged if it was sampled when it began.
     pub(super) fn log_work_answer(&mut self, id: &ClientId, answer: &[u8]) {
-        let Some((method, started, bytes_in)) = self.work_logged.remove(id) else {
+        let Some(WorkNote {
+            method,
+            started,
+            bytes_in,
+        }) = self.work_logged.remove(id)
+        else {
             return;
         };
         let failed = parse_envelope(answer).is_ok_and(|env| env.has_error);
@@ -619,8 +631,8 @@ impl Conn {
                 crate::access_log::Session::Id(s.clone())
             }),
             user: self.caller.as_ref().map(|c| c.user.clone()),
-            method: r.method.to_owned(),
-            outcome: r.outcome.to_owned(),
+            method: r.method.into(),
+            outcome: r.outcome.into(),
             latency: r.started.elapsed(),
             bytes_in: Some(r.bytes_in as u64),
             bytes_out: Some(r.bytes_out as u64),

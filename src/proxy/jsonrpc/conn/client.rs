@@ -197,13 +197,6 @@ impl Conn {
             decision,
             pool,
         } = routed;
-        let by_task = matches!(
-            decision,
-            Decision::FanOut(_) | Decision::Split(_) | Decision::OpenLast
-        );
-        if by_task && id.is_some() {
-            self.work_noted = Some((label, tokio::time::Instant::now(), body.len()));
-        }
         match decision {
             Decision::Forward(f) => {
                 if let Some(ring_choice) = &f.spilled_from {
@@ -238,6 +231,7 @@ impl Conn {
             Decision::FanOut(merge) => {
                 // Fan-outs answer requests; a notification of these methods has nothing to do.
                 let Some(id) = id else { return };
+                let noted = WorkNote::new(label, &body);
                 let task = fanout::fan_out(
                     self.owner(),
                     pool,
@@ -248,10 +242,11 @@ impl Conn {
                     reply,
                     self.viewer(),
                 );
-                self.spawn_work(id, reply, task);
+                self.spawn_work(id, reply, task, Some(noted));
             }
             Decision::Split(split) => {
                 let Some(id) = id else { return };
+                let noted = WorkNote::new(label, &body);
                 let task = fanout::split(
                     self.owner(),
                     pool,
@@ -262,13 +257,14 @@ impl Conn {
                     reply,
                     self.viewer(),
                 );
-                self.spawn_work(id, reply, task);
+                self.spawn_work(id, reply, task, Some(noted));
             }
             Decision::OpenLast => {
                 let Some(id) = id else { return };
+                let noted = WorkNote::new(label, &body);
                 let task =
                     fanout::open_last(self.owner(), pool, id.clone(), body, reply, self.viewer());
-                self.spawn_work(id, reply, task);
+                self.spawn_work(id, reply, task, Some(noted));
             }
         }
     }

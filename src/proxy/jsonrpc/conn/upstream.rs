@@ -216,7 +216,7 @@ impl Conn {
                     resend,
                     body,
                 );
-                self.spawn_work(id, reply, task);
+                self.spawn_work(id, reply, task, None);
                 return;
             }
         }
