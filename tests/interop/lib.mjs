@@ -132,6 +132,38 @@ export async function startCli(name, root, extraEnv = {}, { port: fixedPort, ses
  *   {"fields":{"message":"listener bound","listener":"cli","addr":"127.0.0.1:43125"},...}
  * Returns {name: addr} once every wanted listener is bound. Tolerates flattened fields.
  */
+/**
+ * A sessiongate config with one JSON-RPC listener `cli` in front of pool `fleet` over `clis`:
+ * `top` lines at the top level, `listener` lines for `cli`, `pool` lines for the pool (before its
+ * health probe), `health` its probe (tcp every 500ms by default).
+ */
+export function gateConfigYaml(clis, {
+  top = [],
+  listener = [],
+  pool = [],
+  health = '{ probe: tcp, interval: 500ms, timeout: 500ms, rise: 1, fall: 1 }',
+} = {}) {
+  return [
+    'admin:',
+    '  listen: 127.0.0.1:0',
+    'shutdown_grace: 2s',
+    ...top,
+    'listeners:',
+    '  - name: cli',
+    '    listen: 127.0.0.1:0',
+    '    protocol: jsonrpc',
+    `    pool: ${POOL}`,
+    ...listener,
+    'pools:',
+    `  ${POOL}:`,
+    ...pool,
+    `    health: ${health}`,
+    '    upstreams:',
+    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
+    '',
+  ].join('\n');
+}
+
 export function parseBoundListeners(text) {
   const bound = {};
   for (const line of text.split('\n')) {

@@ -32,7 +32,7 @@ import path from 'node:path';
 import { CopilotClient, RuntimeConnection, approveAll } from '@github/copilot-sdk';
 import {
   HERE, DIRECT, KEEP, SG_BIN, POOL, TEST_TIMEOUT, RPC_TIMEOUT,
-  until, withTimeout, stopProc, startCli, startGate, adminGet, ringOwners, metricSum,
+  until, withTimeout, stopProc, startCli, startGate, gateConfigYaml, adminGet, ringOwners, metricSum,
   clients, newClient, closeClient, waitForEvent, gateLogTail,
 } from './lib.mjs';
 
@@ -49,26 +49,6 @@ const SESSION_IDS = Array.from({ length: N_SESSIONS }, (_, i) =>
 /** Which CLI holds a session: the one whose COPILOT_HOME has session-state/<id>/. */
 function ownersOf(sessionId, clis) {
   return clis.filter((c) => fs.existsSync(path.join(c.home, 'session-state', sessionId))).map((c) => c.name);
-}
-
-/** The sessiongate config (exact schema the proxy expects). */
-function gateConfigYaml(clis) {
-  return [
-    'admin:',
-    '  listen: 127.0.0.1:0',
-    'shutdown_grace: 2s',
-    'listeners:',
-    '  - name: cli',
-    '    listen: 127.0.0.1:0',
-    '    protocol: jsonrpc',
-    `    pool: ${POOL}`,
-    'pools:',
-    `  ${POOL}:`,
-    '    health: { probe: tcp, interval: 500ms, timeout: 500ms, rise: 1, fall: 1 }',
-    '    upstreams:',
-    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
-    '',
-  ].join('\n');
 }
 
 /** Upstream names (cli-N) that GET /admin/ring?pool=fleet mentions; shape-agnostic on purpose. */
@@ -448,26 +428,11 @@ const sha256hex = (text) => crypto.createHash('sha256').update(text).digest('hex
 
 /** Config of the ownership proxy: token identities required on `cli`, node token from the env. */
 function ownershipConfigYaml(clis, tokensFile) {
-  return [
-    'admin:',
-    '  listen: 127.0.0.1:0',
-    'shutdown_grace: 2s',
-    'identities:',
-    `  tokens_file: ${tokensFile}`,
-    'listeners:',
-    '  - name: cli',
-    '    listen: 127.0.0.1:0',
-    '    protocol: jsonrpc',
-    `    pool: ${POOL}`,
-    '    identity: { from: [token], required: true }',
-    'pools:',
-    `  ${POOL}:`,
-    `    token_env: ${OWN_POOL_TOKEN_ENV}`,
-    '    health: { probe: tcp, interval: 500ms, timeout: 500ms, rise: 1, fall: 1 }',
-    '    upstreams:',
-    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
-    '',
-  ].join('\n');
+  return gateConfigYaml(clis, {
+    top: ['identities:', `  tokens_file: ${tokensFile}`],
+    listener: ['    identity: { from: [token], required: true }'],
+    pool: [`    token_env: ${OWN_POOL_TOKEN_ENV}`],
+  });
 }
 
 /** A client presenting `connectionToken` (none when undefined) in `connect`. */
@@ -691,23 +656,9 @@ describe('sessiongate interop, ownership: two SDK clients with different connect
 
 /** Config of the cleanup proxy: the pool runs `sessions.pruneOld` fleet-wide. */
 function cleanupConfigYaml(clis) {
-  return [
-    'admin:',
-    '  listen: 127.0.0.1:0',
-    'shutdown_grace: 2s',
-    'listeners:',
-    '  - name: cli',
-    '    listen: 127.0.0.1:0',
-    '    protocol: jsonrpc',
-    `    pool: ${POOL}`,
-    'pools:',
-    `  ${POOL}:`,
-    '    health: { probe: tcp, interval: 500ms, timeout: 500ms, rise: 1, fall: 1 }',
-    '    cleanup: { older_than: 0s, every: 1000h, dry_run: false, include_named: false }',
-    '    upstreams:',
-    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
-    '',
-  ].join('\n');
+  return gateConfigYaml(clis, {
+    pool: ['    cleanup: { older_than: 0s, every: 1000h, dry_run: false, include_named: false }'],
+  });
 }
 
 async function adminPost(gate, pathAndQuery) {

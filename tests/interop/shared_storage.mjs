@@ -27,7 +27,8 @@ import path from 'node:path';
 import { approveAll } from '@github/copilot-sdk';
 import {
   DIRECT, KEEP, POOL, RPC_TIMEOUT,
-  until, withTimeout, freePort, spawnTracked, stopProc, startCli, startGate, adminGet, ringOwners,
+  until, withTimeout, freePort, spawnTracked, stopProc, startCli, startGate, gateConfigYaml, adminGet,
+  ringOwners,
   clients, newClient, closeClient, waitForEvent, gateLogTail,
 } from './lib.mjs';
 
@@ -98,25 +99,11 @@ const redisPin = (redis, sid) => redisCommand(redis.port, 'GET', `sessiongate:pi
 
 /** P1 and P2 (with redis) and P3 (without): the same pool over the same two nodes. */
 function sharedConfigYaml(clis, redisPort) {
-  return [
-    'admin:',
-    '  listen: 127.0.0.1:0',
-    'shutdown_grace: 2s',
-    ...(redisPort ? ['redis:', `  url: redis://127.0.0.1:${redisPort}`] : []),
-    'listeners:',
-    '  - name: cli',
-    '    listen: 127.0.0.1:0',
-    '    protocol: jsonrpc',
-    `    pool: ${POOL}`,
-    'pools:',
-    `  ${POOL}:`,
-    '    storage: shared',
-    '    on_owner_down: failover',
-    '    health: { probe: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }',
-    '    upstreams:',
-    ...clis.map((c) => `      - { name: ${c.name}, addr: ${c.addr} }`),
-    '',
-  ].join('\n');
+  return gateConfigYaml(clis, {
+    top: redisPort ? ['redis:', `  url: redis://127.0.0.1:${redisPort}`] : [],
+    pool: ['    storage: shared', '    on_owner_down: failover'],
+    health: '{ probe: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }',
+  });
 }
 
 /** A counter's value summed over its series that carry all of `labels` (0 while it has none). */
