@@ -361,3 +361,72 @@ async fn a_jsonrpc_client_that_vanishes_with_requests_pending_frees_them() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonrpc_client_that_vanishes_while_its_node_waits_for_its_answer_is_freed() {
+    within(60, async {
+        let fleet = CliFleet::start(1).await;
+        let timeout = format!("{RPC_TIMEOUT_SECS}s");
+        let dir = ConfigDir::new(&config_timeout(
+            "jsonrpc",
+            "fleet",
+            &fleet.members(),
+            &timeout,
+        ));
+        let mut proxy = Binary::spawn(dir.path());
+        let front = proxy.listener_addr("front").await;
+        let admin = proxy.listener_addr("admin").await;
+
+        // The node asks the client (`hooks.invoke`) before it answers `session.send`: the
+        // request's clock pauses while the node waits for the client.
+        let mut client = RpcClient::connect(front).await;
+        let sid = uuid::Uuid::new_v4().to_string();
+        client
+            .result(
+                "session.create",
+                session_params(&sid, json!({ "hooks": true })),
+            )
+            .await;
+        client
+            .request(
+                "session.send",
+                session_params(&sid, json!({ "prompt": "hi" })),
+            )
+            .await;
+        client.server_request("hooks.invoke").await;
+        let path = format!("/admin/sessions/{sid}");
+        assert_eq!(admin_json(admin, &path).await["in_flight"], 1);
+
+        // The client closes its connection without answering: nobody can answer the node now.
+        drop(client);
+        let left = std::time::Instant::now();
+        poll_until(
+            "nothing in flight once the client is gone",
+            RPC_TIMEOUT_SECS + 3,
+            || async { admin_json(admin, &path).await["in_flight"] == 0 },
+        )
+        .await;
+        until_sample(
+            admin,
+            "sessiongate_connections_active",
+            &[("listener", "front")],
+            0.0,
+            5,
+        )
+        .await;
+        let link_labels = [("pool", "fleet"), ("upstream", "cli-0")];
+        until_sample(
+            admin,
+            "sessiongate_upstream_connections_active",
+            &link_labels,
+            0.0,
+            5,
+        )
+        .await;
+        eprintln!(
+            "JSON-RPC client gone while its node waited for it: freed after {:?}",
+            left.elapsed()
+        );
+    })
+    .await
+}
