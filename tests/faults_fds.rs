@@ -47,6 +47,14 @@ async fn exhausted_descriptors_back_off_accept_and_recover() {
         let mut proxy = Binary::spawn_under(&["prlimit", "--nofile=64:64", "--"], dir.path(), &[]);
         let web = proxy.listener_addr("web").await;
         let admin = proxy.listener_addr("admin").await;
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid()))
+            .expect("read /proc/PID/limits");
+        let nofile = limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|v| v.split_whitespace().next())
+            .expect("Max open files line");
+        assert_eq!(nofile, "64", "the limit did not apply: {limits}");
         assert!(served(web).await, "not serving before the flood");
         let at_rest = open_fds(proxy.pid());
 

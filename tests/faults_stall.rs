@@ -125,7 +125,7 @@ async fn http_upstreams_that_stall_or_break_time_out_cleanly() {
                     ("halfbody", Ok(502) | Err(_)) => {}
                     _ => panic!("{name}: got {got:?}"),
                 }
-                assert!(took < Duration::from_millis(2500), "{name}: took {took:?}");
+                assert!(took < Duration::from_secs(3), "{name}: took {took:?}");
                 let worst = slowest.entry(name).or_default();
                 *worst = (*worst).max(took);
                 let what = match got {
@@ -227,7 +227,7 @@ async fn jsonrpc_nodes_that_stall_or_break_time_out_cleanly() {
                     }
                     _ => assert_eq!(err["code"], -32001, "{name}: {resp}"),
                 }
-                assert!(took < Duration::from_millis(2500), "{name}: took {took:?}");
+                assert!(took < Duration::from_secs(3), "{name}: took {took:?}");
                 let worst = slowest.entry(name).or_default();
                 *worst = (*worst).max(took);
             }

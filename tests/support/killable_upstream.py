@@ -71,6 +71,10 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        # A peer resetting mid-request (the proxy closing a probe) is part of these tests.
+        pass
+
 
 def main():
     handler = Http if MODE == "http" else Rpc
