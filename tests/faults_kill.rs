@@ -345,6 +345,13 @@ async fn jsonrpc_upstream_sigkilled_under_load() {
             task.await.expect("load task");
         }
 
+        let mut link_failures = 0.0;
+        for kind in ["connect", "dropped"] {
+            let labels = [("pool", "fleet"), ("upstream", "victim"), ("kind", kind)];
+            link_failures +=
+                sample(admin, "sessiongate_upstream_link_failures_total", &labels).await;
+        }
+        assert!(link_failures >= 1.0, "the dropped links were not counted");
         let log = log.lock().expect("lock");
         let others: Vec<_> = log.iter().filter(|o| !o.victim_key).collect();
         let bad: Vec<_> = others
@@ -382,13 +389,6 @@ async fn jsonrpc_upstream_sigkilled_under_load() {
             0,
             "requests reached the restarted, down victim"
         );
-        let mut link_failures = 0.0;
-        for kind in ["connect", "dropped"] {
-            let labels = [("pool", "fleet"), ("upstream", "victim"), ("kind", kind)];
-            link_failures +=
-                sample(admin, "sessiongate_upstream_link_failures_total", &labels).await;
-        }
-        assert!(link_failures >= 1.0, "the dropped links were not counted");
         eprintln!(
             "JSON-RPC SIGKILL: {} requests ({} on other sessions, 0 errors); {errors} -32001 on \
              the victim's sessions, slowest {slowest_error:?}; marked down {:?} after the kill",
