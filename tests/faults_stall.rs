@@ -125,7 +125,8 @@ async fn http_upstreams_that_stall_or_break_time_out_cleanly() {
                     ("halfbody", Ok(502) | Err(_)) => {}
                     _ => panic!("{name}: got {got:?}"),
                 }
-                assert!(took < Duration::from_secs(3), "{name}: took {took:?}");
+                // No request outlives its timeout by much (loose: a loaded machine delays timers).
+                assert!(took < Duration::from_secs(5), "{name}: took {took:?}");
                 let worst = slowest.entry(name).or_default();
                 *worst = (*worst).max(took);
                 let what = match got {
@@ -227,7 +228,8 @@ async fn jsonrpc_nodes_that_stall_or_break_time_out_cleanly() {
                     }
                     _ => assert_eq!(err["code"], -32001, "{name}: {resp}"),
                 }
-                assert!(took < Duration::from_secs(3), "{name}: took {took:?}");
+                // No request outlives its timeout by much (loose: a loaded machine delays timers).
+                assert!(took < Duration::from_secs(5), "{name}: took {took:?}");
                 let worst = slowest.entry(name).or_default();
                 *worst = (*worst).max(took);
             }
