@@ -10,13 +10,16 @@ Layout on the machine (core pinning with taskset):
 
 Phases (PHASES, comma-separated, default all, in this order):
   http      closed loop (wrk) at each CONCURRENCY, ROUNDS rounds interleaved
-            direct -> sessiongate -> haproxy -> nginx; first round dropped, medians reported
+            direct -> sessiongate -> haproxy -> nginx (-> the EXTRA_BINS builds); first round
+            dropped, medians reported
   openloop  fixed rate (oha --latency-correction) at OPEN_LOOP_FRACTION of the slowest proxy's
             peak; p50/p99
   idle      RSS per idle keep-alive connection up to IDLE_CONNS connections
   tls       full TLS handshakes/s, sessiongate vs HAProxy, same ECDSA P-256 certificate
   jsonrpc   routed JSON-RPC message rate and CPU per frame, sessiongate vs direct to the mocks;
-            then FLEET_SESSIONS sessions over FLEET_CONNS connections: RSS and CPU per frame
+            in front of one mock: direct vs sessiongate vs HAProxy mode tcp, closed loop, then
+            open loop at a fixed rate (latency from the intended send times); then
+            FLEET_SESSIONS sessions over FLEET_CONNS connections: RSS and CPU per frame
   reload    RELOAD_COUNT SIGHUPs during a RELOAD_SECS run; non-2xx and socket errors must be 0
 
 Every load run is bounded in time (and the tools in count); all traffic is on 127.0.0.1.
@@ -109,10 +112,47 @@ PORT = {"direct": UPSTREAM_PORTS[0], "sessiongate": 18080, "haproxy": 28080, "ng
 TLS_PORT = {"sessiongate": 18443, "haproxy": 28443}
 SG_ADMIN = 18901
 RPC_PORT = 18090
-# Another sessiongate build to compare with in the JSON-RPC phase (before/after a change).
-BASELINE_BIN = os.environ.get("BASELINE_BIN", "")
 RPC_ADMIN = 18902
+# sessiongate's JSON-RPC listener in front of one mock CLI (the first), beside HAProxy mode tcp
+# forwarding to that same mock.
+RPC_ONE_PORT = 18099
+HAPROXY_TCP_PORT = 28090
 MOCK_BASE = 27001
+# One-mock JSON-RPC comparison: direct to the first mock, sessiongate routing to it alone, HAProxy
+# `mode tcp` forwarding to it. Its own open-loop run comes after the closed-loop rounds.
+RPC_ONE = ["direct-1", "sessiongate-1", "haproxy-tcp"]
+JSONRPC_OPEN_LOOP_RATE = os.environ.get("JSONRPC_OPEN_LOOP_RATE", "")
+
+
+def extra_bins() -> list[tuple[str, str]]:
+    """Other sessiongate builds run beside the one under test, in the same interleaved rounds on
+    the same core: BASELINE_BIN (label `baseline`) and EXTRA_BINS (`label=path` or a bare path,
+    comma-separated), e.g. one build per global allocator."""
+    out = []
+    if os.environ.get("BASELINE_BIN"):
+        out.append(("baseline", os.environ["BASELINE_BIN"]))
+    for i, item in enumerate(env_list("EXTRA_BINS", "")):
+        label, _, path = item.rpartition("=")
+        out.append((label or f"extra{i + 1}", path))
+    taken = {"direct", "sessiongate", "haproxy", "nginx", *RPC_ONE}
+    for label, path in out:
+        if label in taken or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise SystemExit(f"EXTRA_BINS: label {label!r} is taken or not [A-Za-z0-9_.-]+")
+        if not Path(path).is_file():
+            raise SystemExit(f"EXTRA_BINS: {label}: no file {path}")
+        taken.add(label)
+    if len(out) > 8:
+        raise SystemExit("EXTRA_BINS: at most 8 builds (BASELINE_BIN included)")
+    return out
+
+
+# Extra build i listens on HTTP 18081+i, TLS 18444+i, admin 18911+i; JSON-RPC 18091+i, admin
+# 18921+i.
+EXTRA_BINS = extra_bins()
+EXTRA = [label for label, _ in EXTRA_BINS]
+for _i, _label in enumerate(EXTRA):
+    PORT[_label] = PORT["sessiongate"] + 1 + _i
+    TLS_PORT[_label] = TLS_PORT["sessiongate"] + 1 + _i
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -391,7 +431,9 @@ backend pool
 """
 
 
-def sessiongate_conf(weight3: int = 1) -> str:
+def sessiongate_conf(weight3: int = 1, target: str = "sessiongate") -> str:
+    """The HTTP proxy config; `target` picks the ports (an extra build's are its own)."""
+    admin = SG_ADMIN + (10 + EXTRA.index(target) if target in EXTRA else 0)
     ups = "\n".join(
         f"      - {{ name: u{i + 1}, addr: 127.0.0.1:{p}"
         + (f", weight: {weight3}" if i == 2 else "") + " }"
@@ -400,18 +442,18 @@ def sessiongate_conf(weight3: int = 1) -> str:
 runtime:
   worker_threads: 1
 admin:
-  listen: 127.0.0.1:{SG_ADMIN}
+  listen: 127.0.0.1:{admin}
 shutdown_grace: 2s
 listeners:
   - name: web
-    listen: 127.0.0.1:{PORT['sessiongate']}
+    listen: 127.0.0.1:{PORT[target]}
     protocol: http
     pool: web
     max_connections: 19000
     key:
       - header: X-Session-Id
   - name: web-tls
-    listen: 127.0.0.1:{TLS_PORT['sessiongate']}
+    listen: 127.0.0.1:{TLS_PORT[target]}
     protocol: http
     pool: web
     tls:
@@ -433,9 +475,26 @@ pools:
 
 
 def sessiongate_rpc_conf(port: int = RPC_PORT, admin: int = RPC_ADMIN,
-                         load_factor: str = "") -> str:
+                         load_factor: str = "", one_mock_port: int | None = None) -> str:
+    """sessiongate in front of the mock fleet; with `one_mock_port`, a second listener whose pool
+    is the first mock alone (the one HAProxy mode tcp forwards to)."""
     ups = "\n".join(
         f"      - {{ name: cli-{i + 1}, addr: 127.0.0.1:{MOCK_BASE + i} }}" for i in range(MOCKS))
+    one_listener = f"""  - name: rpc-one
+    listen: 127.0.0.1:{one_mock_port}
+    protocol: jsonrpc
+    pool: cli-one
+    max_connections: 19000
+""" if one_mock_port else ""
+    one_pool = f"""  cli-one:
+    hash:
+      vnodes: 160
+    health:
+      probe: tcp
+      interval: 5s
+    upstreams:
+      - {{ name: one-cli-1, addr: 127.0.0.1:{MOCK_BASE} }}
+""" if one_mock_port else ""
     return f"""# sessiongate in front of the mock CLI fleet: one worker thread.
 runtime:
   worker_threads: 1
@@ -448,7 +507,7 @@ listeners:
     protocol: jsonrpc
     pool: cli
     max_connections: 19000
-pools:
+{one_listener}pools:
   cli:
     hash:
       vnodes: 160
@@ -457,6 +516,28 @@ pools:
       interval: 5s
     upstreams:
 {ups}
+{one_pool}"""
+
+
+def haproxy_tcp_conf() -> str:
+    return f"""# HAProxy mode tcp in front of one mock CLI: a blind forward of the JSON-RPC byte stream, one
+# thread; the yardstick for sessiongate's routed JSON-RPC path.
+global
+    nbthread 1
+    maxconn 9500
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 300s
+    timeout server 300s
+
+frontend rpc
+    bind 127.0.0.1:{HAPROXY_TCP_PORT}
+    default_backend cli
+
+backend cli
+    server cli-1 127.0.0.1:{MOCK_BASE}
 """
 
 
@@ -506,6 +587,13 @@ class Fixture:
             wait_port(PORT["sessiongate"], proc=proc)
             wait_port(TLS_PORT["sessiongate"], proc=proc)
             self.procs["sessiongate"] = proc
+        for label, path in EXTRA_BINS:
+            # Another build beside the one under test: same config but its own ports.
+            conf = write(WORK / f"sessiongate-{label}.yaml", sessiongate_conf(target=label))
+            proc = start(f"sessiongate-{label}", [path, "--config", str(conf), "run"], PROXY_CORE,
+                         env={"RUST_LOG": SG_LOG})
+            wait_port(PORT[label], proc=proc)
+            self.procs[label] = proc
         if "haproxy" in PROXIES:
             conf = write(WORK / "haproxy.cfg", haproxy_conf())
             proc = start("haproxy", [HAPROXY, "-db", "-f", str(conf)], PROXY_CORE)
@@ -528,7 +616,7 @@ class Fixture:
 
 
 def targets() -> list[str]:
-    return ["direct", *PROXIES]
+    return ["direct", *PROXIES, *EXTRA]
 
 
 # --------------------------------------------------------------------------------------------
@@ -720,11 +808,17 @@ def phase_tls(fx: Fixture, raw: dict) -> None:
 
 
 def jsonrpc_run(rpc: subprocess.Popen | None, addrs: list[str], conns: int, sessions: int,
-                depth: int, secs: float, run_id: str, name: str) -> dict:
-    tool = start(name, [TOOLS_BIN, "jsonrpc-load", "--addr", ",".join(addrs), "--conns",
-                        str(conns), "--sessions", str(sessions), "--depth", str(depth),
-                        "--secs", str(secs), "--method", JSONRPC_METHOD, "--run-id", run_id,
-                        "--setup-timeout-secs", "300"], LOAD_CORE, pipe=True)
+                depth: int, secs: float, run_id: str, name: str,
+                rate: float | None = None) -> dict:
+    """One `jsonrpc-load` run: closed loop (`depth` in flight per connection), or open loop at
+    `rate` requests/s with latency from the intended send times. CPU of `rpc`'s process tree is
+    sampled between the tool's START and STOP."""
+    argv = [TOOLS_BIN, "jsonrpc-load", "--addr", ",".join(addrs), "--conns", str(conns),
+            "--sessions", str(sessions), "--depth", str(depth), "--secs", str(secs),
+            "--method", JSONRPC_METHOD, "--run-id", run_id, "--setup-timeout-secs", "300"]
+    if rate is not None:
+        argv += ["--rate", str(rate)]
+    tool = start(name, argv, LOAD_CORE, pipe=True)
     read_marker(tool, "START", 330)
     pid = rpc.pid if rpc else None
     rss_start = rss_kb(pid) if pid else 0
@@ -743,52 +837,99 @@ def jsonrpc_run(rpc: subprocess.Popen | None, addrs: list[str], conns: int, sess
     return r
 
 
+def log_rpc(kind: str, rnd: int, target: str, r: dict) -> None:
+    log(f"{kind} round {rnd} {target:<13} {r['rate']:>9.0f} req/s  p50 "
+        f"{r['p50_us'] / 1000:.3f} ms  p99 {r['p99_us'] / 1000:.3f} ms  p99.9 "
+        f"{r['p999_us'] / 1000:.3f} ms  "
+        + (f"cpu {r['cpu_us_per_frame']:.2f} us/frame util {r['proxy_util']:.2f}"
+           if "cpu_us_per_frame" in r else "")
+        + f"  errors {r['errors']}/{r['create_errors']}"
+        + (f"  unanswered {r['unanswered']}  send lag p99 {r['send_lag_p99_us']} us"
+           if "unanswered" in r else ""))
+
+
+def jsonrpc_open_loop_rate(raw: dict) -> float:
+    """JSONRPC_OPEN_LOOP_RATE, or OPEN_LOOP_FRACTION of the slower proxy's closed-loop peak in the
+    one-mock comparison."""
+    if JSONRPC_OPEN_LOOP_RATE:
+        return float(JSONRPC_OPEN_LOOP_RATE)
+    runs = kept_rounds(raw.get("jsonrpc", []))
+    peaks = [median([r["rate"] for r in runs if r["target"] == t]) for t in RPC_ONE[1:]]
+    peaks = [p for p in peaks if p == p]
+    if not peaks:
+        raise RuntimeError("JSON-RPC open loop needs the closed-loop one-mock runs")
+    return OPEN_LOOP_FRACTION * min(peaks)
+
+
 def phase_jsonrpc(fx: Fixture, raw: dict) -> None:
     fleet = start("mockfleet", [TOOLS_BIN, "mockfleet", "--listen", f"127.0.0.1:{MOCK_BASE}",
                                 "--count", str(MOCKS), "--watch-stdin", "--max-secs", "7200"],
                   LOAD_CORE, pipe=True)
     read_marker(fleet, "READY", 30)
-    conf = write(WORK / "sessiongate-rpc.yaml", sessiongate_rpc_conf(load_factor=FLEET_LOAD_FACTOR))
+    conf = write(WORK / "sessiongate-rpc.yaml",
+                 sessiongate_rpc_conf(load_factor=FLEET_LOAD_FACTOR, one_mock_port=RPC_ONE_PORT))
     rpc = start("sessiongate-rpc", [SG_BIN, "--config", str(conf), "run"], PROXY_CORE,
                 env={"RUST_LOG": SG_LOG})
     wait_port(RPC_PORT, proc=rpc)
-    proxies = {"sessiongate": (rpc, RPC_PORT)}
-    if BASELINE_BIN:
-        # Another build (BASELINE_BIN) on the same core, measured in the same rounds.
-        conf_b = write(WORK / "sessiongate-rpc-baseline.yaml",
-                       sessiongate_rpc_conf(RPC_PORT + 1, RPC_ADMIN + 1))
-        base_proc = start("sessiongate-rpc-baseline", [BASELINE_BIN, "--config", str(conf_b),
-                                                       "run"], PROXY_CORE,
-                          env={"RUST_LOG": SG_LOG})
-        wait_port(RPC_PORT + 1, proc=base_proc)
-        proxies["baseline"] = (base_proc, RPC_PORT + 1)
-    time.sleep(0.5)
+    wait_port(RPC_ONE_PORT, proc=rpc)
     mocks = [f"127.0.0.1:{MOCK_BASE + i}" for i in range(MOCKS)]
+    # target -> (proxy process or None for direct, addresses the load connects to)
+    plan: dict[str, tuple[subprocess.Popen | None, list[str]]] = {
+        "direct": (None, mocks), "sessiongate": (rpc, [f"127.0.0.1:{RPC_PORT}"])}
+    extras = []
+    for i, (label, path) in enumerate(EXTRA_BINS):
+        # Another build on the same core, measured in the same rounds (4-mock fleet).
+        conf_x = write(WORK / f"sessiongate-rpc-{label}.yaml",
+                       sessiongate_rpc_conf(RPC_PORT + 1 + i, RPC_ADMIN + 19 + i))
+        proc = start(f"sessiongate-rpc-{label}", [path, "--config", str(conf_x), "run"],
+                     PROXY_CORE, env={"RUST_LOG": SG_LOG})
+        wait_port(RPC_PORT + 1 + i, proc=proc)
+        extras.append(proc)
+        plan[label] = (proc, [f"127.0.0.1:{RPC_PORT + 1 + i}"])
+    one_mock = []
+    if "haproxy" in PROXIES:
+        conf_h = write(WORK / "haproxy-tcp.cfg", haproxy_tcp_conf())
+        hap = start("haproxy-tcp", [HAPROXY, "-db", "-f", str(conf_h)], PROXY_CORE)
+        wait_port(HAPROXY_TCP_PORT, proc=hap)
+        extras.append(hap)
+        one_mock = RPC_ONE
+        plan.update({"direct-1": (None, [mocks[0]]),
+                     "sessiongate-1": (rpc, [f"127.0.0.1:{RPC_ONE_PORT}"]),
+                     "haproxy-tcp": (hap, [f"127.0.0.1:{HAPROXY_TCP_PORT}"])})
+    time.sleep(0.5)
     runs = raw.setdefault("jsonrpc", [])
     for rnd in range(ROUNDS):
-        for target in ("direct", *proxies):
-            proc, port = proxies.get(target, (None, 0))
-            addrs = mocks if proc is None else [f"127.0.0.1:{port}"]
-            r = jsonrpc_run(proc, addrs, JSONRPC_CONNS,
-                            JSONRPC_SESSIONS, JSONRPC_DEPTH, JSONRPC_SECS,
-                            f"r{rnd}-{target}-{os.getpid()}", f"jsonrpc-{target}")
-            r.update(round=rnd, target=target)
+        for target, (proc, addrs) in plan.items():
+            r = jsonrpc_run(proc, addrs, JSONRPC_CONNS, JSONRPC_SESSIONS, JSONRPC_DEPTH,
+                            JSONRPC_SECS, f"r{rnd}-{target}-{os.getpid()}", f"jsonrpc-{target}")
+            r.update(round=rnd, target=target, mocks=1 if target in one_mock else MOCKS)
             runs.append(r)
-            log(f"rpc   round {rnd} {target:<12} {r['rate']:>9.0f} req/s  p99 "
-                f"{r['p99_us'] / 1000:.2f} ms  "
-                + (f"cpu {r['cpu_us_per_frame']:.2f} us/frame util {r['proxy_util']:.2f}"
-                   if "cpu_us_per_frame" in r else "")
-                + f"  errors {r['errors']}/{r['create_errors']}")
+            log_rpc("rpc  ", rnd, target, r)
             time.sleep(0.5)
-    if "baseline" in proxies:
-        stop(proxies["baseline"][0])
+    if one_mock:
+        # Open loop at a fixed rate, same connections and sessions, the one-mock targets only.
+        rate = round(jsonrpc_open_loop_rate(raw))
+        raw["jsonrpc_open_loop_rate"] = rate
+        ol = raw.setdefault("jsonrpc_openloop", [])
+        for rnd in range(ROUNDS):
+            for target in one_mock:
+                proc, addrs = plan[target]
+                r = jsonrpc_run(proc, addrs, JSONRPC_CONNS, JSONRPC_SESSIONS, JSONRPC_DEPTH,
+                                JSONRPC_SECS, f"o{rnd}-{target}-{os.getpid()}",
+                                f"jsonrpc-open-{target}", rate=rate)
+                r.update(round=rnd, target=target, mocks=1)
+                ol.append(r)
+                log_rpc(f"rpc open {rate}/s", rnd, target, r)
+                time.sleep(0.5)
+    for proc in extras:
+        stop(proc)
     # Many sessions: FLEET_SESSIONS over FLEET_CONNS connections, through sessiongate only.
     base = rss_kb(rpc.pid)
     per_conn = max(1, FLEET_SESSIONS // FLEET_CONNS)
     r = jsonrpc_run(rpc, [f"127.0.0.1:{RPC_PORT}"], FLEET_CONNS, per_conn, FLEET_DEPTH,
                     JSONRPC_SECS, f"fleet-{os.getpid()}", "jsonrpc-fleet")
     r.update(rss_kb_before=base, target="sessiongate")
-    live = live_sessions(RPC_ADMIN)
+    live = live_sessions(RPC_ADMIN, "cli")
     if live:
         mean = sum(live.values()) / len(live)
         r.update(live=live, live_max_over_mean=max(live.values()) / mean if mean else 0.0,
@@ -810,8 +951,8 @@ def phase_jsonrpc(fx: Fixture, raw: dict) -> None:
     stop(fleet)
 
 
-def live_sessions(port: int) -> dict:
-    """Live sessions per upstream from the admin listener's /admin/upstreams."""
+def live_sessions(port: int, pool: str) -> dict:
+    """Live sessions per upstream of `pool` from the admin listener's /admin/upstreams."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET /admin/upstreams HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -819,7 +960,7 @@ def live_sessions(port: int) -> dict:
             while chunk := s.recv(65536):
                 data += chunk
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        return {u["name"]: u["live_sessions"] for u in body["upstreams"]}
+        return {u["name"]: u["live_sessions"] for u in body["upstreams"] if u["pool"] == pool}
     except (OSError, ValueError, KeyError, IndexError):
         return {}
 
@@ -923,7 +1064,7 @@ def settings() -> dict:
         "JSONRPC_SECS", "JSONRPC_CONNS", "JSONRPC_SESSIONS", "JSONRPC_DEPTH", "JSONRPC_METHOD",
         "MOCKS", "FLEET_CONNS", "FLEET_SESSIONS", "FLEET_DEPTH", "RELOAD_SECS", "RELOAD_COUNT",
         "RELOAD_CONCURRENCY", "BODY_BYTES", "SESSION_KEYS", "PROXY_CORE", "LOAD_CORE",
-        "SG_LOG", "BASELINE_BIN")}
+        "SG_LOG", "EXTRA_BINS", "JSONRPC_OPEN_LOOP_RATE")}
 
 
 def main() -> int:

@@ -84,10 +84,29 @@ def gnuplot(script: str, out_dir: Path) -> bool:
 TERM = "set terminal pngcairo size 900,540 font 'DejaVu Sans,11'\n"
 COLOR = {"direct": "#7f7f7f", "sessiongate": "#9400d3", "haproxy": "#009e73",
          "nginx": "#56b4e9"}
+# Extra sessiongate builds (EXTRA_BINS), in order.
+EXTRA_COLORS = ["#e69f00", "#d55e00", "#cc79a7", "#0072b2", "#f0e442", "#000000", "#999933",
+                "#882255"]
+# The one-mock JSON-RPC comparison (compare.py's RPC_ONE).
+RPC_ONE = ["direct-1", "sessiongate-1", "haproxy-tcp"]
 
 
 def lc(target: str) -> str:
     return f"lc rgb '{COLOR.get(target, '#000000')}'"
+
+
+def extra_labels(settings: dict) -> list[str]:
+    """Labels of the other sessiongate builds run beside the one under test (EXTRA_BINS; older
+    runs had only BASELINE_BIN, in the JSON-RPC phase)."""
+    if "EXTRA_BINS" in settings:
+        return [label for label, _ in settings["EXTRA_BINS"]]
+    return ["baseline"] if settings.get("BASELINE_BIN") else []
+
+
+def extra_paths(settings: dict) -> dict[str, str]:
+    if "EXTRA_BINS" in settings:
+        return {label: path for label, path in settings["EXTRA_BINS"]}
+    return {"baseline": settings["BASELINE_BIN"]} if settings.get("BASELINE_BIN") else {}
 
 
 def criterion_results() -> list[tuple[str, float, float]]:
@@ -125,7 +144,12 @@ def main() -> int:
     out_dir = raw_path.parent
     m, s = raw["machine"], raw["settings"]
     rounds = s["ROUNDS"]
-    proxies = s["PROXIES"]
+    extras = extra_labels(s)
+    for i, label in enumerate(extras):
+        COLOR.setdefault(label, EXTRA_COLORS[i % len(EXTRA_COLORS)])
+    # Older runs started the extra builds in the JSON-RPC phase only.
+    http_extras = [x for x in extras if any(r["target"] == x for r in raw.get("http", []))]
+    proxies = [*s["PROXIES"], *http_extras]
     targets = ["direct", *proxies]
     md = []
     add = md.append
@@ -150,6 +174,7 @@ def main() -> int:
     ol = kept(raw.get("openloop", []), rounds)
     tls = kept(raw.get("tls", []), rounds)
     rpc = kept(raw.get("jsonrpc", []), rounds)
+    rpc_ol = kept(raw.get("jsonrpc_openloop", []), rounds)
 
     def med(runs, key, **where):
         return median([r.get(key) for r in runs
@@ -195,6 +220,21 @@ def main() -> int:
         if f_:
             summary.append(["JSON-RPC CPU per frame", "≤ 5 µs", f"{f_:.2f} µs",
                             "✅" if f_ <= 5 else "❌"])
+        sg1 = med(rpc, "cpu_us_per_frame", target="sessiongate-1")
+        tcp = med(rpc, "cpu_us_per_frame", target="haproxy-tcp")
+        if sg1 and tcp:
+            summary.append(["JSON-RPC proxy CPU per routed frame (one mock)",
+                            "≤ 1.3× HAProxy mode tcp", f"{sg1:.2f} vs {tcp:.2f} µs = "
+                            f"{sg1 / tcp:.2f}×", "✅" if sg1 / tcp <= 1.3 else "❌"])
+    if rpc_ol:
+        d99 = med(rpc_ol, "p99_us", target="direct-1")
+        sg99 = med(rpc_ol, "p99_us", target="sessiongate-1")
+        tcp99 = med(rpc_ol, "p99_us", target="haproxy-tcp")
+        if None not in (d99, sg99, tcp99):
+            a, b = sg99 - d99, tcp99 - d99
+            summary.append(["JSON-RPC open-loop p99 added latency (one mock)",
+                            "≤ HAProxy mode tcp's", f"{a / 1000:.3f} vs {b / 1000:.3f} ms",
+                            "✅" if a <= b else "❌"])
     crit = criterion_results()
     ring = [ns for name, ns, _ in crit if name.startswith("ring_owner/")]
     if ring:
@@ -224,7 +264,7 @@ def main() -> int:
         rows = []
         for c in s["CONCURRENCY"]:
             d = med(http, "rps", target="direct", conns=c)
-            for t in targets:
+            for t in [t for t in targets if any(r["target"] == t for r in http)]:
                 rps = med(http, "rps", target=t, conns=c)
                 util = med(http, "proxy_util", target=t, conns=c)
                 errs = sum(r["socket_errors"] + r["status"] for r in http
@@ -236,6 +276,23 @@ def main() -> int:
                              fmt(util, 2) if t != "direct" else "–", errs])
         add(table(["c", "target", "req/s", "× direct", "p50 ms", "p99 ms", "proxy CPU µs/req",
                    "proxy core util", "errors"], rows) + "\n")
+        if http_extras and "sessiongate" in proxies:
+            paths = extra_paths(s)
+            add("Other sessiongate builds run beside the one under test, in the same rounds on "
+                "the same core (`EXTRA_BINS`): "
+                + "; ".join(f"`{x}` = `{paths.get(x, '?')}`" for x in http_extras) + ".\n")
+            rows = []
+            for c in s["CONCURRENCY"]:
+                sg_rps = med(http, "rps", target="sessiongate", conns=c)
+                sg_cpu = med(http, "cpu_us_per_req", target="sessiongate", conns=c)
+                for t in ["sessiongate", *http_extras]:
+                    rps = med(http, "rps", target=t, conns=c)
+                    cpu = med(http, "cpu_us_per_req", target=t, conns=c)
+                    rows.append([c, t, fmt(rps, 0), fmt(ratio(rps, sg_rps), 3), fmt(cpu, 1),
+                                 fmt(ratio(cpu, sg_cpu), 3),
+                                 fmt(med(http, "p99_us", target=t, conns=c) / 1000, 3)])
+            add(table(["c", "build", "req/s", "× sessiongate", "proxy CPU µs/req",
+                       "× sessiongate's", "p99 ms"], rows) + "\n")
         add("![throughput vs concurrency](throughput.png)\n")
         add("![proxy CPU per request](cpu.png)\n")
         write_csv(out_dir / "http.csv", raw.get("http", []))
@@ -272,7 +329,7 @@ def main() -> int:
         d50 = med(ol, "p50_us", target="direct")
         d99 = med(ol, "p99_us", target="direct")
         rows = []
-        for t in targets:
+        for t in [t for t in targets if any(r["target"] == t for r in ol)]:
             p50, p99 = med(ol, "p50_us", target=t), med(ol, "p99_us", target=t)
             rows.append([t, fmt(med(ol, "achieved_rps", target=t), 0),
                          fmt(p50 / 1000, 3), fmt(med(ol, "p90_us", target=t) / 1000, 3),
@@ -362,10 +419,13 @@ def main() -> int:
         rows = []
         d = med(rpc, "rate", target="direct")
         rpc_targets = ["direct", "sessiongate"]
-        if any(r["target"] == "baseline" for r in rpc):
-            rpc_targets.append("baseline")
-            add(f"`baseline` is another build (`BASELINE_BIN`: {s.get('BASELINE_BIN', '?')}) "
-                "measured in the same rounds, for before/after figures.\n")
+        rpc_extras = [x for x in extras if any(r["target"] == x for r in rpc)]
+        if rpc_extras:
+            rpc_targets += rpc_extras
+            paths = extra_paths(s)
+            add("Other builds (`EXTRA_BINS`, `BASELINE_BIN`) measured in the same rounds on the "
+                "same core, for before/after figures: "
+                + "; ".join(f"`{x}` = `{paths.get(x, '?')}`" for x in rpc_extras) + ".\n")
         for t in rpc_targets:
             rate = med(rpc, "rate", target=t)
             rows.append([t, fmt(rate, 0), fmt(ratio(rate, d), 2),
@@ -376,6 +436,80 @@ def main() -> int:
                          sum(r["errors"] + r["create_errors"] for r in rpc if r["target"] == t)])
         add(table(["target", "requests/s", "× direct", "p50 ms", "p99 ms", "proxy CPU µs/frame",
                    "proxy core util", "errors"], rows) + "\n")
+        if any(r["target"] in RPC_ONE for r in rpc):
+            add("### One mock CLI: sessiongate vs HAProxy `mode tcp`\n")
+            add("The same load and frames against the first mock alone: `direct-1` connects to "
+                "it, `sessiongate-1` is a second JSON-RPC listener of the same sessiongate "
+                "process whose pool is that one mock (sessions pinned and every frame routed as "
+                "usual), `haproxy-tcp` is HAProxy 2.6 `mode tcp` (one thread, same core) "
+                "forwarding each client connection to it blindly. Sessions are created through "
+                "the path measured. Closed loop, as above.\n")
+            d1 = med(rpc, "rate", target="direct-1")
+            rows = []
+            for t in RPC_ONE:
+                rate = med(rpc, "rate", target=t)
+                rows.append([t, fmt(rate, 0), fmt(ratio(rate, d1), 2),
+                             fmt(med(rpc, "p50_us", target=t) / 1000, 3),
+                             fmt(med(rpc, "p99_us", target=t) / 1000, 3),
+                             fmt(med(rpc, "cpu_us_per_frame", target=t), 2),
+                             fmt(med(rpc, "proxy_util", target=t), 2)
+                             if t != "direct-1" else "–",
+                             sum(r["errors"] + r["create_errors"] for r in rpc
+                                 if r["target"] == t)])
+            add(table(["target", "requests/s", "× direct-1", "p50 ms", "p99 ms",
+                       "proxy CPU µs/frame", "proxy core util", "errors"], rows) + "\n")
+            sg1 = med(rpc, "cpu_us_per_frame", target="sessiongate-1")
+            tcp = med(rpc, "cpu_us_per_frame", target="haproxy-tcp")
+            sg1_99 = med(rpc, "p99_us", target="sessiongate-1")
+            tcp99 = med(rpc, "p99_us", target="haproxy-tcp")
+            if sg1 and tcp:
+                add(f"**sessiongate CPU per frame / HAProxy mode tcp CPU per frame = "
+                    f"{sg1:.2f} / {tcp:.2f} µs = {sg1 / tcp:.2f}×** (target ≤ 1.3×); closed-loop "
+                    f"p99 {fmt(sg1_99 / 1000 if sg1_99 else None, 3)} vs "
+                    f"{fmt(tcp99 / 1000 if tcp99 else None, 3)} ms.\n")
+        if rpc_ol:
+            rate = raw.get("jsonrpc_open_loop_rate")
+            add(f"### One mock CLI, open loop at {rate} requests/s\n")
+            add(f"`jsonrpc-load --rate`: {rate} requests/s in total "
+                + ("(JSONRPC_OPEN_LOOP_RATE)" if s.get("JSONRPC_OPEN_LOOP_RATE") else
+                   f"({s['OPEN_LOOP_FRACTION']:.0%} of the slower proxy's closed-loop peak "
+                   "above)")
+                + f" over the same {s['JSONRPC_CONNS']} connections × {s['JSONRPC_SESSIONS']} "
+                "sessions, each request due at a fixed time and its latency counted from then "
+                "(coordinated-omission corrected). Added = target minus `direct-1`. Send lag: "
+                "how late the load generator's writes finished after the requests were due "
+                "(p99 over write batches), already inside the latencies.\n")
+            rows = []
+            base = {k: med(rpc_ol, k, target="direct-1") for k in ("p50_us", "p99_us", "p999_us")}
+            for t in RPC_ONE:
+                if not any(r["target"] == t for r in rpc_ol):
+                    continue
+                p = {k: med(rpc_ol, k, target=t) for k in ("p50_us", "p90_us", "p99_us",
+                                                          "p999_us")}
+
+                def added(k):
+                    if t == "direct-1" or p[k] is None or base[k] is None:
+                        return "–"
+                    return fmt((p[k] - base[k]) / 1000, 3)
+                rows.append([t, fmt(med(rpc_ol, "rate", target=t), 0),
+                             fmt(p["p50_us"] / 1000, 3), fmt(p["p90_us"] / 1000, 3),
+                             fmt(p["p99_us"] / 1000, 3), fmt(p["p999_us"] / 1000, 3),
+                             added("p50_us"), added("p99_us"), added("p999_us"),
+                             fmt(med(rpc_ol, "cpu_us_per_frame", target=t), 2),
+                             fmt(med(rpc_ol, "send_lag_p99_us", target=t), 0),
+                             sum(r["errors"] + r["create_errors"] + r["unanswered"]
+                                 for r in rpc_ol if r["target"] == t)])
+            add(table(["target", "answered/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+                       "added p50 ms", "added p99 ms", "added p99.9 ms", "proxy CPU µs/frame",
+                       "send lag p99 µs", "errors + unanswered"], rows) + "\n")
+            sg99 = med(rpc_ol, "p99_us", target="sessiongate-1")
+            tcp99 = med(rpc_ol, "p99_us", target="haproxy-tcp")
+            if None not in (sg99, tcp99, base["p99_us"]):
+                add(f"**Open-loop p99 added over direct: sessiongate "
+                    f"{(sg99 - base['p99_us']) / 1000:.3f} ms vs HAProxy mode tcp "
+                    f"{(tcp99 - base['p99_us']) / 1000:.3f} ms** (p99 {sg99 / 1000:.3f} vs "
+                    f"{tcp99 / 1000:.3f} ms; target: sessiongate's added p99 ≤ HAProxy's).\n")
+            write_csv(out_dir / "jsonrpc-openloop.csv", raw.get("jsonrpc_openloop", []))
         f_ = raw.get("jsonrpc_fleet")
         if f_:
             add(f"**{f_['sessions']:,} sessions over {f_['conns']} connections** "
@@ -410,10 +544,11 @@ def main() -> int:
                                            f"{ns / 1e6:,.2f} ms"] for n, ns, _ in crit]) + "\n")
 
     # ---- Noise
-    runs = raw.get("http", []) + raw.get("openloop", []) + raw.get("tls", [])
+    runs = (raw.get("http", []) + raw.get("openloop", []) + raw.get("tls", [])
+            + raw.get("jsonrpc", []) + raw.get("jsonrpc_openloop", []))
     steal = [r.get("cpu0_steal", 0) + r.get("cpu1_steal", 0) for r in runs]
     other0 = [r.get("cpu0_busy", 0) - r.get("proxy_util", 0) for r in runs
-              if r.get("target", r.get("proxy")) != "direct"]
+              if not r.get("target", r.get("proxy")).startswith("direct")]
     add("## Noise\n")
     add(f"- Median hypervisor steal over both cores during runs: {fmt(median(steal) or 0, 3)} "
         f"(fraction of a core).  ")

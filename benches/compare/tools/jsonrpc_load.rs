@@ -3,7 +3,13 @@
 //! start together and keep `--depth` session-routed requests in flight each (round-robin over
 //! their sessions) for `--secs`. Prints `START` and `STOP` at the edges of the measured window
 //! (the harness samples proxy CPU there) and a final `RESULT {json}`.
+//!
+//! That closed loop measures the peak rate; its latencies suffer from coordinated omission. With
+//! `--rate R` the same connections and sessions are driven open-loop instead: R requests per
+//! second in total at fixed intended send times, latency counted from the intended time
+//! (`jsonrpc_open_loop.rs`).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,57 +20,64 @@ use futures_util::StreamExt;
 use sessiongate::wire::codec::{parse_frame, FrameCodec, FrameStatus};
 use sessiongate::wire::message::{parse_envelope, MessageKind};
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use tokio_util::codec::FramedRead;
 
-use crate::{loopback, percentiles, say};
+use crate::{jsonrpc_open_loop, loopback, percentiles, say};
 
 /// Ids at or above this are setup requests (`session.create`).
-const SETUP_ID: u64 = 1 << 40;
+pub(crate) const SETUP_ID: u64 = 1 << 40;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Target(s), comma-separated; connection i goes to target i % n (direct mode uses one
     /// address per mock; through the proxy, one address).
     #[arg(long, value_delimiter = ',', required = true)]
-    addr: Vec<String>,
+    pub(crate) addr: Vec<String>,
     /// Client connections.
     #[arg(long, default_value_t = 10)]
-    conns: usize,
+    pub(crate) conns: usize,
     /// Sessions each connection creates and then addresses round-robin.
     #[arg(long, default_value_t = 10)]
-    sessions: usize,
+    pub(crate) sessions: usize,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 32)]
-    depth: usize,
+    pub(crate) depth: usize,
     /// Length of the measured window.
     #[arg(long, default_value_t = 10.0)]
-    secs: f64,
+    pub(crate) secs: f64,
     /// Method of the measured requests: session-scoped ones carry `params.sessionId`.
     #[arg(long, default_value = "session.getMetadata")]
-    method: String,
+    pub(crate) method: String,
     /// Extra bytes of payload per request (a `pad` string in params), to vary frame size.
     #[arg(long, default_value_t = 0)]
-    pad: usize,
+    pub(crate) pad: usize,
     /// Prefix of the session ids, so runs against a long-lived fleet do not collide.
     #[arg(long, default_value = "bench")]
-    run_id: String,
+    pub(crate) run_id: String,
     /// Hard cap on measured requests across all connections.
     #[arg(long, default_value_t = 50_000_000)]
-    max_requests: u64,
+    pub(crate) max_requests: u64,
     /// Give up if setup (connect + creating sessions) takes longer than this.
     #[arg(long, default_value_t = 120)]
-    setup_timeout_secs: u64,
+    pub(crate) setup_timeout_secs: u64,
+    /// Open loop: send this many requests per second in total (spread round-robin over the
+    /// connections and their sessions) at fixed intended times for `--secs`, whatever the answers
+    /// do, and measure each latency from its intended send time (coordinated-omission corrected).
+    /// `--depth` does not apply then.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
 }
 
 #[derive(Default)]
-struct Totals {
-    sent: AtomicU64,
-    answered: AtomicU64,
-    errors: AtomicU64,
-    notifications: AtomicU64,
-    create_errors: AtomicU64,
+pub(crate) struct Totals {
+    pub(crate) sent: AtomicU64,
+    pub(crate) answered: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) notifications: AtomicU64,
+    pub(crate) create_errors: AtomicU64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -76,6 +89,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.conns > 0 && args.depth > 0 && args.sessions > 0);
     let args = Arc::new(args);
     let totals = Arc::new(Totals::default());
+    if let Some(rate) = args.rate {
+        return jsonrpc_open_loop::run(args.clone(), targets, rate, totals).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(args.conns + 1));
     let setup_started = Instant::now();
@@ -142,16 +158,21 @@ fn session_id(args: &Args, conn: usize, s: usize) -> String {
     format!("{}-c{conn}-s{s}", args.run_id)
 }
 
-/// One client connection: create sessions, wait for everyone, then the measured loop. Returns the
-/// latencies (µs) of the requests answered inside the window.
-async fn connection(
+/// A connection whose sessions exist: the frame reader (holding whatever it read past the setup
+/// answers), the write half, and one request template per session (everything up to the id).
+pub(crate) struct ReadyConnection {
+    pub(crate) frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    pub(crate) write: OwnedWriteHalf,
+    pub(crate) templates: Vec<Vec<u8>>,
+}
+
+/// Connect, create this connection's sessions (pipelined) and wait for all their answers.
+pub(crate) async fn setup(
     index: usize,
-    target: std::net::SocketAddr,
+    target: SocketAddr,
     args: &Args,
     totals: &Totals,
-    stop: &AtomicBool,
-    barrier: &Barrier,
-) -> anyhow::Result<Vec<u32>> {
+) -> anyhow::Result<ReadyConnection> {
     let stream = TcpStream::connect(target)
         .await
         .with_context(|| format!("connecting to {target}"))?;
@@ -159,8 +180,6 @@ async fn connection(
     let (read, mut write) = stream.into_split();
     let mut frames = FramedRead::with_capacity(read, FrameCodec::default(), 64 * 1024);
     let mut out = BytesMut::with_capacity(64 * 1024);
-
-    // Setup: create every session, pipelined, and wait for all the answers.
     for s in 0..args.sessions {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":{},"method":"session.create","params":{{"sessionId":"{}"}}}}"#,
@@ -170,7 +189,6 @@ async fn connection(
         frame(&mut out, body.as_bytes());
     }
     write.write_all(&out).await?;
-    out.clear();
     let mut created = 0;
     while created < args.sessions {
         let body = frames
@@ -190,9 +208,8 @@ async fn connection(
             }
         }
     }
-    // Request templates: everything up to the id, which goes last.
     let pad = "x".repeat(args.pad);
-    let templates: Vec<Vec<u8>> = (0..args.sessions)
+    let templates = (0..args.sessions)
         .map(|s| {
             let sid = session_id(args, index, s);
             let params = if args.method.starts_with("session.") {
@@ -207,6 +224,41 @@ async fn connection(
             .into_bytes()
         })
         .collect();
+    Ok(ReadyConnection {
+        frames,
+        write,
+        templates,
+    })
+}
+
+/// Frame one request: a template (ending in `"id":`) followed by the id and the closing brace.
+pub(crate) fn put_request(out: &mut BytesMut, template: &[u8], id: u64) {
+    let id = id.to_string();
+    let len = template.len() + id.len() + 1;
+    out.put_slice(b"Content-Length: ");
+    out.put_slice(len.to_string().as_bytes());
+    out.put_slice(b"\r\n\r\n");
+    out.put_slice(template);
+    out.put_slice(id.as_bytes());
+    out.put_slice(b"}");
+}
+
+/// One client connection in the closed loop: set up, wait for everyone, then keep `depth`
+/// requests in flight. Returns the latencies (µs) of the requests answered inside the window.
+async fn connection(
+    index: usize,
+    target: SocketAddr,
+    args: &Args,
+    totals: &Totals,
+    stop: &AtomicBool,
+    barrier: &Barrier,
+) -> anyhow::Result<Vec<u32>> {
+    let ReadyConnection {
+        mut frames,
+        mut write,
+        templates,
+    } = setup(index, target, args, totals).await?;
+    let mut out = BytesMut::with_capacity(64 * 1024);
     barrier.wait().await;
     if stop.load(Ordering::Relaxed) {
         return Ok(Vec::new());
@@ -218,16 +270,8 @@ async fn connection(
     let mut latencies = Vec::with_capacity(1 << 16);
     let mut in_flight = 0usize;
     let mut send = |slot: usize, out: &mut BytesMut, sent_at: &mut [Instant]| {
-        let template = &templates[next_session % templates.len()];
+        put_request(out, &templates[next_session % templates.len()], slot as u64);
         next_session += 1;
-        let id = slot.to_string();
-        let len = template.len() + id.len() + 1;
-        out.put_slice(b"Content-Length: ");
-        out.put_slice(len.to_string().as_bytes());
-        out.put_slice(b"\r\n\r\n");
-        out.put_slice(template);
-        out.put_slice(id.as_bytes());
-        out.put_slice(b"}");
         sent_at[slot] = Instant::now();
     };
     for slot in 0..args.depth {
@@ -286,7 +330,7 @@ fn frame(out: &mut BytesMut, body: &[u8]) {
 }
 
 /// `Some((id, is_error))` for a response with a numeric id; `None` for anything else.
-fn classify(body: &[u8]) -> Option<(u64, bool)> {
+pub(crate) fn classify(body: &[u8]) -> Option<(u64, bool)> {
     let env = parse_envelope(body).ok()?;
     if env.kind != MessageKind::Response {
         return None;

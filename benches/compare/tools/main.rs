@@ -3,7 +3,8 @@
 //!
 //! - `mockfleet`: N in-process mock Copilot CLI servers (`sessiongate::mockcli`) on fixed ports;
 //! - `jsonrpc-load`: a pipelined JSON-RPC load client (LSP framing) that creates sessions, then
-//!   sends session-routed requests for a fixed time;
+//!   sends session-routed requests for a fixed time, closed-loop (`--depth` in flight) or
+//!   open-loop (`--rate`, latency from the intended send times);
 //! - `idle-conns`: opens N HTTP keep-alive connections, one request each, and holds them idle;
 //! - `tls-handshakes`: full TLS handshakes in a loop (no resumption), bounded in time and count.
 //!
@@ -12,6 +13,7 @@
 
 mod idle_conns;
 mod jsonrpc_load;
+mod jsonrpc_open_loop;
 mod mockfleet;
 mod tls_handshakes;
 
