@@ -2,7 +2,9 @@
 //! its sessions (`session.create` with explicit ids, so a proxy pins them), then all connections
 //! start together and keep `--depth` session-routed requests in flight each (round-robin over
 //! their sessions) for `--secs`. Prints `START` and `STOP` at the edges of the measured window
-//! (the harness samples proxy CPU there) and a final `RESULT {json}`.
+//! (the harness samples proxy CPU there) and a final `RESULT {json}`, which counts failed answers
+//! by kind (`error_kinds`: the JSON-RPC error code, or `session-not-found`), so a soak can tell
+//! the errors an upstream restart causes by design from the others.
 //!
 //! That closed loop measures the peak rate; its latencies suffer from coordinated omission. With
 //! `--rate R` the same connections and sessions are driven open-loop instead: R requests per
@@ -78,6 +80,34 @@ pub(crate) struct Totals {
     pub(crate) errors: AtomicU64,
     pub(crate) notifications: AtomicU64,
     pub(crate) create_errors: AtomicU64,
+    /// Failed answers (setup included) by [`error_kind`].
+    error_kinds: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Totals {
+    pub(crate) fn count_error(&self, body: &[u8]) {
+        *self
+            .error_kinds
+            .lock()
+            .unwrap()
+            .entry(error_kind(body))
+            .or_default() += 1;
+    }
+}
+
+/// What kind of failure an error answer is: `session-not-found` (the node no longer knows the
+/// session, e.g. after it restarted), else the error's code.
+fn error_kind(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let error = &v["error"];
+    let message = error["message"].as_str().unwrap_or_default();
+    if message.contains("Session not found") {
+        return "session-not-found".to_string();
+    }
+    match error["code"].as_i64() {
+        Some(code) => code.to_string(),
+        None => "unparsed".to_string(),
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -141,6 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "answered_total": totals.answered.load(Ordering::Relaxed),
         "errors": totals.errors.load(Ordering::Relaxed),
         "create_errors": totals.create_errors.load(Ordering::Relaxed),
+        "error_kinds": *totals.error_kinds.lock().unwrap(),
         "notifications": totals.notifications.load(Ordering::Relaxed),
         "rate": answered_in_window as f64 / elapsed,
         "failures": failures,
@@ -200,6 +231,7 @@ pub(crate) async fn setup(
                 created += 1;
                 if failed {
                     totals.create_errors.fetch_add(1, Ordering::Relaxed);
+                    totals.count_error(&body);
                 }
             }
             Some(_) => {}
@@ -299,6 +331,7 @@ async fn connection(
         in_flight -= 1;
         if failed {
             totals.errors.fetch_add(1, Ordering::Relaxed);
+            totals.count_error(&body);
         }
         if stop.load(Ordering::Relaxed) {
             continue;
@@ -325,7 +358,7 @@ async fn connection(
     Ok(latencies)
 }
 
-fn frame(out: &mut BytesMut, body: &[u8]) {
+pub(crate) fn frame(out: &mut BytesMut, body: &[u8]) {
     sessiongate::wire::codec::encode_frame(body, out);
 }
 

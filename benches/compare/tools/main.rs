@@ -6,7 +6,9 @@
 //!   sends session-routed requests for a fixed time, closed-loop (`--depth` in flight) or
 //!   open-loop (`--rate`, latency from the intended send times);
 //! - `idle-conns`: opens N HTTP keep-alive connections, one request each, and holds them idle;
-//! - `tls-handshakes`: full TLS handshakes in a loop (no resumption), bounded in time and count.
+//! - `tls-handshakes`: full TLS handshakes in a loop (no resumption), bounded in time and count;
+//! - `soak-sessions`: session create/resume/delete lifecycles through a proxy while watching its
+//!   RSS, fds and `/metrics` for leaks (`benches/soak/sessions.sh`).
 //!
 //! Every loop here is bounded in count and time, and every address is expected to be loopback.
 //! Run by hand: `cargo bench --bench compare_tools -- <command> --help`.
@@ -15,6 +17,7 @@ mod idle_conns;
 mod jsonrpc_load;
 mod jsonrpc_open_loop;
 mod mockfleet;
+mod soak_sessions;
 mod tls_handshakes;
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +41,7 @@ enum Command {
     JsonrpcLoad(jsonrpc_load::Args),
     IdleConns(idle_conns::Args),
     TlsHandshakes(tls_handshakes::Args),
+    SoakSessions(soak_sessions::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
             Command::JsonrpcLoad(a) => jsonrpc_load::run(a).await,
             Command::IdleConns(a) => idle_conns::run(a).await,
             Command::TlsHandshakes(a) => tls_handshakes::run(a).await,
+            Command::SoakSessions(a) => soak_sessions::run(a).await,
         }
     });
     match result {
