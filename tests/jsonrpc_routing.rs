@@ -722,6 +722,11 @@ async fn a_dead_owner_gets_a_prompt_error_and_other_sessions_keep_working() {
             .await;
         assert_unavailable(&resp, &a);
         assert_eq!(resp["error"]["data"]["upstream"], a_node.as_str());
+        // Refused by the proxy for a node known to be down: still counted against that node.
+        let text = s.proxy.metrics_text().await;
+        let labels = [("upstream", a_node.as_str()), ("code", "unavailable")];
+        let refused = metric_value(&text, "sessiongate_requests_total", &labels);
+        assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
         for (id, _) in &sessions[1..] {
             send(&mut c, id).await;
         }

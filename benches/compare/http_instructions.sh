@@ -72,7 +72,8 @@ wrk -t1 -c"$CONNS" -d2s -s "$D/keys.lua" http://127.0.0.1:18181/ >/dev/null
 callgrind_control -i on "$PROXY" >/dev/null
 wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$D/keys.lua" http://127.0.0.1:18181/ >"$D/wrk.txt"
 callgrind_control -i off "$PROXY" >/dev/null
-kill -INT "$PROXY"; wait "$PROXY" 2>/dev/null || true
+# HAProxy stops on SIGTERM (it ignores SIGINT in -db mode); sessiongate on either.
+kill -TERM "$PROXY"; wait "$PROXY" 2>/dev/null || true
 IR=$(callgrind_annotate "$D/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 REQS=$(awk '/requests in/ {print $1}' "$D/wrk.txt")
 NON2XX=$(awk '/Non-2xx/ {print $NF}' "$D/wrk.txt")

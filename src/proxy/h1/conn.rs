@@ -18,6 +18,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::buffers;
 use super::chunked::Chunked;
 use super::client::{Client, Prefixed};
 use super::parse::{self, Framing, HeadError, Parsed, RequestHead, ResponseHead};
@@ -160,14 +161,16 @@ where
             }
             let idle = self.buf.is_empty();
             if idle && self.io.parks() {
-                // Between requests: hold only the socket.
-                self.buf = BytesMut::new();
-                self.out = Vec::new();
+                // Between requests: hold only the socket (the buffers go back to the thread's
+                // spares).
+                buffers::give_read(std::mem::take(&mut self.buf));
+                buffers::give_write(std::mem::take(&mut self.out));
             }
             let (io, buf) = (&mut self.io, &mut self.buf);
             let read = async move {
                 if buf.capacity() == 0 {
                     io.ready().await?;
+                    *buf = buffers::read_buffer();
                 }
                 relay::fill(io, buf).await
             };
@@ -219,6 +222,9 @@ where
 
     /// One request and its answer; whether the connection stays open.
     async fn exchange(&mut self, head: RequestHead, shutdown: &CancellationToken) -> bool {
+        if self.out.capacity() == 0 {
+            self.out = buffers::write_buffer();
+        }
         let conn = &self.conn;
         let logged = conn
             .ctx
@@ -537,6 +543,7 @@ where
             if reusable {
                 upstream.conns.give_back(up);
             }
+            buffers::give_read(ubuf);
             return ended;
         }
     }
@@ -629,7 +636,7 @@ where
                     (ended.await, false)
                 }
                 Ok(Ok((head, len, ubuf))) => {
-                    let (ended, reusable, _) = respond(
+                    let (ended, reusable, ubuf) = respond(
                         conn,
                         fwd,
                         &mut up_read,
@@ -643,6 +650,7 @@ where
                         shutdown,
                     )
                     .await;
+                    buffers::give_read(ubuf);
                     (ended, reusable)
                 }
             }
@@ -697,7 +705,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut ubuf = BytesMut::new();
+    let mut ubuf = buffers::read_buffer();
     let mut any = false;
     loop {
         if !ubuf.is_empty() {

@@ -7,6 +7,7 @@
 //! `Upgrade` answered with 101 becomes a byte tunnel in the same task; an HTTP/2
 //! prior-knowledge preface hands the connection to hyper.
 
+mod buffers;
 pub mod chunked;
 mod client;
 mod conn;

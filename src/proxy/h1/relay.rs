@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::chunked::{ChunkError, Chunked};
 
-/// How much is read from a source at a time.
+/// How much room a read from a source gets at least (heads start in smaller buffers).
 pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a body did not get through, by side.
@@ -28,7 +28,10 @@ pub async fn fill<R: AsyncRead + Unpin>(
     src: &mut R,
     pending: &mut BytesMut,
 ) -> std::io::Result<bool> {
-    pending.reserve(READ_CHUNK);
+    // A head buffer with room left is read into as it is; a full one grows.
+    if pending.capacity() == pending.len() {
+        pending.reserve(READ_CHUNK);
+    }
     Ok(src.read_buf(pending).await? > 0)
 }
 

@@ -215,6 +215,16 @@ impl Conn {
                 if r.code == FLEET_FULL {
                     self.count_refusal("fleet_full");
                 }
+                if r.code == SERVER_UNAVAILABLE {
+                    // Answered by the proxy for a node that is down: still a request that node
+                    // failed (the soak showed these missing from the request counts).
+                    let upstream = r.upstream.as_deref().unwrap_or("none");
+                    self.ctx
+                        .metrics
+                        .requests_total
+                        .with_label_values(&[&self.listener, pool.name(), upstream, "unavailable"])
+                        .inc();
+                }
                 if let Some(id) = id {
                     let data = match &r.upstream {
                         Some(u) => json!({ "retryAfterMs": RETRY_AFTER_MS, "upstream": &**u }),
