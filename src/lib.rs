@@ -29,8 +29,8 @@
 //!   `demo`; not in the product build).
 //! - [`ownership`]: who may use a session: its creator's, claimed once across replicas.
 //! - [`proxy`]: the data path per protocol: HTTP, TCP passthrough, JSON-RPC.
-//! - [`proxy::idle`]: idle HTTP/1 keep-alive connections parked between requests, holding only
-//!   their socket.
+//! - [`proxy::h1`]: the owned HTTP/1.1 connections: strict head parsing, chunked bodies, the
+//!   relay.
 //! - [`reload`]: rebuild and swap the snapshot on SIGHUP or `POST /admin/reload`; the diff.
 //! - [`reload::history`]: the last 10 reloads and their diffs, for the status page.
 //! - [`ring`]: the hashring-based consistent-hash ring and clockwise selection.

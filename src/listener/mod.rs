@@ -165,7 +165,11 @@ fn handle(
             .and_then(crate::identity::from_cert);
         match runtime.config.protocol {
             Protocol::JsonRpc => proxy::jsonrpc::serve(tls, ctx, name, peer, runtime, cert).await,
-            _ => proxy::http::serve(tls, ctx, name, peer, Some(cert)).await,
+            _ => {
+                // ALPN chose HTTP/2, or the owned HTTP/1.1 path serves it.
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                proxy::http::serve_tls(tls, h2, ctx, name, peer, cert).await
+            }
         }
     }))
 }

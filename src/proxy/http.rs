@@ -1,11 +1,11 @@
-//! The HTTP proxy: a hyper service per client connection (HTTP/1.1, h2 via ALPN, h2c by prior
-//! knowledge). Each request loads the snapshot once, extracts its key, picks an upstream on the
-//! ring and is forwarded through that upstream's keep-alive pool with bodies streamed both
-//! ways. `Upgrade` requests (WebSocket) become a byte tunnel after the upstream's 101.
+//! The HTTP proxy's decisions, shared by both kinds of client connection: the owned HTTP/1.1
+//! path ([`super::h1`], plain TCP and TLS) and hyper for HTTP/2 (`h2`: ALPN h2, and h2c by prior
+//! knowledge). For each request [`Conn::admit`] loads the snapshot once, identifies the caller,
+//! applies admission, extracts the key and places the request on an upstream; the connection
+//! forwards it; [`Conn::answered`] learns and ends sessions from the answer and [`Conn::done`]
+//! counts it.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,19 +13,18 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::warn;
 
 mod admission;
 mod affinity;
+mod h2;
 
-use super::idle::{self, Opening};
+pub(crate) use h2::serve as serve_h2;
+
 use super::Context;
 use crate::access_log;
 use crate::config::{IdentitySource, NoKey};
@@ -45,15 +44,33 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// What the access log records of a request besides what the wrapper sees itself.
 #[derive(Default)]
-struct LogFacts {
+pub(crate) struct LogFacts {
     pool: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     session: access_log::Session,
     user: Option<Arc<str>>,
 }
 
+/// What the access log records of a request as it arrives.
+pub(crate) struct Logged {
+    pub started: Instant,
+    /// `METHOD /path`.
+    pub method: String,
+    pub bytes_in: Option<u64>,
+}
+
+impl Logged {
+    pub fn new(method: &Method, uri: &Uri, headers: &HeaderMap) -> Logged {
+        Logged {
+            started: Instant::now(),
+            method: format!("{method} {}", uri.path()),
+            bytes_in: content_length(headers),
+        }
+    }
+}
+
 /// A message's `Content-Length`, when it has one.
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -62,11 +79,11 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Per-connection facts the service needs for every request.
-struct Conn {
-    ctx: Context,
-    listener: Arc<str>,
-    peer: SocketAddr,
+/// Per-connection facts every request needs, shared by both kinds of connection.
+pub(crate) struct Conn {
+    pub(crate) ctx: Context,
+    pub(crate) listener: Arc<str>,
+    pub(crate) peer: SocketAddr,
     /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
     peer_ip: HeaderValue,
     tls: bool,
@@ -77,158 +94,109 @@ struct Conn {
 static X_SESSIONGATE_USER: HeaderName = HeaderName::from_static("x-sessiongate-user");
 static X_SESSIONGATE_TENANT: HeaderName = HeaderName::from_static("x-sessiongate-tenant");
 
-/// The listener's `header_read_timeout`; `None` once the listener has been removed.
-fn header_read_timeout(ctx: &Context, listener: &str) -> Option<std::time::Duration> {
-    ctx.shared
-        .load()
-        .listener(listener)
-        .map(|l| l.config.header_read_timeout)
-}
-
-/// Serve one client connection until it closes or shutdown asks it to finish. `tls`: the
-/// connection is TLS, with the identity of its client certificate if it showed one.
-pub async fn serve<IO>(
+/// Serve one TLS client connection: HTTP/2 when ALPN chose it, else the owned HTTP/1.1 path.
+pub async fn serve_tls<IO>(
     io: IO,
+    h2: bool,
     ctx: Context,
     listener: Arc<str>,
     peer: SocketAddr,
-    tls: Option<Option<Identity>>,
+    cert: Option<Identity>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_read_timeout = header_read_timeout(&ctx, &listener);
-    let shutdown = ctx.shutdown.token.clone();
-    let service = conn_service(ctx, listener, peer, tls);
-    serve_auto(TokioIo::new(io), service, header_read_timeout, shutdown).await;
+    let conn = Conn::new(ctx, listener, peer, Some(cert));
+    match h2 {
+        true => h2::serve(io, Arc::new(conn)).await,
+        false => super::h1::serve(super::h1::Client::Tls(io), conn).await,
+    }
 }
 
-/// Serve one plain-TCP client connection. HTTP/1.1 runs through [`idle`]: between requests the
-/// connection holds only its socket, not hyper's buffers. h2c (prior knowledge) is served as
-/// [`serve`] serves it, as are TLS connections.
-///
-/// Not an `async fn`: an async fn keeps its arguments in its future for as long as it runs,
-/// and this future is what an idle connection's task holds; the context moves into the service's
-/// shared state here instead.
-pub fn serve_tcp(
-    stream: TcpStream,
-    ctx: Context,
-    listener: Arc<str>,
-    peer: SocketAddr,
-) -> impl Future<Output = ()> + Send {
-    let header_read_timeout = header_read_timeout(&ctx, &listener);
-    let shutdown = ctx.shutdown.token.clone();
-    let service = conn_service(ctx, listener, peer, None);
-    let mut conn = header_read_timeout.map(|t| idle::Http1::new(stream, service, t));
-    async move {
-        let Some(conn) = conn.as_mut() else {
-            return; // the listener was removed meanwhile
-        };
-        // Boxed, like every path but the parked one: the task's future is as large as its
-        // largest await.
-        match Box::pin(conn.opening(&shutdown)).await {
-            Opening::Http1 => conn.serve(&shutdown).await,
-            Opening::MaybeH2c => {
-                let header_read_timeout = Some(conn.header_read_timeout());
-                let Some((stream, service)) = conn.take() else {
-                    return;
-                };
-                let io = TokioIo::new(stream);
-                Box::pin(serve_auto(io, service, header_read_timeout, shutdown)).await
-            }
-            Opening::Closed => {}
+/// Serve one plain-TCP client connection: the owned HTTP/1.1 path, which hands an HTTP/2
+/// prior-knowledge (h2c) connection to hyper.
+pub async fn serve_tcp(stream: TcpStream, ctx: Context, listener: Arc<str>, peer: SocketAddr) {
+    let conn = Conn::new(ctx, listener, peer, None);
+    super::h1::serve(super::h1::Client::<TcpStream>::Tcp(stream), conn).await
+}
+
+/// A request the proxy forwards, and what must be done once its answer is back.
+pub(crate) struct Forward<'s> {
+    started: Instant,
+    snapshot: &'s Snapshot,
+    pub(crate) listener: &'s ListenerRuntime,
+    route: &'s PoolRoute,
+    target: Target,
+    index: Option<usize>,
+    caller: Option<Identity>,
+    pinned: Pinned,
+    deleting: bool,
+    /// A new session counted where it goes until its answer pins it (or it fails).
+    _reservation: Option<crate::sessions::Reservation>,
+    /// A request of a learned session counts in its figures until its response head is back.
+    in_flight: Option<(crate::sessions::stats::InFlight, &'static str)>,
+}
+
+impl Forward<'_> {
+    pub(crate) fn upstream(&self) -> &Arc<Upstream> {
+        match &self.target {
+            Target::Index(i) => &self.route.pool.upstreams[*i],
+            Target::Retired(u) => u,
         }
     }
-}
 
-/// Serve a connection with hyper-util's auto builder (HTTP/1.1 or HTTP/2, upgrades on) until it
-/// closes or `shutdown` asks it to finish.
-async fn serve_auto<IO, S>(
-    io: TokioIo<IO>,
-    service: S,
-    header_read_timeout: Option<std::time::Duration>,
-    shutdown: tokio_util::sync::CancellationToken,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ProxyBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true)
-        // One `write` of head and body together rather than a `writev` (TLS streams get this
-        // anyway: they do not take vectored writes).
-        .writev(false);
-    builder.http2().timer(TokioTimer::new());
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    tokio::select! {
-        res = connection.as_mut() => log_conn_end(res),
-        _ = shutdown.cancelled() => {
-            // Finish in-flight requests, refuse new ones, then close.
-            connection.as_mut().graceful_shutdown();
-            log_conn_end(connection.await);
-        }
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.route.pool
+    }
+
+    /// A successful answer may name a session to learn (the listener's `learn:`).
+    pub(crate) fn learns(&self, status: StatusCode) -> bool {
+        !self.listener.config.learn.is_empty() && status.is_success()
     }
 }
 
-/// The hyper service for one client connection: [`Conn::handle`] for each request.
-fn conn_service(
-    ctx: Context,
-    listener: Arc<str>,
-    peer: SocketAddr,
-    tls: Option<Option<Identity>>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<ProxyBody>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-    let conn = Arc::new(Conn {
-        ctx,
-        listener,
-        peer,
-        peer_ip,
-        tls: tls.is_some(),
-        cert: tls.flatten(),
-    });
-    hyper::service::service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    })
-}
-
-fn log_conn_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
-    if let Err(e) = res {
-        debug!(error = %e, "client connection ended with an error");
-    }
+/// How forwarding to an upstream failed before its response head came back.
+pub(crate) enum Failure {
+    Timeout,
+    Connect(String),
+    Request(String),
 }
 
 impl Conn {
-    /// Serve one request, and log it when the access log samples it.
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        if !self.ctx.access_log.sampled() {
-            return self.serve(req, &mut None).await;
+    pub(crate) fn new(
+        ctx: Context,
+        listener: Arc<str>,
+        peer: SocketAddr,
+        tls: Option<Option<Identity>>,
+    ) -> Conn {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Conn {
+            ctx,
+            listener,
+            peer,
+            peer_ip,
+            tls: tls.is_some(),
+            cert: tls.flatten(),
         }
-        let started = Instant::now();
-        let method = format!("{} {}", req.method(), req.uri().path());
-        let bytes_in = content_length(req.headers());
-        let mut facts = Some(LogFacts::default());
-        let resp = self.serve(req, &mut facts).await;
-        let facts = facts.unwrap_or_default();
+    }
+
+    /// The listener's `header_read_timeout`; `None` once the listener has been removed.
+    pub(crate) fn header_read_timeout(&self) -> Option<std::time::Duration> {
+        self.ctx
+            .shared
+            .load()
+            .listener(&self.listener)
+            .map(|l| l.config.header_read_timeout)
+    }
+
+    /// Log a request the access log sampled.
+    pub(crate) fn log(
+        &self,
+        request: Logged,
+        facts: LogFacts,
+        status: StatusCode,
+        out: Option<u64>,
+    ) {
         self.ctx.access_log.log(access_log::Record {
             time: std::time::SystemTime::now(),
             protocol: "http",
@@ -237,40 +205,43 @@ impl Conn {
             upstream: facts.upstream,
             session: facts.session,
             user: facts.user,
-            method: method.into(),
-            outcome: resp.status().as_u16().to_string().into(),
-            latency: started.elapsed(),
-            bytes_in,
-            bytes_out: content_length(resp.headers()),
+            method: request.method.into(),
+            outcome: status.as_u16().to_string().into(),
+            latency: request.started.elapsed(),
+            bytes_in: request.bytes_in,
+            bytes_out: out,
         });
-        resp
     }
 
-    /// Route and forward one request. `log`: what the access log records of it, filled in as
-    /// it becomes known (`None`: not logged, nothing to fill in).
-    async fn serve(
+    /// Decide where a request goes: caller, admission, key, placement. `Err`: the proxy's own
+    /// answer, already counted. `log`: what the access log records of it, filled in as it
+    /// becomes known (`None`: not logged). On `Ok` the head still needs [`Conn::rewrite`].
+    pub(crate) async fn admit<'s>(
         &self,
-        mut req: Request<Incoming>,
+        snapshot: &'s Snapshot,
+        req: &mut http::request::Parts,
         log: &mut Option<LogFacts>,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Forward<'s>, Response<ProxyBody>> {
         let started = Instant::now();
-        let snapshot = self.ctx.shared.load_full();
         let Some(listener) = snapshot.listener(&self.listener) else {
-            return local(StatusCode::SERVICE_UNAVAILABLE, "listener is being removed");
+            return Err(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "listener is being removed",
+            ));
         };
-        let caller = match self.caller(&snapshot, listener, req.headers_mut()) {
+        let caller = match self.caller(snapshot, listener, &mut req.headers) {
             Ok(caller) => caller,
-            Err(why) => return self.finish(started, None, None, unauthorized(why)),
+            Err(why) => return Err(self.finish(started, None, None, unauthorized(why))),
         };
         let Some(route) = listener.route_for(caller.as_ref()) else {
             let resp = local(StatusCode::FORBIDDEN, "no pool serves this caller");
-            return self.finish(started, None, None, resp);
+            return Err(self.finish(started, None, None, resp));
         };
         let pool = &route.pool;
         let caller_key = caller.as_ref().map(Identity::key);
         let head = RequestHead {
-            uri: req.uri(),
-            headers: req.headers(),
+            uri: &req.uri,
+            headers: &req.headers,
             peer: self.peer.ip(),
             caller: caller_key.as_deref(),
         };
@@ -286,12 +257,12 @@ impl Conn {
             }
         }
         let mut admission = admission::Admission {
-            snapshot: &snapshot,
+            snapshot,
             listener,
             pool: pool.name(),
             caller: caller.as_ref(),
             peer: self.peer.ip(),
-            method: req.method(),
+            method: &req.method,
             session: None,
             learned: pool.learned_pins,
         };
@@ -301,7 +272,7 @@ impl Conn {
                     Ok(session) => session,
                     Err(why) => {
                         let resp = local(StatusCode::BAD_REQUEST, why);
-                        return self.finish(started, Some(route), None, resp);
+                        return Err(self.finish(started, Some(route), None, resp));
                     }
                 },
                 false => match &key {
@@ -320,10 +291,10 @@ impl Conn {
                     .admission_rejected_total
                     .with_label_values(&[&self.listener, reason])
                     .inc();
-                return self.finish(started, Some(route), None, resp);
+                return Err(self.finish(started, Some(route), None, resp));
             }
         }
-        let deleting = req.method() == Method::DELETE;
+        let deleting = req.method == Method::DELETE;
         // A keyless request to a pool that learns its sessions starts one (MCP `initialize`):
         // placed by load and caps when the pool has them.
         let new_session = key.is_none() && pool.learned_pins && pool.places_by_load();
@@ -351,7 +322,7 @@ impl Conn {
             Ok((None, _)) => {
                 let msg = format!("no upstream available in pool {}", pool.name());
                 let resp = local(StatusCode::SERVICE_UNAVAILABLE, msg);
-                return self.finish(started, Some(route), None, resp);
+                return Err(self.finish(started, Some(route), None, resp));
             }
             Err((status, msg)) => {
                 let mut resp = local(status, msg);
@@ -360,40 +331,87 @@ impl Conn {
                     resp.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 }
-                return self.finish(started, Some(route), None, resp);
+                return Err(self.finish(started, Some(route), None, resp));
             }
         };
-        let (upstream, index) = match &target {
-            Target::Index(i) => (&pool.upstreams[*i], Some(*i)),
-            Target::Retired(u) => (u, None),
+        let index = match &target {
+            Target::Index(i) => Some(*i),
+            Target::Retired(_) => None,
         };
+        let mut fwd = Forward {
+            started,
+            snapshot,
+            listener,
+            route,
+            target,
+            index,
+            caller,
+            pinned,
+            deleting,
+            _reservation: None,
+            in_flight: None,
+        };
+        let upstream_name = fwd.upstream().endpoint.name.clone();
         if let Some(facts) = log {
-            facts.upstream = Some(upstream.endpoint.name.clone());
+            facts.upstream = Some(upstream_name.clone());
         }
-        // Counted where it goes until its answer pins it (or it fails).
-        let _reservation = new_session.then(|| pool.pins.reserve(&upstream.endpoint.name));
-        // A request of a learned session counts in its figures (`/admin/sessions`) until its
-        // response head is back.
-        let in_flight = pinned
+        fwd._reservation = new_session.then(|| pool.pins.reserve(&upstream_name));
+        fwd.in_flight = fwd
+            .pinned
             .as_ref()
             .and_then(|(session, _)| pool.pins.stats(session))
-            .map(|stats| (stats.start(), method_label(req.method())));
+            .map(|stats| (stats.start(), method_label(&req.method)));
         if listener.config.identity.is_some() {
-            set_identity_headers(req.headers_mut(), caller.as_ref());
+            set_identity_headers(&mut req.headers, fwd.caller.as_ref());
         }
+        Ok(fwd)
+    }
 
-        let client_upgrade =
-            is_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-        if let Err(why) = self.rewrite_request(&mut req, client_upgrade.is_some()) {
-            let resp = local(StatusCode::BAD_REQUEST, why);
-            return self.finish(started, Some(route), index, resp);
+    /// The upstream answered with `status` (and `headers`, when [`Forward::learns`] asked for
+    /// them): learn the session it names, end or keep the session it followed. `Some`: the pin
+    /// to hold while the response body streams.
+    pub(crate) async fn answered(
+        &self,
+        fwd: &Forward<'_>,
+        status: StatusCode,
+        headers: Option<&HeaderMap>,
+    ) -> Option<crate::sessions::PinHold> {
+        let upstream = fwd.upstream();
+        upstream.state.record_passive_success();
+        if let Some(headers) = headers {
+            self.learn(fwd, status, headers).await;
         }
-        let timeout = pool.config.request_timeout;
+        let pool = fwd.pool();
+        match &fwd.pinned {
+            Some((session, pin)) if fwd.deleting => {
+                // Only the pin this request followed (another may have replaced it).
+                let still = pool.pins.get(session).as_ref() == Some(pin);
+                if still && affinity::ends_session(&Method::DELETE, status) {
+                    pool.pins.unpin(session);
+                    self.dropped_pin(pool, "deleted");
+                }
+                None
+            }
+            Some((session, _)) => pool.pins.hold(session),
+            None => None,
+        }
+    }
+
+    /// The upstream did not answer: count it against the upstream and make the answer.
+    pub(crate) fn upstream_failed(
+        &self,
+        fwd: &Forward<'_>,
+        failure: Failure,
+    ) -> Response<ProxyBody> {
+        let upstream = fwd.upstream();
+        let pool = fwd.pool();
         let passive = pool.config.passive.as_ref();
         let metrics = &self.ctx.metrics;
-        let resp = match tokio::time::timeout(timeout, upstream.http.request(req)).await {
-            Err(_) => {
+        let failure_is_connect = matches!(failure, Failure::Connect(_));
+        match failure {
+            Failure::Timeout => {
                 prober::passive_failure(metrics, upstream, passive, "timeout");
+                let timeout = pool.config.request_timeout;
                 local(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -402,11 +420,10 @@ impl Conn {
                     ),
                 )
             }
-            Ok(Err(e)) => {
-                let what = if e.is_connect() {
-                    "connect failed"
-                } else {
-                    "request failed"
+            Failure::Connect(e) | Failure::Request(e) => {
+                let what = match failure_is_connect {
+                    true => "connect failed",
+                    false => "request failed",
                 };
                 warn!(upstream = upstream.name(), error = %e, "upstream {what}");
                 prober::passive_failure(metrics, upstream, passive, what);
@@ -415,44 +432,20 @@ impl Conn {
                     format!("upstream {} {what}", upstream.name()),
                 )
             }
-            Ok(Ok(mut resp)) => {
-                upstream.state.record_passive_success();
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = client_upgrade {
-                        tunnel(client_side, hyper::upgrade::on(&mut resp), &self.ctx);
-                    }
-                } else {
-                    strip_hop_by_hop(resp.headers_mut());
-                }
-                let caller = caller.as_ref();
-                self.learn(&snapshot, listener, pool, upstream, caller, &resp)
-                    .await;
-                match pinned {
-                    Some((session, pin)) if deleting => {
-                        // Only the pin this request followed (another may have replaced it).
-                        let still = pool.pins.get(&session).as_ref() == Some(&pin);
-                        if still && affinity::ends_session(&Method::DELETE, resp.status()) {
-                            pool.pins.unpin(&session);
-                            self.dropped_pin(pool, "deleted");
-                        }
-                    }
-                    Some((session, _)) => {
-                        if let Some(hold) = pool.pins.hold(&session) {
-                            resp.body_mut().hold_pin(hold);
-                        }
-                    }
-                    None => {}
-                }
-                resp.map(Either::Left)
-            }
-        };
-        if let Some((in_flight, method)) = in_flight {
-            let outcome = session_outcome(resp.status());
-            in_flight.stats().record(method, started.elapsed(), outcome);
         }
-        match index {
-            Some(_) => self.finish(started, Some(route), index, resp),
-            None => self.finish_retired(started, pool, upstream, resp),
+    }
+
+    /// The exchange is over as far as its status goes: the session's figures and the request
+    /// metrics.
+    pub(crate) fn done(&self, mut fwd: Forward<'_>, status: StatusCode) {
+        if let Some((in_flight, method)) = fwd.in_flight.take() {
+            in_flight
+                .stats()
+                .record(method, fwd.started.elapsed(), session_outcome(status));
+        }
+        match fwd.index {
+            Some(_) => self.count_done(fwd.started, Some(fwd.route), fwd.index, status),
+            None => self.finish_retired(fwd.started, fwd.pool(), fwd.upstream(), status),
         }
     }
 
@@ -523,24 +516,18 @@ impl Conn {
         }
     }
 
-    /// Pin the session a successful `resp` names (the listener's `learn:` sources) to
-    /// `upstream`; where sessions have owners, it is the caller's (claimed, like a create).
-    async fn learn(
-        &self,
-        snapshot: &Snapshot,
-        listener: &ListenerRuntime,
-        pool: &Pool,
-        upstream: &Upstream,
-        caller: Option<&Identity>,
-        resp: &Response<PooledBody>,
-    ) {
+    /// Pin the session a successful answer names (the listener's `learn:` sources) to its
+    /// upstream; where sessions have owners, it is the caller's (claimed, like a create).
+    async fn learn(&self, fwd: &Forward<'_>, status: StatusCode, headers: &HeaderMap) {
         // An error answer may echo whatever id the client sent: only a success teaches.
-        if listener.config.learn.is_empty() || !resp.status().is_success() {
+        if !fwd.learns(status) {
             return;
         }
-        let Some(session) = affinity::learned(&listener.config.learn, resp.headers()) else {
+        let listener = fwd.listener;
+        let Some(session) = affinity::learned(&listener.config.learn, headers) else {
             return;
         };
+        let (pool, upstream) = (fwd.pool(), fwd.upstream());
         let session = String::from_utf8_lossy(session);
         if affinity::learn(pool, &session, upstream) {
             self.ctx
@@ -549,9 +536,9 @@ impl Conn {
                 .with_label_values(&[pool.name(), upstream.name()])
                 .inc();
         }
-        let owners = snapshot.identities.as_ref();
+        let owners = fwd.snapshot.identities.as_ref();
         if let (Some(identities), Some(_)) = (owners, &listener.config.identity) {
-            let user = caller.map_or("", |c| &c.user);
+            let user = fwd.caller.as_ref().map_or("", |c| &c.user);
             let ttl = identities.config.binding_ttl;
             self.ctx.store.claim(pool.name(), &session, user, ttl).await;
         }
@@ -610,24 +597,24 @@ impl Conn {
 
     /// Turn the client's request into the upstream's: origin-form URI, HTTP/1.1, hop-by-hop
     /// headers removed (kept for upgrades), forwarding headers added.
-    fn rewrite_request(
+    pub(crate) fn rewrite(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut http::request::Parts,
         upgrade: bool,
     ) -> Result<(), &'static str> {
-        let uri = std::mem::take(req.uri_mut());
-        if !req.headers().contains_key(header::HOST) {
+        let uri = std::mem::take(&mut req.uri);
+        if !req.headers.contains_key(header::HOST) {
             // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
             if let Some(value) = uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
-                req.headers_mut().insert(header::HOST, value);
+                req.headers.insert(header::HOST, value);
             }
         }
         // Usually already origin-form (`/path?query`); absolute-form and h2 requests carry a
         // scheme and authority the upstream must not see in the request line.
-        *req.uri_mut() = if uri.scheme().is_none() && uri.authority().is_none() {
+        req.uri = if uri.scheme().is_none() && uri.authority().is_none() {
             uri
         } else {
             let path = uri
@@ -636,12 +623,12 @@ impl Conn {
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             Uri::from(path)
         };
-        if req.uri().path().is_empty() {
+        if req.uri.path().is_empty() {
             return Err("request target cannot be forwarded");
         }
-        *req.version_mut() = Version::HTTP_11;
+        req.version = Version::HTTP_11;
 
-        let headers = req.headers_mut();
+        let headers = &mut req.headers;
         let upgrade_proto = if upgrade {
             headers.get(header::UPGRADE).cloned()
         } else {
@@ -660,8 +647,7 @@ impl Conn {
         Ok(())
     }
 
-    /// Count the request and its duration; `index` is the upstream's place in the route's
-    /// pool, when one was chosen.
+    /// Count a request the proxy answered itself (`route`: the pool it was for, if known).
     fn finish(
         &self,
         started: Instant,
@@ -669,20 +655,33 @@ impl Conn {
         index: Option<usize>,
         resp: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
+        self.count_done(started, route, index, resp.status());
+        resp
+    }
+
+    /// Count the request and its duration; `index` is the upstream's place in the route's
+    /// pool, when one was chosen.
+    fn count_done(
+        &self,
+        started: Instant,
+        route: Option<&PoolRoute>,
+        index: Option<usize>,
+        status: StatusCode,
+    ) {
         let elapsed = started.elapsed().as_secs_f64();
         let pool = route.map_or("none", |r| r.pool.name());
         let stats = route
             .zip(index)
             .and_then(|(r, i)| r.stats.get(i).map(|s| (r, i, s)));
         match stats {
-            Some((_, _, stats)) if resp.status() == StatusCode::OK => {
+            Some((_, _, stats)) if status == StatusCode::OK => {
                 stats.ok.inc();
                 stats.duration.observe(elapsed);
             }
             Some((route, i, stats)) => {
                 stats.duration.observe(elapsed);
                 let upstream = route.pool.upstreams[i].name();
-                self.count(pool, upstream, resp.status());
+                self.count(pool, upstream, status);
             }
             None => {
                 let m = &self.ctx.metrics;
@@ -690,28 +689,27 @@ impl Conn {
                 m.request_duration
                     .with_label_values(&labels)
                     .observe(elapsed);
-                self.count(pool, "none", resp.status());
+                self.count(pool, "none", status);
             }
         }
-        resp
     }
 
-    /// Like [`Conn::finish`] for an upstream a reload removed (it has no per-route handles).
+    /// Like [`Conn::count_done`] for an upstream a reload removed (it has no per-route
+    /// handles).
     fn finish_retired(
         &self,
         started: Instant,
         pool: &Pool,
         upstream: &Upstream,
-        resp: Response<ProxyBody>,
-    ) -> Response<ProxyBody> {
+        status: StatusCode,
+    ) {
         let labels = [&*self.listener, pool.name(), upstream.name()];
         self.ctx
             .metrics
             .request_duration
             .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
-        self.count(pool.name(), upstream.name(), resp.status());
-        resp
+        self.count(pool.name(), upstream.name(), status);
     }
 
     fn count(&self, pool: &str, upstream: &str, status: StatusCode) {
@@ -791,12 +789,6 @@ pub fn local(status: StatusCode, message: impl Into<String>) -> Response<ProxyBo
     resp
 }
 
-fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
-    version == Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
@@ -866,20 +858,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     headers.insert(&X_FORWARDED_FOR, value);
 }
 
-/// After both sides agree to switch protocols, copy bytes both ways until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, ctx: &Context) {
-    ctx.shutdown.tracker.spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => return debug!(error = %e, "upgrade failed"),
-        };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            debug!(error = %e, "upgraded connection ended with an error");
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -907,18 +885,5 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9, 127.0.0.1");
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers_on_http11() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(!is_upgrade(Version::HTTP_11, &h));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        assert!(is_upgrade(Version::HTTP_11, &h));
-        assert!(!is_upgrade(Version::HTTP_2, &h));
     }
 }

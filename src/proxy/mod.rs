@@ -1,10 +1,9 @@
-//! The data path, one module per listener protocol: [`http`] (hyper service, HTTP/1.1 and h2),
-//! [`tcp`] (L4 passthrough keyed by SNI or client IP) and [`jsonrpc`] (per-message routing for
-//! CLI fleets); [`idle`] parks idle plain-TCP HTTP/1 keep-alive connections without hyper's
-//! buffers.
+//! The data path, one module per listener protocol: [`http`] (routing decisions for HTTP, and
+//! hyper for HTTP/2) with [`h1`] (the owned HTTP/1.1 connections), [`tcp`] (L4 passthrough
+//! keyed by SNI or client IP) and [`jsonrpc`] (per-message routing for CLI fleets).
 
+pub mod h1;
 pub mod http;
-pub mod idle;
 pub mod jsonrpc;
 pub mod tcp;
 

@@ -1,6 +1,7 @@
 //! Upstreams: one [`Upstream`] per configured server, carrying its HTTP connection pool and the
 //! state that must survive reloads (health, drain).
 
+pub mod conns;
 pub mod health;
 pub mod pool;
 pub mod prober;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use crate::config::{PoolConfig, Secret, UpstreamConfig};
 use crate::metrics::Metrics;
 
+pub use conns::IdleConns;
 pub use pool::{HttpPool, PooledBody, UpstreamError};
 pub use state::UpstreamState;
 
@@ -40,7 +42,10 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub endpoint: Endpoint,
     pub state: Arc<UpstreamState>,
+    /// The HTTP/2 path's hyper client connections.
     pub http: HttpPool,
+    /// The owned HTTP/1.1 path's idle sockets.
+    pub conns: IdleConns,
 }
 
 impl Upstream {
@@ -65,9 +70,14 @@ impl Upstream {
                 && old.pool_max_idle_per_upstream == pool.pool_max_idle_per_upstream
                 && old.pool_idle_timeout == pool.pool_idle_timeout
         });
-        let http = match previous {
-            Some(p) if p.config.addr == config.addr && same_pool_settings => p.http.clone(),
-            _ => HttpPool::new(pool, config, metrics),
+        let (http, conns) = match previous {
+            Some(p) if p.config.addr == config.addr && same_pool_settings => {
+                (p.http.clone(), p.conns.clone())
+            }
+            _ => (
+                HttpPool::new(pool, config, metrics),
+                IdleConns::new(pool, config, metrics),
+            ),
         };
         Arc::new(Upstream {
             pool: pool.name.clone(),
@@ -79,6 +89,7 @@ impl Upstream {
             },
             state,
             http,
+            conns,
         })
     }
 

@@ -32,7 +32,20 @@ impl Binary {
 
     /// Like [`Binary::spawn`], with extra environment variables (`RUST_LOG` included).
     pub fn spawn_env(config: &Path, env: &[(&str, &str)]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+        Binary::spawn_under(&[], config, env)
+    }
+
+    /// Like [`Binary::spawn_env`], run through `wrapper` (a program and its arguments that
+    /// exec the rest of the command line, such as `prlimit --nofile=64:64 --`): the process is
+    /// the wrapper's, so [`Binary::pid`] is sessiongate's once the wrapper has exec'd.
+    pub fn spawn_under(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> Binary {
+        let bin = env!("CARGO_BIN_EXE_sessiongate");
+        let (program, before) = match wrapper.split_first() {
+            Some((program, args)) => (*program, [args, &[bin]].concat()),
+            None => (bin, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(before)
             .arg("--log-format")
             .arg("json")
             .arg("--config")
@@ -84,11 +97,18 @@ impl Binary {
     /// The next log line after the previous match whose `fields.message` is `message` and which
     /// satisfies `pred`.
     pub async fn wait_log(&mut self, message: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_log_where(|l| l["fields"]["message"] == message && pred(l))
+            .await
+    }
+
+    /// The next log line after the previous match that satisfies `pred` (for messages that
+    /// carry a value, such as `accept failed; backing off 5ms`).
+    pub async fn wait_log_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             while self.cursor < self.seen.len() {
                 let line = &self.seen[self.cursor];
                 self.cursor += 1;
-                if line["fields"]["message"] == message && pred(line) {
+                if pred(line) {
                     return line.clone();
                 }
             }
@@ -171,13 +191,27 @@ impl Binary {
 
     /// Peak resident set size (`VmHWM`) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resident set size now (`VmRSS`) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .expect("read /proc/PID/status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM line")
+            .unwrap_or_else(|| panic!("no {field} line"))
+    }
+
+    /// Whether the process is still running (not exited, not reaped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     fn log(&self) -> String {

@@ -21,6 +21,8 @@ pub mod redis;
 pub mod dns;
 // The README's metric table and a config naming every kind of labelled series.
 pub mod metrics;
+// Broken upstreams: a killable child process, half answers, a throttling relay (faults_*.rs).
+pub mod faults;
 
 use std::future::Future;
 use std::net::SocketAddr;

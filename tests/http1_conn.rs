@@ -1,13 +1,11 @@
-//! Idle keep-alive parking (`proxy::idle`): a plain-TCP HTTP/1 connection is served in rounds and
-//! holds only its socket between requests. These tests check that nothing a client can see
-//! changes: sequential, pipelined and half-sent requests, request bodies (slow ones, and ones the
-//! upstream answers before reading), streamed responses, upgrades, h2c, the idle timeout and
-//! shutdown. The first two tests drive `idle::Http1` directly on a current-thread runtime, where
-//! the number of rounds is deterministic, to show that parking really happens.
+//! The owned HTTP/1.1 connection (`proxy::h1`) as a client sees it: sequential, pipelined and
+//! half-sent requests, request bodies (slow ones, and ones the upstream answers before reading),
+//! streamed responses, upgrades, h2c, the idle timeout and shutdown. Between requests a
+//! plain-TCP connection frees its buffers and waits for readability; nothing a client can see
+//! may change for it, whatever the pauses.
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,29 +13,27 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sessiongate::proxy::idle::{Http1, Opening};
 use support::client::{full, Client};
 use support::upstream::{self, Fleet, Mock};
 use support::{web_config, within, Proxy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
 // ----- helpers ------------------------------------------------------------------------------
 
-/// Wait out the proxy's park delay for busy connections, so that a connection waiting for its
-/// next request is parked before the test goes on. Parking shows nothing to the client, so there
-/// is no signal to wait for: the pause itself is the behaviour under test.
+/// A client pausing: the proxy's side of the connection goes idle (buffers freed, waiting for
+/// readability). Nothing signals that to the client, so the pause itself is the behaviour under
+/// test.
 async fn park_pause() {
-    tokio::time::sleep(sessiongate::proxy::idle::BUSY_PARK_DELAY + Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
 }
 
 /// One raw HTTP/1.1 client connection: requests are written byte for byte, so a test controls
@@ -172,140 +168,6 @@ async fn echo_upstream() -> Mock {
 
 fn one_upstream(mock: &Mock, listener_extra: &str) -> String {
     web_config(&[("echo".to_owned(), mock.addr)], listener_extra, "")
-}
-
-/// A test service for `idle::Http1`: answers each request with its path.
-async fn path_service(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from(
-        req.uri().path().to_owned(),
-    ))))
-}
-
-/// Accept one connection on 127.0.0.1:0 and serve it with `idle::Http1` (busy connections parked
-/// after `busy_park_delay`) until it closes; the task's result is the number of rounds.
-async fn parked_server(busy_park_delay: Duration) -> (SocketAddr, tokio::task::JoinHandle<u64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let service = hyper::service::service_fn(path_service);
-        let mut conn =
-            Http1::new(stream, service, Duration::from_secs(30)).busy_park_delay(busy_park_delay);
-        let shutdown = CancellationToken::new();
-        assert_eq!(conn.opening(&shutdown).await, Opening::Http1);
-        conn.serve(&shutdown).await;
-        conn.rounds()
-    });
-    (addr, server)
-}
-
-// ----- idle::Http1 on its own ---------------------------------------------------------------
-
-#[tokio::test]
-async fn parking_at_once_serves_each_sequential_request_in_a_round_of_its_own() {
-    within(30, async {
-        let (addr, server) = parked_server(Duration::ZERO).await;
-        let mut client = Client::h1(addr).await;
-        const REQUESTS: u64 = 50;
-        for i in 0..REQUESTS {
-            let reply = client.get(&format!("/r{i}"), &[]).await;
-            assert_eq!(reply.status, 200);
-            assert_eq!(reply.body, format!("/r{i}"));
-            assert!(!reply.headers.contains_key("connection"), "{reply:?}");
-        }
-        drop(client);
-        // One round per request (the connection parks after each), and one that sees the end.
-        assert_eq!(server.await.expect("server"), REQUESTS + 1);
-    })
-    .await
-}
-
-#[tokio::test]
-async fn pipelined_requests_share_a_round_and_a_carried_half_head_completes_later() {
-    within(30, async {
-        let (addr, server) = parked_server(Duration::ZERO).await;
-        let mut raw = Raw::connect(addr).await;
-        // Two whole requests and half of a third in one write: hyper reads them together, answers
-        // both, then parks with the half head carried over.
-        let third = "GET /third HTTP/1.1\r\nHost: test\r\n\r\n";
-        let (head, tail) = third.split_at(20);
-        raw.send(format!("GET /first HTTP/1.1\r\nHost: test\r\n\r\nGET /second HTTP/1.1\r\nHost: test\r\n\r\n{head}").as_bytes())
-            .await;
-        for path in ["/first", "/second"] {
-            let reply = raw.response().await;
-            assert_eq!((reply.status, reply.body.as_str()), (200, path));
-            reply.assert_keeps_alive();
-        }
-        raw.send(tail.as_bytes()).await;
-        let reply = raw.response().await;
-        assert_eq!((reply.status, reply.body.as_str()), (200, "/third"));
-        reply.assert_keeps_alive();
-        drop(raw);
-        // The pipelined pair and the half head in round 1, the rest of the head in round 2, the
-        // end of stream in round 3.
-        assert_eq!(server.await.expect("server"), 3);
-    })
-    .await
-}
-
-#[tokio::test]
-async fn a_client_sending_back_to_back_keeps_its_round() {
-    within(30, async {
-        let (addr, server) = parked_server(Duration::from_secs(20)).await;
-        let mut client = Client::h1(addr).await;
-        for i in 0..50 {
-            assert_eq!(
-                client.get(&format!("/r{i}"), &[]).await.body,
-                format!("/r{i}")
-            );
-        }
-        drop(client);
-        // Parked at once after the first request (nothing yet says the client is busy); the
-        // second came back within the busy delay, and the rest shared its round.
-        assert_eq!(server.await.expect("server"), 2);
-    })
-    .await
-}
-
-#[tokio::test]
-async fn a_busy_client_is_parked_once_it_pauses_for_the_busy_delay() {
-    within(30, async {
-        // Long enough that back-to-back requests stay "busy" even on a loaded CI machine.
-        let delay = Duration::from_secs(3);
-        let (addr, server) = parked_server(delay).await;
-        let mut client = Client::h1(addr).await;
-        for path in ["/a", "/b", "/c"] {
-            assert_eq!(client.get(path, &[]).await.body, path);
-        }
-        // The pause itself is what is under test.
-        tokio::time::sleep(delay + Duration::from_millis(200)).await;
-        assert_eq!(client.get("/d", &[]).await.body, "/d");
-        drop(client);
-        // /a, parked at once; /b and /c, busy, parked after the delay; /d, after a long pause,
-        // parked at once; then the end of stream.
-        assert_eq!(server.await.expect("server"), 4);
-    })
-    .await
-}
-
-#[tokio::test]
-async fn a_client_pausing_between_requests_is_parked_after_each() {
-    within(30, async {
-        let (addr, server) = parked_server(Duration::from_millis(20)).await;
-        let mut client = Client::h1(addr).await;
-        for i in 0..3 {
-            assert_eq!(
-                client.get(&format!("/r{i}"), &[]).await.body,
-                format!("/r{i}")
-            );
-            // The pause itself is what is under test.
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        drop(client);
-        // A round per request, and one that sees the end of stream.
-        assert_eq!(server.await.expect("server"), 4);
-    })
-    .await
 }
 
 // ----- through the proxy --------------------------------------------------------------------
