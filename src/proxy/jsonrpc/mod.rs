@@ -6,7 +6,7 @@
 //! Server-initiated requests get proxy-unique ids on the client side.
 //!
 //! - [`methods`]: the method table: each method's routing class.
-//! - `route`: the routing decision, a pure function of request, pool and connection facts.
+//! - [`route`]: the routing decision, a pure function of request, pool and connection facts.
 //! - `conn`: the connection task, sole owner of the connection's state (its client side,
 //!   its links, and what comes back from nodes in submodules).
 //! - `state`: that state: waiting requests and their timeouts, setup calls, batches.
@@ -20,7 +20,8 @@ mod fanout;
 mod link;
 pub mod merge;
 pub mod methods;
-mod route;
+/// Public for the fuzz targets and benches, which drive the routing decision from bytes.
+pub mod route;
 mod state;
 pub(crate) mod turns;
 
