@@ -1,5 +1,6 @@
-//! Upstream keep-alive reuse (src/upstream/pool.rs) seen from outside: how many connections an
-//! upstream accepts for a given traffic pattern, and `sessiongate_upstream_connections_active`.
+//! Upstream keep-alive reuse (src/upstream/conns.rs for HTTP/1.1, pool.rs for HTTP/2) seen from
+//! outside: how many connections an upstream accepts for a given traffic pattern,
+//! `sessiongate_upstream_connections_active`, and sockets the upstream closes while idle.
 
 mod support;
 
@@ -208,6 +209,81 @@ async fn a_response_abandoned_mid_body_does_not_return_its_connection() {
             })
             .await;
             assert_eq!(endless_accepted.load(Ordering::SeqCst), round);
+        }
+    })
+    .await;
+}
+
+/// A raw upstream that answers one request per connection with a keep-alive answer, then closes
+/// the socket anyway (as an upstream whose idle timeout is shorter than the proxy's does) and
+/// reports each close.
+async fn closing_while_idle(closed: tokio::sync::mpsc::UnboundedSender<()>) -> Mock {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    serve_streams(move |stream| {
+        let closed = closed.clone();
+        async move {
+            let mut conn = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut saw_request = false;
+            loop {
+                let mut line = String::new();
+                if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return; // a health probe's connect, or a client gone
+                }
+                saw_request = true;
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().expect("content-length");
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            conn.read_exact(&mut body).await.expect("body");
+            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+            conn.get_mut()
+                .write_all(answer.as_bytes())
+                .await
+                .expect("answer");
+            drop(conn);
+            if saw_request {
+                let _ = closed.send(());
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_the_upstream_closed_while_idle_cost_no_request_whatever_its_method() {
+    within(30, async {
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let upstream = closing_while_idle(closed_tx).await;
+        let proxy = Proxy::start_yaml(&config(upstream.addr, "")).await;
+        let mut client = proxy.client("web").await;
+        // Each answer leaves an idle socket the upstream then closes: a GET may be sent again
+        // on a new socket, a POST must never meet the closed one.
+        for (i, method) in [
+            Method::GET,
+            Method::POST,
+            Method::POST,
+            Method::GET,
+            Method::PUT,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let req = client
+                .request(method.clone(), "/")
+                .header("x-session-id", "a")
+                .body(full(format!("body {i}")))
+                .expect("request");
+            let resp = client.send(req).await.expect("answer");
+            assert_eq!(resp.status(), StatusCode::OK, "{method} #{i}");
+            closed.recv().await.expect("the upstream closed its socket");
         }
     })
     .await;

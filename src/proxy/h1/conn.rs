@@ -417,6 +417,9 @@ where
         }
         out.clear();
         write::request_head(out, &parts, framing);
+        // Only an idempotent request may be sent again after a socket failed under it
+        // (RFC 9110 §9.2.2); any other is sent only on a socket checked to be still open.
+        let idempotent = parts.method.is_idempotent();
         drop(parts);
         // The body bytes already read go with the head, in one write.
         let mut scanner = Chunked::new();
@@ -456,6 +459,7 @@ where
                 true => None,
                 false => upstream.conns.checkout(),
             };
+            let checked_out = checked_out.filter(|up| idempotent || still_open(&up.stream));
             let mut up = match checked_out {
                 Some(up) => up,
                 None => match timeout_at(deadline, upstream.conns.connect()).await {
@@ -497,7 +501,7 @@ where
             let (head, len, ubuf) = match head {
                 Err(_) => return failed(conn, fwd, io, out, Failure::Timeout, side, left).await,
                 Ok(Ok(head)) => head,
-                Ok(Err(e)) if e.stale() && up.reused && !fresh => {
+                Ok(Err(e)) if e.stale() && up.reused && !fresh && idempotent => {
                     fresh = true;
                     continue;
                 }
@@ -519,7 +523,7 @@ where
                 }
             };
             let upgrading = upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS;
-            let (ended, reusable, mut ubuf) = respond(
+            let (mut ended, reusable, mut ubuf, unwritten) = respond(
                 conn,
                 fwd,
                 &mut up.stream,
@@ -544,9 +548,19 @@ where
                 upstream.conns.give_back(up);
             }
             buffers::give_read(ubuf);
+            if unwritten && io.write_all(out).await.is_err() {
+                ended.keep_alive = false;
+            }
             return ended;
         }
     }
+}
+
+/// An idle upstream socket has seen nothing since its last answer (no close, no stray bytes):
+/// one non-blocking read that must find nothing to read.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// The upstream did not answer: the proxy's own 502 or 504.
@@ -636,7 +650,7 @@ where
                     (ended.await, false)
                 }
                 Ok(Ok((head, len, ubuf))) => {
-                    let (ended, reusable, ubuf) = respond(
+                    let (mut ended, reusable, ubuf, unwritten) = respond(
                         conn,
                         fwd,
                         &mut up_read,
@@ -651,6 +665,9 @@ where
                     )
                     .await;
                     buffers::give_read(ubuf);
+                    if unwritten && client_write.write_all(out).await.is_err() {
+                        ended.keep_alive = false;
+                    }
                     (ended, reusable)
                 }
             }
@@ -745,8 +762,9 @@ where
 
 /// Pass the upstream's answer to the client: settle it with [`Conn::answered`], write its head
 /// (with a small body in the same write), relay the rest of its body. Returns how it ended,
-/// whether the upstream socket can serve another exchange, and the bytes read past the head
-/// (after a 101, the tunnel's first bytes).
+/// whether the upstream socket can serve another exchange, the bytes read past the head (after
+/// a 101, the tunnel's first bytes), and whether the whole answer is still in `out` for the
+/// caller to write (a body that came with its head: the socket can go back first).
 #[allow(clippy::too_many_arguments)]
 async fn respond<R, W>(
     conn: &Conn,
@@ -760,7 +778,7 @@ async fn respond<R, W>(
     side: Side,
     upgrading: bool,
     shutdown: &CancellationToken,
-) -> (Ended, bool, BytesMut)
+) -> (Ended, bool, BytesMut, bool)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -802,12 +820,18 @@ where
         ubuf.advance(take);
         rest = Framing::Length(n - take as u64);
     }
+    if rest == Framing::Length(0) && !upgrading {
+        // The whole answer is in `out`: the caller writes it, after giving the upstream
+        // socket back, so the next request (from any client) finds it idle.
+        let reusable = head.keep_alive && ubuf.is_empty();
+        return (ended, reusable, ubuf, true);
+    }
     if client.write_all(out).await.is_err() {
         ended.keep_alive = false;
-        return (ended, false, ubuf);
+        return (ended, false, ubuf, false);
     }
     if upgrading {
-        return (ended, false, ubuf);
+        return (ended, false, ubuf, false);
     }
     let relayed = match rest {
         Framing::Length(0) => Ok(()),
@@ -822,7 +846,7 @@ where
         ended.keep_alive = false;
     }
     let reusable = relayed.is_ok() && head.keep_alive && ubuf.is_empty();
-    (ended, reusable, ubuf)
+    (ended, reusable, ubuf, false)
 }
 
 /// The response fields as a map, for learning a session from them.
