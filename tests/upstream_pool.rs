@@ -224,13 +224,11 @@ async fn closing_while_idle(closed: tokio::sync::mpsc::UnboundedSender<()>) -> M
         async move {
             let mut conn = BufReader::new(stream);
             let mut length = 0usize;
-            let mut saw_request = false;
             loop {
                 let mut line = String::new();
                 if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
                     return; // a health probe's connect, or a client gone
                 }
-                saw_request = true;
                 let line = line.trim_end();
                 if line.is_empty() {
                     break;
@@ -249,9 +247,7 @@ async fn closing_while_idle(closed: tokio::sync::mpsc::UnboundedSender<()>) -> M
                 .await
                 .expect("answer");
             drop(conn);
-            if saw_request {
-                let _ = closed.send(());
-            }
+            let _ = closed.send(());
         }
     })
     .await
