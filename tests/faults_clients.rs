@@ -124,10 +124,10 @@ async fn http_clients_that_reset_mid_body_free_the_upstream_connection() {
         assert_eq!(
             (reached, ejections),
             (VANISHING, 0.0),
-            "PRODUCT BUG: clients that reset mid-upload count as failures of the upstream \
+            "clients that reset mid-upload must not count as failures of the upstream \
              (passive ejection, `consecutive_failures: 5` by default): after {reached} resets \
              the healthy upstream was ejected and the next request never reached it, so any \
-             client can take every upstream of a pool out"
+             client could take every upstream of a pool out"
         );
         eventually("the upstream saw every body break", || {
             seen.broken.load(Ordering::SeqCst) == VANISHING as u64
