@@ -98,8 +98,7 @@ pub fn request(buf: &mut BytesMut) -> Result<Parsed<RequestHead>, HeadError> {
             return Err(HeadError::TooLarge);
         }
         check_line_ends(&buf[..len])?;
-        let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let at = |s: &[u8]| offset_in(buf, s) as u32;
         for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
             *span = (
                 at(field.name.as_bytes()),
@@ -241,10 +240,16 @@ pub fn response(buf: &[u8], head_request: bool) -> Result<Parsed<ResponseHead>, 
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ResponseError::Malformed("invalid status code"))?;
     let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        let start = offset_in(buf, s);
         start..start + s.len()
     };
-    let reason = resp.reason.map_or(0..0, |r| at(r.as_bytes()));
+    // Read off the status line itself: httparse hands a reason phrase with obs-text bytes back
+    // as a `""` that is not part of the buffer (found by the `http1_parse` fuzz target).
+    let line_end = buf
+        .iter()
+        .position(|b| *b == b'\r' || *b == b'\n')
+        .unwrap_or(0);
+    let reason = STATUS_LINE_PREFIX.min(line_end)..line_end;
     let http10 = resp.version == Some(0);
     let mut length: Option<u64> = None;
     let mut chunked_last = false;
@@ -296,6 +301,19 @@ pub fn response(buf: &[u8], head_request: bool) -> Result<Parsed<ResponseHead>, 
         connection_names_fields: conn.others,
     };
     Ok(Parsed::Complete(head, len))
+}
+
+/// `HTTP/1.1 200 `: where a status line's reason phrase starts.
+const STATUS_LINE_PREFIX: usize = 13;
+
+/// Where `part` starts in `buf`. Every non-empty part httparse returns is a slice of its input;
+/// an empty one may not be (any place will do for it).
+fn offset_in(buf: &[u8], part: &[u8]) -> usize {
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start <= buf.len() && start + part.len() <= buf.len() {
+        true => start,
+        false => 0,
+    }
 }
 
 /// The `Connection` options that matter to framing and reuse.

@@ -235,3 +235,21 @@ fn response_framing_follows_rfc_9112_section_6_3() {
         Ok(Parsed::Partial)
     ));
 }
+
+#[test]
+fn a_reason_phrase_with_obs_text_is_passed_on_not_a_panic() {
+    // Found by the `http1_parse` fuzz target: httparse returns such a reason as a `""` outside
+    // the buffer, and the offset arithmetic underflowed.
+    let raw = b"HTTP/1.1 200 O\xee\xee\xecive\r\nContent-Length: 2\r\n\r\nok";
+    let Ok(Parsed::Complete(head, len)) = response(raw, false) else {
+        panic!("not parsed")
+    };
+    assert_eq!(&raw[head.reason.clone()], b"O\xee\xee\xecive");
+    assert_eq!((head.framing, len), (Framing::Length(2), raw.len() - 2));
+    for short in [&b"HTTP/1.1 200\r\n\r\n"[..], b"HTTP/1.1 204 \r\n\r\n"] {
+        let Ok(Parsed::Complete(head, _)) = response(short, false) else {
+            panic!("not parsed")
+        };
+        assert!(short[head.reason.clone()].is_empty());
+    }
+}
