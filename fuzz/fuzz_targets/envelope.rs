@@ -87,16 +87,22 @@ fuzz_target!(|body: &[u8]| {
 });
 
 fn message(body: &[u8]) {
-    let full = serde_json::from_slice::<Value>(body);
+    // Valid JSON by syntax: a raw value checks it without evaluating numbers (a `Value` refuses
+    // numbers past f64's range, such as `3E3333333323`, which are valid JSON the envelope keeps
+    // as they are; found by this target in CI's bounded run).
+    let valid = serde_json::from_slice::<&serde_json::value::RawValue>(body).is_ok();
     let env = match parse_envelope(body) {
         Ok(env) => env,
         Err(e) => {
-            assert!(full.is_err(), "envelope refused valid JSON: {e}");
+            assert!(!valid, "envelope refused valid JSON: {e}");
             assert!(with_id(body, &1).is_err());
             return;
         }
     };
-    let full = full.expect("the envelope accepted invalid JSON");
+    assert!(valid, "the envelope accepted invalid JSON");
+    let Ok(full) = serde_json::from_slice::<Value>(body) else {
+        return; // valid JSON a `Value` cannot hold (a number out of range)
+    };
 
     // The same members as a full parse reads.
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
