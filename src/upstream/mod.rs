@@ -3,6 +3,7 @@
 
 pub mod conns;
 pub mod health;
+pub mod idle;
 pub mod pool;
 pub mod prober;
 pub mod state;

@@ -1,8 +1,7 @@
-//! Upstream HTTP/1.1 connection reuse: per upstream, a stack of idle keep-alive connections
-//! (hyper's low-level client), newest on top, bounded by `pool_max_idle_per_upstream` and closed
-//! after `pool_idle_timeout`. A connection goes back on the stack when its response body has been
-//! read to the end; one dropped mid-body is closed, as HTTP/1 cannot abandon a response.
-//! `sessiongate_upstream_connections_active` counts open sockets exactly.
+//! The HTTP/2 path's upstream HTTP/1.1 connections: hyper's low-level client connections kept
+//! on the upstream's idle stack ([`super::idle`]). A connection goes back on the stack when its
+//! response body has been read to the end; one dropped mid-body is closed, as HTTP/1 cannot
+//! abandon a response. `sessiongate_upstream_connections_active` counts open sockets exactly.
 //!
 //! Why not hyper-util's pooled client: every upstream already has a pool of its own, so that
 //! client's keyed map (hashing the authority byte by byte on checkout and again on return) and
@@ -10,9 +9,9 @@
 //! instructions per request in the profile, for nothing this pool needs.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -25,19 +24,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::idle::{self, ConnectError, IdleStack};
 use crate::config::{PoolConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 
 /// Why forwarding to an upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("connect to {addr}: {source}")]
-    Connect {
-        addr: Arc<str>,
-        source: std::io::Error,
-    },
-    #[error("connect to {addr} timed out after {after:?}")]
-    ConnectTimeout { addr: Arc<str>, after: Duration },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("HTTP/1.1 handshake with {addr}: {source}")]
     Handshake {
         addr: Arc<str>,
@@ -63,7 +58,7 @@ impl std::fmt::Debug for HttpPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpPool")
             .field("addr", &self.0.addr)
-            .field("idle", &self.0.idle().conns.len())
+            .field("idle", &self.0.idle.len())
             .finish()
     }
 }
@@ -71,22 +66,9 @@ impl std::fmt::Debug for HttpPool {
 struct Inner {
     addr: Arc<str>,
     connect_timeout: Duration,
-    max_idle: usize,
-    idle_timeout: Duration,
-    idle: Mutex<IdleStack>,
+    /// Kept while not closed; taken only when ready for a request.
+    idle: Arc<IdleStack<SendRequest<Incoming>>>,
     open: IntGauge,
-}
-
-#[derive(Default)]
-struct IdleStack {
-    conns: Vec<IdleConn>,
-    /// A sweeper task is closing connections idle past the timeout.
-    sweeping: bool,
-}
-
-struct IdleConn {
-    sender: SendRequest<Incoming>,
-    since: Instant,
 }
 
 impl HttpPool {
@@ -94,9 +76,11 @@ impl HttpPool {
         HttpPool(Arc::new(Inner {
             addr: Arc::from(upstream.addr.as_str()),
             connect_timeout: pool.connect_timeout,
-            max_idle: pool.pool_max_idle_per_upstream,
-            idle_timeout: pool.pool_idle_timeout,
-            idle: Mutex::default(),
+            idle: IdleStack::new(
+                pool.pool_max_idle_per_upstream,
+                pool.pool_idle_timeout,
+                |sender| !sender.is_closed(),
+            ),
             open: metrics
                 .upstream_connections_active
                 .with_label_values(&[&pool.name, &upstream.name]),
@@ -127,37 +111,22 @@ impl HttpPool {
         // After a protocol switch the connection belongs to the tunnel, not the pool.
         let lease = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Lease {
             sender,
-            pool: Arc::downgrade(&self.0),
+            pool: Arc::downgrade(&self.0.idle),
         });
         Ok(resp.map(|body| PooledBody::new(body, lease)))
     }
 
     /// The most recently used idle connection that can take a request now, if any.
     fn checkout(&self) -> Option<SendRequest<Incoming>> {
-        loop {
-            let conn = self.0.idle().conns.pop()?;
-            // Not ready: closing, or still busy with the request body of an answer that came
-            // early. Waiting for it could hold this request behind a slow client's upload, so
-            // it is dropped (hyper closes it once done) and the next one tried.
-            if conn.sender.is_ready() && conn.since.elapsed() < self.0.idle_timeout {
-                return Some(conn.sender);
-            }
-        }
+        // Not ready: closing, or still busy with the request body of an answer that came
+        // early. Waiting for it could hold this request behind a slow client's upload, so it
+        // is dropped (hyper closes it once done) and the next one tried.
+        std::iter::from_fn(|| self.0.idle.pop()).find(|sender| sender.is_ready())
     }
 
     async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
         let inner = &self.0;
-        let addr = inner.addr.clone();
-        let stream =
-            match tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&*addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
-                Err(_) => {
-                    let after = inner.connect_timeout;
-                    return Err(UpstreamError::ConnectTimeout { addr, after });
-                }
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = idle::connect(&inner.addr, inner.connect_timeout).await?;
         inner.open.inc();
         let io = CountedStream {
             stream,
@@ -169,7 +138,10 @@ impl HttpPool {
             .writev(false)
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+            .map_err(|source| UpstreamError::Handshake {
+                addr: inner.addr.clone(),
+                source,
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended with an error");
@@ -179,57 +151,16 @@ impl HttpPool {
     }
 }
 
-impl Inner {
-    fn idle(&self) -> MutexGuard<'_, IdleStack> {
-        // The lock guards plain pushes and pops; a panic while holding it cannot leave the
-        // stack half-changed, so a poisoned lock is still usable.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn give_back(self: &Arc<Self>, sender: SendRequest<Incoming>) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        let mut idle = self.idle();
-        if idle.conns.len() >= self.max_idle {
-            return;
-        }
-        idle.conns.push(IdleConn {
-            sender,
-            since: Instant::now(),
-        });
-        if !idle.sweeping {
-            idle.sweeping = true;
-            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
-        }
-    }
-}
-
-/// Close connections idle past the timeout, until the stack is empty or the pool is gone.
-async fn sweep(pool: Weak<Inner>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let mut idle = pool.idle();
-        idle.conns
-            .retain(|c| c.since.elapsed() < pool.idle_timeout && !c.sender.is_closed());
-        if idle.conns.is_empty() {
-            idle.sweeping = false;
-            return;
-        }
-    }
-}
-
 /// A connection lent to one response.
 struct Lease {
     sender: SendRequest<Incoming>,
-    pool: Weak<Inner>,
+    pool: Weak<IdleStack<SendRequest<Incoming>>>,
 }
 
 impl Lease {
     fn give_back(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.give_back(self.sender);
+        if let Some(idle) = self.pool.upgrade() {
+            idle.push(self.sender);
         }
     }
 }
