@@ -126,7 +126,6 @@ pub(crate) struct Forward<'s> {
     pub(crate) listener: &'s ListenerRuntime,
     route: &'s PoolRoute,
     target: Target,
-    index: Option<usize>,
     caller: Option<Identity>,
     pinned: Pinned,
     deleting: bool,
@@ -146,6 +145,14 @@ impl Forward<'_> {
 
     pub(crate) fn pool(&self) -> &Pool {
         &self.route.pool
+    }
+
+    /// The upstream's place in the route's pool (`None`: one a reload removed).
+    fn index(&self) -> Option<usize> {
+        match &self.target {
+            Target::Index(i) => Some(*i),
+            Target::Retired(_) => None,
+        }
     }
 
     /// A successful answer may name a session to learn (the listener's `learn:`).
@@ -334,33 +341,29 @@ impl Conn {
                 return Err(self.finish(started, Some(route), None, resp));
             }
         };
-        let index = match &target {
-            Target::Index(i) => Some(*i),
-            Target::Retired(_) => None,
+        let upstream_name = match &target {
+            Target::Index(i) => pool.upstreams[*i].endpoint.name.clone(),
+            Target::Retired(u) => u.endpoint.name.clone(),
         };
-        let mut fwd = Forward {
+        if let Some(facts) = log {
+            facts.upstream = Some(upstream_name.clone());
+        }
+        let in_flight = pinned
+            .as_ref()
+            .and_then(|(session, _)| pool.pins.stats(session))
+            .map(|stats| (stats.start(), method_label(&req.method)));
+        let fwd = Forward {
             started,
             snapshot,
             listener,
             route,
             target,
-            index,
             caller,
             pinned,
             deleting,
-            _reservation: None,
-            in_flight: None,
+            _reservation: new_session.then(|| pool.pins.reserve(&upstream_name)),
+            in_flight,
         };
-        let upstream_name = fwd.upstream().endpoint.name.clone();
-        if let Some(facts) = log {
-            facts.upstream = Some(upstream_name.clone());
-        }
-        fwd._reservation = new_session.then(|| pool.pins.reserve(&upstream_name));
-        fwd.in_flight = fwd
-            .pinned
-            .as_ref()
-            .and_then(|(session, _)| pool.pins.stats(session))
-            .map(|stats| (stats.start(), method_label(&req.method)));
         if listener.config.identity.is_some() {
             set_identity_headers(&mut req.headers, fwd.caller.as_ref());
         }
@@ -407,32 +410,23 @@ impl Conn {
         let pool = fwd.pool();
         let passive = pool.config.passive.as_ref();
         let metrics = &self.ctx.metrics;
-        let failure_is_connect = matches!(failure, Failure::Connect(_));
-        match failure {
+        let (what, error) = match failure {
             Failure::Timeout => {
                 prober::passive_failure(metrics, upstream, passive, "timeout");
                 let timeout = pool.config.request_timeout;
-                local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "upstream {} did not answer within {timeout:?}",
-                        upstream.name()
-                    ),
-                )
+                let msg = format!(
+                    "upstream {} did not answer within {timeout:?}",
+                    upstream.name()
+                );
+                return local(StatusCode::GATEWAY_TIMEOUT, msg);
             }
-            Failure::Connect(e) | Failure::Request(e) => {
-                let what = match failure_is_connect {
-                    true => "connect failed",
-                    false => "request failed",
-                };
-                warn!(upstream = upstream.name(), error = %e, "upstream {what}");
-                prober::passive_failure(metrics, upstream, passive, what);
-                local(
-                    StatusCode::BAD_GATEWAY,
-                    format!("upstream {} {what}", upstream.name()),
-                )
-            }
-        }
+            Failure::Connect(e) => ("connect failed", e),
+            Failure::Request(e) => ("request failed", e),
+        };
+        warn!(upstream = upstream.name(), error = %error, "upstream {what}");
+        prober::passive_failure(metrics, upstream, passive, what);
+        let msg = format!("upstream {} {what}", upstream.name());
+        local(StatusCode::BAD_GATEWAY, msg)
     }
 
     /// The exchange is over as far as its status goes: the session's figures and the request
@@ -443,8 +437,8 @@ impl Conn {
                 .stats()
                 .record(method, fwd.started.elapsed(), session_outcome(status));
         }
-        match fwd.index {
-            Some(_) => self.count_done(fwd.started, Some(fwd.route), fwd.index, status),
+        match fwd.index() {
+            Some(i) => self.count_done(fwd.started, Some(fwd.route), Some(i), status),
             None => self.finish_retired(fwd.started, fwd.pool(), fwd.upstream(), status),
         }
     }

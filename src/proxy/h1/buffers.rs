@@ -33,7 +33,7 @@ pub fn write_buffer() -> Vec<u8> {
 /// Give back a read buffer (an empty one of the usual size is kept for the next taker).
 pub fn give_read(mut buf: BytesMut) {
     buf.clear();
-    // Reclaims the front of a buffer whose earlier bytes were split off and since dropped.
+    // Smaller: its front was split off with a head; larger: a body grew it. Neither is kept.
     if buf.capacity() < HEAD_BUFFER || buf.capacity() > 4 * HEAD_BUFFER {
         return;
     }

@@ -11,8 +11,10 @@ mod buffers;
 pub mod chunked;
 mod client;
 mod conn;
+mod forward;
 pub mod parse;
 pub mod relay;
+mod respond;
 pub mod write;
 
 pub(crate) use client::Client;
