@@ -133,22 +133,7 @@ async fn http_clients_that_reset_mid_body_free_the_upstream_connection() {
             seen.broken.load(Ordering::SeqCst) == VANISHING as u64
         })
         .await;
-        until_sample(
-            admin,
-            "sessiongate_connections_active",
-            &[("listener", "front")],
-            0.0,
-            5,
-        )
-        .await;
-        until_sample(
-            admin,
-            "sessiongate_upstream_connections_active",
-            &upstream_labels,
-            0.0,
-            5,
-        )
-        .await;
+        until_connections(admin, 0.0, &upstream_labels, 0.0).await;
 
         // The same upstream still serves a whole request.
         let mut client = Client::h1(front).await;
@@ -223,23 +208,8 @@ async fn http_clients_that_drop_a_stream_free_the_upstream_stream() {
             seen.broken.load(Ordering::SeqCst) == VANISHING as u64
         })
         .await;
-        until_sample(
-            admin,
-            "sessiongate_connections_active",
-            &[("listener", "front")],
-            0.0,
-            5,
-        )
-        .await;
         let upstream_labels = [("pool", "api"), ("upstream", "sse")];
-        until_sample(
-            admin,
-            "sessiongate_upstream_connections_active",
-            &upstream_labels,
-            0.0,
-            5,
-        )
-        .await;
+        until_connections(admin, 0.0, &upstream_labels, 0.0).await;
     })
     .await
 }
@@ -325,22 +295,7 @@ async fn a_jsonrpc_client_that_vanishes_with_requests_pending_frees_them() {
             )
             .await;
             let freed = left.elapsed();
-            until_sample(
-                admin,
-                "sessiongate_connections_active",
-                &[("listener", "front")],
-                1.0,
-                5,
-            )
-            .await;
-            until_sample(
-                admin,
-                "sessiongate_upstream_connections_active",
-                &link_labels,
-                links_before,
-                5,
-            )
-            .await;
+            until_connections(admin, 1.0, &link_labels, links_before).await;
             figures.push((if reset { "RST" } else { "FIN" }, freed));
         }
         eprintln!("JSON-RPC client gone with 5 requests pending: freed after {figures:?}");
@@ -406,27 +361,26 @@ async fn a_jsonrpc_client_that_vanishes_while_its_node_waits_for_its_answer_is_f
             || async { admin_json(admin, &path).await["in_flight"] == 0 },
         )
         .await;
-        until_sample(
-            admin,
-            "sessiongate_connections_active",
-            &[("listener", "front")],
-            0.0,
-            5,
-        )
-        .await;
         let link_labels = [("pool", "fleet"), ("upstream", "cli-0")];
-        until_sample(
-            admin,
-            "sessiongate_upstream_connections_active",
-            &link_labels,
-            0.0,
-            5,
-        )
-        .await;
+        until_connections(admin, 0.0, &link_labels, 0.0).await;
         eprintln!(
             "JSON-RPC client gone while its node waited for it: freed after {:?}",
             left.elapsed()
         );
     })
     .await
+}
+
+/// Wait until the front listener holds `clients` connections and the upstream (`labels`)
+/// `upstream` ones (5 s at most).
+async fn until_connections(
+    admin: std::net::SocketAddr,
+    clients: f64,
+    labels: &[(&str, &str)],
+    upstream: f64,
+) {
+    let front = [("listener", "front")];
+    until_sample(admin, "sessiongate_connections_active", &front, clients, 5).await;
+    let name = "sessiongate_upstream_connections_active";
+    until_sample(admin, name, labels, upstream, 5).await;
 }

@@ -120,18 +120,7 @@ async fn http_upstream_sigkilled_under_load() {
                 }
             }));
         }
-        let grow = |by: u64| {
-            let done = done.clone();
-            let target = done.load(Ordering::SeqCst) + by;
-            async move {
-                poll_until("load made progress", 20, || {
-                    let done = done.clone();
-                    async move { done.load(Ordering::SeqCst) >= target }
-                })
-                .await
-            }
-        };
-        grow(200).await;
+        progress(&done, 200).await;
 
         let killed = Instant::now();
         victim.sigkill().await;
@@ -141,11 +130,11 @@ async fn http_upstream_sigkilled_under_load() {
         })
         .await;
         let down = Instant::now();
-        grow(400).await;
+        progress(&done, 400).await;
 
         victim.restart().await;
         eventually("the restarted victim is probed", || victim.probes() >= 2).await;
-        grow(400).await;
+        progress(&done, 400).await;
         stop.store(true, Ordering::SeqCst);
         for task in tasks {
             task.await.expect("load task");
@@ -302,18 +291,7 @@ async fn jsonrpc_upstream_sigkilled_under_load() {
                 }
             }));
         }
-        let grow = |by: u64| {
-            let done = done.clone();
-            let target = done.load(Ordering::SeqCst) + by;
-            async move {
-                poll_until("load made progress", 20, || {
-                    let done = done.clone();
-                    async move { done.load(Ordering::SeqCst) >= target }
-                })
-                .await
-            }
-        };
-        grow(200).await;
+        progress(&done, 200).await;
         let new_on_victim = session_id(&mut admin_client, true).await;
 
         let killed = Instant::now();
@@ -324,11 +302,11 @@ async fn jsonrpc_upstream_sigkilled_under_load() {
         })
         .await;
         let down = Instant::now();
-        grow(400).await;
+        progress(&done, 400).await;
 
         victim.restart().await;
         eventually("the restarted victim is probed", || victim.probes() >= 2).await;
-        grow(400).await;
+        progress(&done, 400).await;
         // A new session whose ring owner is the down victim is placed on another node.
         let mut late = RpcClient::connect(cli).await;
         let made = late
@@ -396,6 +374,16 @@ async fn jsonrpc_upstream_sigkilled_under_load() {
             others.len(),
             down - killed
         );
+    })
+    .await
+}
+
+/// Wait until the load has finished `by` more requests.
+async fn progress(done: &Arc<AtomicU64>, by: u64) {
+    let target = done.load(Ordering::SeqCst) + by;
+    poll_until("load made progress", 20, || {
+        let done = done.clone();
+        async move { done.load(Ordering::SeqCst) >= target }
     })
     .await
 }
