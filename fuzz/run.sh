@@ -3,11 +3,15 @@
 # FUZZ_SECONDS (default 20) from its committed seed corpus, copied to a temporary folder so the
 # inputs libFuzzer adds never land in the tree. A crash, a failed assertion, a leak or a timeout
 # fails the run; the input is left in fuzz/artifacts/<target>/ and libFuzzer prints how to
-# reproduce it. Installs the nightly toolchain and cargo-fuzz when they are missing.
+# reproduce it. Installs a C++ compiler, the nightly toolchain and cargo-fuzz when missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${FUZZ_SECONDS:-20}"
 
+# libFuzzer itself is C++, built by the libfuzzer-sys crate: a C++ compiler from Debian.
+if ! command -v c++ >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+fi
 # Install nightly only when it is missing: `rustup toolchain install` would also update one.
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal
