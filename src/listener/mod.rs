@@ -41,8 +41,9 @@ struct Occupancy {
 }
 
 /// One open connection's place in its listener's count and in the connections gauge, given
-/// back when the connection's task ends (or is dropped at shutdown).
-struct Slot {
+/// back when the connection ends: with its task, or with its parked entry
+/// (`proxy::h1::parked`), or when either is dropped at shutdown.
+pub(crate) struct Slot {
     occupancy: Arc<Occupancy>,
     active: IntGauge,
 }
@@ -114,23 +115,23 @@ pub async fn accept_loop(
         // block would keep its own dead copies of the socket, the address and the handles (or
         // of the work future itself) beside the work, for as long as the client stays
         // connected.
-        let work = span.in_scope(|| handle(stream, peer, ctx.clone(), name.clone()));
-        ctx.shutdown
-            .tracker
-            .spawn(work.map(move |()| drop(slot)).instrument(span));
+        let work = span.in_scope(|| handle(stream, peer, ctx.clone(), name.clone(), slot));
+        ctx.shutdown.tracker.spawn(work.instrument(span));
     }
 }
 
 /// The connection's work, by listener protocol.
 ///
 /// Not an `async fn`, and every path but plain HTTP is boxed: a task's future is as large as its
-/// largest await plus an async fn's arguments, and an idle plain-HTTP connection parks in this
-/// task for as long as the client keeps it open.
+/// largest await plus an async fn's arguments, and an idle plain-HTTP connection waits in this
+/// task until it parks. The slot goes with the connection: plain HTTP carries it into a
+/// parked entry and back; the other paths hold it until their future ends.
 fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Context,
     name: Arc<str>,
+    slot: Slot,
 ) -> Either<impl Future<Output = ()> + Send, Pin<Box<dyn Future<Output = ()> + Send>>> {
     let _ = stream.set_nodelay(true);
     let Some(runtime) = ctx.shared.load_full().listener(&name).cloned() else {
@@ -138,11 +139,14 @@ fn handle(
     };
     let Some(acceptor) = runtime.tls.clone() else {
         return match runtime.config.protocol {
-            Protocol::Http => Either::Left(proxy::http::serve_tcp(stream, ctx, name, peer)),
-            Protocol::Tcp => Either::Right(Box::pin(proxy::tcp::serve(stream, ctx, name, peer))),
-            Protocol::JsonRpc => Either::Right(Box::pin(proxy::jsonrpc::serve(
-                stream, ctx, name, peer, runtime, None,
-            ))),
+            Protocol::Http => Either::Left(proxy::http::serve_tcp(stream, ctx, name, peer, slot)),
+            Protocol::Tcp => Either::Right(Box::pin(
+                proxy::tcp::serve(stream, ctx, name, peer).map(move |()| drop(slot)),
+            )),
+            Protocol::JsonRpc => Either::Right(Box::pin(
+                proxy::jsonrpc::serve(stream, ctx, name, peer, runtime, None)
+                    .map(move |()| drop(slot)),
+            )),
         };
     };
     let timeout = runtime
@@ -151,6 +155,7 @@ fn handle(
         .as_ref()
         .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
     Either::Right(Box::pin(async move {
+        let _slot = slot;
         let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return tls_failed(&ctx, &name, &e.to_string()),

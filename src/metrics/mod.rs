@@ -24,6 +24,7 @@ pub mod names {
     pub const REQUESTS_TOTAL: &str = "sessiongate_requests_total";
     pub const REQUEST_DURATION: &str = "sessiongate_request_duration_seconds";
     pub const CONNECTIONS_ACTIVE: &str = "sessiongate_connections_active";
+    pub const CONNECTIONS_PARKED: &str = "sessiongate_connections_parked";
     pub const CONNECTIONS_TOTAL: &str = "sessiongate_connections_total";
     pub const CONNECTION_ERRORS_TOTAL: &str = "sessiongate_connection_errors_total";
     pub const UPSTREAM_CONNECTIONS_ACTIVE: &str = "sessiongate_upstream_connections_active";
@@ -75,6 +76,8 @@ pub struct Metrics {
     pub requests_total: IntCounterVec,
     pub request_duration: HistogramVec,
     pub connections_active: IntGaugeVec,
+    /// Idle HTTP/1.1 connections waiting without a task (`proxy::h1::parked`).
+    pub connections_parked: IntGaugeVec,
     pub connections_total: IntCounterVec,
     pub connection_errors_total: IntCounterVec,
     pub upstream_connections_active: IntGaugeVec,
@@ -131,6 +134,13 @@ impl Metrics {
         )?;
         let connections_active = IntGaugeVec::new(
             Opts::new(CONNECTIONS_ACTIVE, "Client connections currently open."),
+            &["listener"],
+        )?;
+        let connections_parked = IntGaugeVec::new(
+            Opts::new(
+                CONNECTIONS_PARKED,
+                "Idle keep-alive client connections parked (counted in connections_active too).",
+            ),
             &["listener"],
         )?;
         let connections_total = IntCounterVec::new(
@@ -359,6 +369,7 @@ impl Metrics {
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(connections_parked.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(connection_errors_total.clone()))?;
         registry.register(Box::new(upstream_connections_active.clone()))?;
@@ -393,6 +404,7 @@ impl Metrics {
             requests_total,
             request_duration,
             connections_active,
+            connections_parked,
             connections_total,
             connection_errors_total,
             upstream_connections_active,

@@ -49,6 +49,9 @@ impl Metrics {
         for l in &config.listeners {
             let listener = l.name.as_str();
             self.connections_active.with_label_values(&[listener]);
+            if l.protocol == Protocol::Http && l.tls.is_none() {
+                self.connections_parked.with_label_values(&[listener]);
+            }
             self.connections_total.with_label_values(&[listener]);
             self.connection_errors_total
                 .with_label_values(&[listener, "accept"]);
@@ -319,7 +322,7 @@ pools:
         metrics.redis_errors_total.with_label_values(&["bind"]);
         metrics.store_fallback_total.with_label_values(&["bind"]);
         let families = metrics.registry().gather();
-        assert_eq!(families.len(), 34, "every family has a series");
+        assert_eq!(families.len(), 35, "every family has a series");
         for f in &families {
             let name = f.get_name();
             assert!(name.starts_with("sessiongate_"), "{name}");

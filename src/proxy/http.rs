@@ -30,6 +30,7 @@ use crate::access_log;
 use crate::config::{IdentitySource, NoKey};
 use crate::identity::Identity;
 use crate::key::http::{KeyBytes, RequestHead};
+use crate::listener::Slot;
 use crate::snapshot::{ListenerRuntime, NewPlacement, Pool, PoolRoute, Snapshot};
 use crate::upstream::{prober, PooledBody, Upstream};
 use affinity::{Placement, Target};
@@ -89,6 +90,9 @@ pub(crate) struct Conn {
     tls: bool,
     /// The identity of the client certificate (mTLS).
     cert: Option<Identity>,
+    /// A plain-TCP connection's place in its listener's count, which goes where the connection
+    /// goes (into a parked entry and back into a task).
+    _slot: Option<Slot>,
 }
 
 static X_SESSIONGATE_USER: HeaderName = HeaderName::from_static("x-sessiongate-user");
@@ -105,7 +109,7 @@ pub async fn serve_tls<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Conn::new(ctx, listener, peer, Some(cert));
+    let conn = Conn::new(ctx, listener, peer, Some(cert), None);
     match h2 {
         true => h2::serve(io, Arc::new(conn)).await,
         false => super::h1::serve(super::h1::Client::Tls(io), conn).await,
@@ -113,10 +117,17 @@ pub async fn serve_tls<IO>(
 }
 
 /// Serve one plain-TCP client connection: the owned HTTP/1.1 path, which hands an HTTP/2
-/// prior-knowledge (h2c) connection to hyper.
-pub async fn serve_tcp(stream: TcpStream, ctx: Context, listener: Arc<str>, peer: SocketAddr) {
-    let conn = Conn::new(ctx, listener, peer, None);
-    super::h1::serve(super::h1::Client::<TcpStream>::Tcp(stream), conn).await
+/// prior-knowledge (h2c) connection to hyper. Not an `async fn`: that would keep its
+/// arguments beside the connection's own copy of them in the task for the connection's life.
+pub(crate) fn serve_tcp(
+    stream: TcpStream,
+    ctx: Context,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    slot: Slot,
+) -> impl std::future::Future<Output = ()> {
+    let conn = Conn::new(ctx, listener, peer, None, Some(slot));
+    super::h1::serve(super::h1::Client::<TcpStream>::Tcp(stream), conn)
 }
 
 /// A request the proxy forwards, and what must be done once its answer is back.
@@ -174,6 +185,7 @@ impl Conn {
         listener: Arc<str>,
         peer: SocketAddr,
         tls: Option<Option<Identity>>,
+        slot: Option<Slot>,
     ) -> Conn {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -184,6 +196,7 @@ impl Conn {
             peer_ip,
             tls: tls.is_some(),
             cert: tls.flatten(),
+            _slot: slot,
         }
     }
 

@@ -34,6 +34,8 @@ pub struct Handles {
     /// Sends waiting for their session's turn on this replica.
     pub turn_queues: Arc<TurnQueues>,
     pub access_log: AccessLog,
+    /// Idle HTTP/1.1 connections waiting without a task.
+    pub parking: h1::Parking,
 }
 
 impl Context {
@@ -51,6 +53,7 @@ impl Context {
             store,
             turn_queues: Arc::default(),
             access_log,
+            parking: h1::Parking::default(),
         }))
     }
 }

@@ -85,7 +85,22 @@ pub struct Envelope<'a> {
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, ParseError> {
     let text = std::str::from_utf8(body)?;
     let mut env = if first_byte(body) == Some(b'{') {
-        serde_json::from_str::<Envelope<'_>>(text)?
+        match serde_json::from_str::<Envelope<'_>>(text) {
+            Ok(env) => env,
+            // Valid JSON the quick pass refused: a number past f64's range where a string or an
+            // object is looked for (`"params": 1E999`). Read again through raw values, which
+            // evaluate no number (found by the `envelope` fuzz target).
+            Err(e)
+                if e.classify() == serde_json::error::Category::Syntax
+                    && serde_json::from_str::<IgnoredAny>(text).is_ok() =>
+            {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let env = EnvelopeSeed { raw_first: true }.deserialize(&mut de)?;
+                de.end()?;
+                env
+            }
+            Err(e) => return Err(e.into()),
+        }
     } else {
         serde_json::from_str::<IgnoredAny>(text)?;
         Envelope::default()
@@ -233,7 +248,34 @@ impl Envelope<'_> {
 // provisional `Request` unless a field has the wrong type; `classify` settles it.
 impl<'de> Deserialize<'de> for Envelope<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
+        EnvelopeSeed { raw_first: false }.deserialize(d)
+    }
+}
+
+/// Reads an [`Envelope`]; `raw_first`: the picked members through their raw text ([`RawFirst`]).
+#[derive(Clone, Copy)]
+struct EnvelopeSeed {
+    raw_first: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed {
+    type Value = Envelope<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Envelope<'de>, D::Error> {
+        struct V {
+            raw_first: bool,
+        }
+        impl V {
+            fn pick<'de, A: MapAccess<'de>>(
+                &self,
+                map: &mut A,
+                pick: Pick,
+            ) -> Result<Option<Cow<'de, str>>, A::Error> {
+                match self.raw_first {
+                    true => map.next_value_seed(RawFirst(pick)),
+                    false => map.next_value_seed(pick),
+                }
+            }
+        }
         impl<'de> Visitor<'de> for V {
             type Value = Envelope<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -247,13 +289,13 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                 while let Some(key) = map.next_key::<Str<'de>>()? {
                     match &*key.0 {
                         "method" => {
-                            env.method = map.next_value_seed(Pick::Str)?;
+                            env.method = self.pick(&mut map, Pick::Str)?;
                             if env.method.is_none() {
                                 env.kind = MessageKind::Invalid;
                             }
                         }
                         "id" => env.id = Some(map.next_value()?),
-                        "params" => env.session_id = map.next_value_seed(Pick::SessionId)?,
+                        "params" => env.session_id = self.pick(&mut map, Pick::SessionId)?,
                         "result" => {
                             env.has_result = map.next_value::<IgnoredAny>().map(|_| true)?
                         }
@@ -264,7 +306,9 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                 Ok(env)
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V {
+            raw_first: self.raw_first,
+        })
     }
 }
 
@@ -337,6 +381,37 @@ impl<'de> Visitor<'de> for Pick {
     }
 }
 
+/// A [`Pick`] through the value's raw text: the value is taken whole without evaluating it, then
+/// read again only if it is a string or an object. Slower (twice over the value), for what
+/// `deserialize_any` refuses although it is valid JSON: a number past f64's range.
+#[derive(Clone, Copy)]
+struct RawFirst(Pick);
+
+impl<'de> DeserializeSeed<'de> for RawFirst {
+    type Value = Option<Cow<'de, str>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?;
+        raw_pick(self.0, raw).map_err(serde::de::Error::custom)
+    }
+}
+
+fn raw_pick(pick: Pick, raw: &RawValue) -> Result<Option<Cow<'_, str>>, serde_json::Error> {
+    let text = raw.get();
+    match (pick, first_byte(text.as_bytes())) {
+        (Pick::Str, Some(b'"')) => Ok(Some(serde_json::from_str::<Str<'_>>(text)?.0)),
+        // As `Pick`'s own visitor: the last `sessionId` member counts.
+        (Pick::SessionId, Some(b'{')) => match object_entries(text)?
+            .into_iter()
+            .rev()
+            .find(|(name, _)| name == "sessionId")
+        {
+            Some((_, value)) => raw_pick(Pick::Str, value),
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
 /// The members of a JSON object in their original order, values raw.
 type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
@@ -402,6 +477,64 @@ mod tests {
 
     fn json(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap()
+    }
+
+    /// Valid JSON with a number past f64's range where a string or an object is looked for:
+    /// read, never refused as invalid JSON (the `envelope` fuzz target found the first one).
+    #[test]
+    fn numbers_past_f64_range_where_strings_are_looked_for_are_valid_json() {
+        let cases = [
+            (
+                r#"{"jsonrpc":"2.0","id":3,"method":"sessions.open","params":1E999}"#,
+                Some("sessions.open"),
+                None,
+                MessageKind::Request,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":3,"method":1E999}"#,
+                None,
+                None,
+                MessageKind::Invalid,
+            ),
+            (
+                r#"{"id":3,"method":"m","params":{"sessionId":1E999}}"#,
+                Some("m"),
+                None,
+                MessageKind::Request,
+            ),
+            (
+                r#"{"id":3,"method":"m","params":{"sessionId":"s","n":-1E999}}"#,
+                Some("m"),
+                Some("s"),
+                MessageKind::Request,
+            ),
+            (
+                r#"{"id":3,"method":"m","params":{"sessionId":"a","sessionId":"b"},"x":1E999}"#,
+                Some("m"),
+                Some("b"),
+                MessageKind::Request,
+            ),
+            (
+                r#"{"method":"m\u0041","params":{"sessionId":"\u0073","sessionId":2E999}}"#,
+                Some("mA"),
+                None,
+                MessageKind::Notification,
+            ),
+            (
+                r#"{"method":"m","params":{"sessionId":"\u0073"},"params":3E999}"#,
+                Some("m"),
+                None,
+                MessageKind::Notification,
+            ),
+        ];
+        for (body, method, session, kind) in cases {
+            let env = parse_envelope(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(env.method.as_deref(), method, "{body}");
+            assert_eq!(env.session_id.as_deref(), session, "{body}");
+            assert_eq!(env.kind, kind, "{body}");
+        }
+        // Still invalid: the number itself is malformed.
+        assert!(parse_envelope(br#"{"method":"m","params":1E}"#).is_err());
     }
 
     #[test]

@@ -1,18 +1,22 @@
 //! One owned HTTP/1.1 client connection: read a head, admit the request, forward it
-//! ([`super::forward`]) and pass the answer back ([`super::respond`]), repeat. The connection's task owns its client stream, its read and write buffers
-//! and, during an exchange, the upstream socket; nothing else touches them. Idle, a plain-TCP
-//! connection frees its buffers and waits for readability; `header_read_timeout` bounds both
-//! the wait for a request and the reading of its head; on shutdown an idle connection closes at
-//! once and a busy one after its exchange (its response says `Connection: close`).
+//! ([`super::forward`]) and pass the answer back ([`super::respond`]), repeat. The
+//! connection's task owns its client stream, its read and write buffers and, during an
+//! exchange, the upstream socket; nothing else touches them. Idle, a plain-TCP connection frees
+//! its buffers and waits for readability, and after [`PARK_AFTER`] parks
+//! ([`super::parked`]), its task ending until bytes arrive; `header_read_timeout` bounds both
+//! the wait for a request (parked or not) and the reading of its head; on shutdown an idle
+//! connection closes at once and a busy one after its exchange (its response says
+//! `Connection: close`).
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +24,7 @@ use super::buffers;
 use super::chunked::Chunked;
 use super::client::{Client, Prefixed};
 use super::forward::Exchange;
+use super::parked::{Parked, PARK_AFTER};
 use super::parse::{self, Framing, HeadError, Parsed, RequestHead};
 use super::relay;
 use super::write::{self, ToClient};
@@ -28,51 +33,101 @@ use crate::proxy::http::{Conn, LogFacts, Logged, ProxyBody};
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+// None of these is an `async fn`: an async fn keeps its arguments and the locals moved out of
+// them side by side in its future, and a connection's future is its task's size for as long as
+// the client stays connected.
+
 /// Serve one HTTP/1.1 client connection until it closes, fails, idles past
-/// `header_read_timeout` or shutdown ends it.
-pub async fn serve<T>(io: Client<T>, conn: Conn)
+/// `header_read_timeout`, parks ([`super::parked`]) or shutdown ends it.
+pub fn serve<T>(io: Client<T>, conn: Conn) -> impl Future<Output = ()>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(header_read_timeout) = conn.header_read_timeout() else {
-        return; // the listener was removed meanwhile
-    };
-    let shutdown = conn.ctx.shutdown.token.clone();
-    let mut c = Connection {
-        io,
-        conn,
-        buf: BytesMut::new(),
-        out: Vec::new(),
-    };
-    let mut first = true;
-    loop {
-        match c.next_head(header_read_timeout, &shutdown, first).await {
-            Next::Request(head) => {
-                // Boxed: the exchange's state is allocated while it runs, so an idle
-                // connection's task stays small.
-                let keep_alive = Box::pin(c.exchange(head, &shutdown)).await;
-                if !keep_alive || shutdown.is_cancelled() {
+    run(Connection::new(io, conn), true, None)
+}
+
+/// Serve a parked connection that became readable: its wait for a request goes on, bounded by
+/// the deadline it parked with.
+pub(super) fn resume(
+    stream: TcpStream,
+    conn: Conn,
+    deadline: Instant,
+    first: bool,
+) -> impl Future<Output = ()> {
+    let io = Client::<TcpStream>::Tcp(stream);
+    run(Connection::new(io, conn), first, Some(deadline))
+}
+
+// An `async fn` would store `c` twice (argument and local) for the connection's life.
+#[allow(clippy::manual_async_fn)]
+fn run<T>(
+    mut c: Connection<T>,
+    mut first: bool,
+    mut resumed: Option<Instant>,
+) -> impl Future<Output = ()>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        let Some(header_read_timeout) = c.conn.header_read_timeout() else {
+            return; // the listener was removed meanwhile
+        };
+        let shutdown = c.conn.ctx.shutdown.token.clone();
+        loop {
+            let deadline = resumed
+                .take()
+                .unwrap_or_else(|| Instant::now() + header_read_timeout);
+            match c.next_head(deadline, &shutdown, first).await {
+                Next::Request(head) => {
+                    // Boxed: the exchange's state is allocated while it runs, so an idle
+                    // connection's task stays small.
+                    let keep_alive = Box::pin(c.exchange(head, &shutdown)).await;
+                    if !keep_alive || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Next::Park => {
+                    let Connection { io, conn, .. } = c;
+                    if let Client::Tcp(stream) = io {
+                        park(stream, conn, deadline, first);
+                    }
+                    return;
+                }
+                Next::H2c => {
+                    let Connection { io, conn, buf, .. } = c;
+                    if let Client::Tcp(stream) = io {
+                        let prefix = buf.freeze();
+                        let io = Prefixed { prefix, stream };
+                        Box::pin(crate::proxy::http::serve_h2(io, Arc::new(conn))).await;
+                    }
+                    return;
+                }
+                Next::Refused(status, why) => {
+                    c.refuse(status, why).await;
                     break;
                 }
+                Next::Closed => break,
             }
-            Next::H2c => {
-                let Connection { io, conn, buf, .. } = c;
-                if let Client::Tcp(stream) = io {
-                    let prefix = buf.freeze();
-                    let io = Prefixed { prefix, stream };
-                    Box::pin(crate::proxy::http::serve_h2(io, Arc::new(conn))).await;
-                }
-                return;
-            }
-            Next::Refused(status, why) => {
-                c.refuse(status, why).await;
-                break;
-            }
-            Next::Closed => break,
+            first = false;
         }
-        first = false;
+        let _ = c.io.shutdown().await;
     }
-    let _ = c.io.shutdown().await;
+}
+
+/// Hand an idle connection to the parker (dropping it, which closes it, if its socket cannot
+/// leave tokio's reactor).
+fn park(stream: TcpStream, conn: Conn, deadline: Instant, first: bool) {
+    let ctx = conn.ctx.clone();
+    match stream.into_std() {
+        Ok(stream) => ctx.parking.park(Parked {
+            stream,
+            conn,
+            deadline,
+            first,
+            span: tracing::Span::current(),
+        }),
+        Err(e) => tracing::debug!(error = %e, "could not park an idle connection; closing it"),
+    }
 }
 
 /// What waiting for the next request gave.
@@ -87,6 +142,8 @@ enum Next {
     Refused(StatusCode, String),
     /// Closed by the client, idle past the timeout, or shutdown while idle.
     Closed,
+    /// Idle for [`PARK_AFTER`]: the connection parks.
+    Park,
 }
 
 /// How the client sent its request, for how its answer goes back.
@@ -129,13 +186,23 @@ impl<T> Connection<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    fn new(io: Client<T>, conn: Conn) -> Connection<T> {
+        Connection {
+            io,
+            conn,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
     async fn next_head(
         &mut self,
-        timeout: Duration,
+        deadline: Instant,
         shutdown: &CancellationToken,
         mut first: bool,
     ) -> Next {
-        let deadline = Instant::now() + timeout;
+        // An idle plain-TCP connection parks after PARK_AFTER, when it would still be open.
+        let park_at = Instant::now() + PARK_AFTER;
         loop {
             if !self.buf.is_empty() {
                 // A plain-TCP connection's first bytes may be the HTTP/2 preface (h2c).
@@ -158,11 +225,20 @@ where
                 }
             }
             let idle = self.buf.is_empty();
+            let mut wake_at = deadline;
             if idle && self.io.parks() {
                 // Between requests: hold only the socket (the buffers go back to the thread's
                 // spares).
                 buffers::give_read(std::mem::take(&mut self.buf));
                 buffers::give_write(std::mem::take(&mut self.out));
+                let ctx = &self.conn.ctx;
+                if park_at < deadline
+                    && ctx
+                        .parking
+                        .available(&ctx.shutdown, &ctx.metrics.connections_parked)
+                {
+                    wake_at = park_at;
+                }
             }
             let (io, buf) = (&mut self.io, &mut self.buf);
             let read = async move {
@@ -176,7 +252,8 @@ where
                 biased;
                 _ = shutdown.cancelled(), if idle => return Next::Closed,
                 filled = read => filled,
-                _ = tokio::time::sleep_until(deadline) => return match idle {
+                _ = tokio::time::sleep_until(wake_at) => return match idle {
+                    true if wake_at < deadline => Next::Park,
                     true => Next::Closed,
                     false => Next::Refused(
                         StatusCode::REQUEST_TIMEOUT,

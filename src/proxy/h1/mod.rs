@@ -3,15 +3,17 @@
 //! [`crate::proxy::http::Conn`] decide where it goes, rewrites its fields, takes an upstream
 //! socket from that upstream's idle stack ([`crate::upstream::IdleConns`]) and drives it in the
 //! same task: the head, the body ([`relay`], [`chunked`]), the response head and body back,
-//! then the next request. Between requests a plain-TCP connection holds only its socket. An
-//! `Upgrade` answered with 101 becomes a byte tunnel in the same task; an HTTP/2
-//! prior-knowledge preface hands the connection to hyper.
+//! then the next request. Between requests a plain-TCP connection holds only its socket, and
+//! after [`PARK_AFTER`] not even a task ([`parked`]). An `Upgrade` answered with 101 becomes a
+//! byte tunnel in the same task; an HTTP/2 prior-knowledge preface hands the connection to
+//! hyper.
 
 mod buffers;
 pub mod chunked;
 mod client;
 mod conn;
 mod forward;
+mod parked;
 pub mod parse;
 pub mod relay;
 mod respond;
@@ -19,3 +21,4 @@ pub mod write;
 
 pub(crate) use client::Client;
 pub(crate) use conn::serve;
+pub use parked::{Parking, PARK_AFTER};
