@@ -286,20 +286,20 @@ impl<'de> DeserializeSeed<'de> for EnvelopeSeed {
                     kind: MessageKind::Request,
                     ..Envelope::default()
                 };
-                while let Some(key) = map.next_key::<Str<'de>>()? {
+                while let Some(key) = map.next_key::<Name<'de>>()? {
                     match &*key.0 {
-                        "method" => {
+                        b"method" => {
                             env.method = self.pick(&mut map, Pick::Str)?;
                             if env.method.is_none() {
                                 env.kind = MessageKind::Invalid;
                             }
                         }
-                        "id" => env.id = Some(map.next_value()?),
-                        "params" => env.session_id = self.pick(&mut map, Pick::SessionId)?,
-                        "result" => {
+                        b"id" => env.id = Some(map.next_value()?),
+                        b"params" => env.session_id = self.pick(&mut map, Pick::SessionId)?,
+                        b"result" => {
                             env.has_result = map.next_value::<IgnoredAny>().map(|_| true)?
                         }
-                        "error" => env.has_error = map.next_value::<IgnoredAny>().map(|_| true)?,
+                        b"error" => env.has_error = map.next_value::<IgnoredAny>().map(|_| true)?,
                         _ => drop(map.next_value::<IgnoredAny>()?),
                     }
                 }
@@ -320,6 +320,36 @@ impl<'de> Deserialize<'de> for Str<'de> {
         d.deserialize_any(Pick::Str)?
             .map(Str)
             .ok_or_else(|| serde::de::Error::custom("expected a string"))
+    }
+}
+
+/// A member name as bytes, escapes processed. Never refused: a name may hold a lone surrogate
+/// (`"\ude30"`), valid JSON that a Rust string cannot hold and that no name the envelope looks
+/// for has (found by the `envelope` fuzz target).
+struct Name<'a>(Cow<'a, [u8]>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_vec())))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v.as_bytes())))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.as_bytes().to_vec())))
+            }
+        }
+        d.deserialize_bytes(V)
     }
 }
 
@@ -351,8 +381,8 @@ impl<'de> Visitor<'de> for Pick {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
-        while let Some(key) = map.next_key::<Str<'de>>()? {
-            if matches!(self, Pick::SessionId) && key.0 == "sessionId" {
+        while let Some(key) = map.next_key::<Name<'de>>()? {
+            if matches!(self, Pick::SessionId) && *key.0 == *b"sessionId" {
                 found = map.next_value_seed(Pick::Str)?;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -398,18 +428,40 @@ impl<'de> DeserializeSeed<'de> for RawFirst {
 fn raw_pick(pick: Pick, raw: &RawValue) -> Result<Option<Cow<'_, str>>, serde_json::Error> {
     let text = raw.get();
     match (pick, first_byte(text.as_bytes())) {
-        (Pick::Str, Some(b'"')) => Ok(Some(serde_json::from_str::<Str<'_>>(text)?.0)),
+        // A string a Rust string cannot hold (a lone surrogate) names no method or session.
+        (Pick::Str, Some(b'"')) => Ok(serde_json::from_str::<Str<'_>>(text).ok().map(|s| s.0)),
         // As `Pick`'s own visitor: the last `sessionId` member counts.
-        (Pick::SessionId, Some(b'{')) => match object_entries(text)?
-            .into_iter()
-            .rev()
-            .find(|(name, _)| name == "sessionId")
-        {
-            Some((_, value)) => raw_pick(Pick::Str, value),
+        (Pick::SessionId, Some(b'{')) => match last_member(text, b"sessionId")? {
+            Some(value) => raw_pick(Pick::Str, value),
             None => Ok(None),
         },
         _ => Ok(None),
     }
+}
+
+/// The raw value of an object's last member called `name`.
+fn last_member<'a>(
+    object: &'a str,
+    name: &[u8],
+) -> Result<Option<&'a RawValue>, serde_json::Error> {
+    struct V<'n>(&'n [u8]);
+    impl<'de> Visitor<'de> for V<'_> {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut last = None;
+            while let Some(key) = map.next_key::<Name<'de>>()? {
+                let value = map.next_value::<&'de RawValue>()?;
+                if *key.0 == *self.0 {
+                    last = Some(value);
+                }
+            }
+            Ok(last)
+        }
+    }
+    serde_json::Deserializer::from_str(object).deserialize_map(V(name))
 }
 
 /// The members of a JSON object in their original order, values raw.
@@ -479,10 +531,11 @@ mod tests {
         serde_json::from_slice(bytes).unwrap()
     }
 
-    /// Valid JSON with a number past f64's range where a string or an object is looked for:
-    /// read, never refused as invalid JSON (the `envelope` fuzz target found the first one).
+    /// Valid JSON with a number past f64's range where a string or an object is looked for, or
+    /// a lone surrogate: read, never refused as invalid JSON (found by the `envelope` fuzz
+    /// target).
     #[test]
-    fn numbers_past_f64_range_where_strings_are_looked_for_are_valid_json() {
+    fn valid_json_no_rust_value_holds_is_read_not_refused() {
         let cases = [
             (
                 r#"{"jsonrpc":"2.0","id":3,"method":"sessions.open","params":1E999}"#,
@@ -525,6 +578,40 @@ mod tests {
                 Some("m"),
                 None,
                 MessageKind::Notification,
+            ),
+        ];
+        for (body, method, session, kind) in cases {
+            let env = parse_envelope(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(env.method.as_deref(), method, "{body}");
+            assert_eq!(env.session_id.as_deref(), session, "{body}");
+            assert_eq!(env.kind, kind, "{body}");
+        }
+        // Lone surrogates (valid JSON; no Rust string holds them): in a name the message is
+        // read, in a method or session id that value names nothing.
+        let cases = [
+            (
+                r#"{"\ude30":1,"id":1,"method":"m","params":{"sessionId":"s"}}"#,
+                Some("m"),
+                Some("s"),
+                MessageKind::Request,
+            ),
+            (
+                r#"{"id":1,"method":"m","params":{"\ud800x":1,"sessionId":"s"}}"#,
+                Some("m"),
+                Some("s"),
+                MessageKind::Request,
+            ),
+            (
+                r#"{"id":1,"method":"\ude30","params":{"sessionId":"s"}}"#,
+                None,
+                Some("s"),
+                MessageKind::Invalid,
+            ),
+            (
+                r#"{"id":1,"method":"m","params":{"sessionId":"\ud800"}}"#,
+                Some("m"),
+                None,
+                MessageKind::Request,
             ),
         ];
         for (body, method, session, kind) in cases {
