@@ -747,7 +747,7 @@ def phase_openloop(fx: Fixture, raw: dict) -> None:
 
 def phase_idle(fx: Fixture, raw: dict) -> None:
     out = raw.setdefault("idle", [])
-    for proxy in PROXIES:
+    for proxy in [*PROXIES, *EXTRA]:
         fx.check_alive()
         pid = fx.pid(proxy)
         time.sleep(1)
