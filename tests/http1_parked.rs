@@ -69,6 +69,24 @@ async fn connect(addr: SocketAddr) -> TcpStream {
     tcp
 }
 
+/// A connection that made one request and then parked (the only one parked so far).
+async fn parked_connection(proxy: &Proxy) -> TcpStream {
+    let mut tcp = connect(proxy.addr("web")).await;
+    tcp.write_all(get("/once").as_bytes()).await.unwrap();
+    assert_eq!(response(&mut tcp).await.0, 200);
+    parked_until(proxy, 1.0).await;
+    tcp
+}
+
+/// Nothing parked and no connection open.
+async fn all_freed(proxy: &Proxy) {
+    parked_until(proxy, 0.0).await;
+    poll_until("no connection open", 10, || async {
+        gauge(proxy, "sessiongate_connections_active").await == 0.0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_answers_its_next_requests_on_the_same_connection() {
     within(30, async {
@@ -131,11 +149,8 @@ async fn a_parked_connection_closes_at_its_deadline_and_frees_its_place() {
         let fleet = Fleet::start(&["a"]).await;
         let yaml = web_config(&fleet.members, "    header_read_timeout: 1s\n", "");
         let proxy = Proxy::start_yaml(&yaml).await;
-        let mut tcp = connect(proxy.addr("web")).await;
-        tcp.write_all(get("/once").as_bytes()).await.unwrap();
-        assert_eq!(response(&mut tcp).await.0, 200);
         let idle_from = Instant::now();
-        parked_until(&proxy, 1.0).await;
+        let mut tcp = parked_connection(&proxy).await;
         assert!(
             closed(&mut tcp).await,
             "the proxy sent more than one response"
@@ -145,11 +160,7 @@ async fn a_parked_connection_closes_at_its_deadline_and_frees_its_place() {
             idle >= Duration::from_millis(900) && idle < Duration::from_secs(10),
             "closed after {idle:?}"
         );
-        parked_until(&proxy, 0.0).await;
-        poll_until("no connection open", 10, || async {
-            gauge(&proxy, "sessiongate_connections_active").await == 0.0
-        })
-        .await;
+        all_freed(&proxy).await;
     })
     .await
 }
@@ -159,16 +170,9 @@ async fn a_parked_connection_the_client_closes_is_freed() {
     within(30, async {
         let fleet = Fleet::start(&["a"]).await;
         let proxy = Proxy::start_yaml(&web_config(&fleet.members, "", "")).await;
-        let mut tcp = connect(proxy.addr("web")).await;
-        tcp.write_all(get("/once").as_bytes()).await.unwrap();
-        assert_eq!(response(&mut tcp).await.0, 200);
-        parked_until(&proxy, 1.0).await;
+        let tcp = parked_connection(&proxy).await;
         drop(tcp);
-        parked_until(&proxy, 0.0).await;
-        poll_until("no connection open", 10, || async {
-            gauge(&proxy, "sessiongate_connections_active").await == 0.0
-        })
-        .await;
+        all_freed(&proxy).await;
     })
     .await
 }
@@ -179,10 +183,7 @@ async fn a_parked_connection_holds_its_place_under_max_connections() {
         let fleet = Fleet::start(&["a"]).await;
         let yaml = web_config(&fleet.members, "    max_connections: 1\n", "");
         let proxy = Proxy::start_yaml(&yaml).await;
-        let mut first = connect(proxy.addr("web")).await;
-        first.write_all(get("/one").as_bytes()).await.unwrap();
-        assert_eq!(response(&mut first).await.0, 200);
-        parked_until(&proxy, 1.0).await;
+        let first = parked_connection(&proxy).await;
 
         // The second connection waits in the backlog: not accepted while the first is open.
         let mut second = connect(proxy.addr("web")).await;
