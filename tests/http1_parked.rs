@@ -63,6 +63,13 @@ async fn parked_until(proxy: &Proxy, n: f64) {
     .await;
 }
 
+/// A proxy in front of one upstream `a`, with extra listener lines (the fleet must stay alive).
+async fn proxy_with(listener_extra: &str) -> (Fleet, Proxy) {
+    let fleet = Fleet::start(&["a"]).await;
+    let proxy = Proxy::start_yaml(&web_config(&fleet.members, listener_extra, "")).await;
+    (fleet, proxy)
+}
+
 async fn connect(addr: SocketAddr) -> TcpStream {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
@@ -90,8 +97,7 @@ async fn all_freed(proxy: &Proxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_answers_its_next_requests_on_the_same_connection() {
     within(30, async {
-        let fleet = Fleet::start(&["a"]).await;
-        let proxy = Proxy::start_yaml(&web_config(&fleet.members, "", "")).await;
+        let (_fleet, proxy) = proxy_with("").await;
         let mut tcp = connect(proxy.addr("web")).await;
         tcp.write_all(get("/one").as_bytes()).await.unwrap();
         assert_eq!(response(&mut tcp).await.0, 200);
@@ -131,8 +137,7 @@ async fn a_parked_connection_answers_its_next_requests_on_the_same_connection() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_parked_before_its_first_request_is_served() {
     within(30, async {
-        let fleet = Fleet::start(&["a"]).await;
-        let proxy = Proxy::start_yaml(&web_config(&fleet.members, "", "")).await;
+        let (_fleet, proxy) = proxy_with("").await;
         let mut tcp = connect(proxy.addr("web")).await;
         parked_until(&proxy, 1.0).await;
         tcp.write_all(get("/first").as_bytes()).await.unwrap();
@@ -146,9 +151,7 @@ async fn a_connection_parked_before_its_first_request_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_closes_at_its_deadline_and_frees_its_place() {
     within(30, async {
-        let fleet = Fleet::start(&["a"]).await;
-        let yaml = web_config(&fleet.members, "    header_read_timeout: 1s\n", "");
-        let proxy = Proxy::start_yaml(&yaml).await;
+        let (_fleet, proxy) = proxy_with("    header_read_timeout: 1s\n").await;
         let idle_from = Instant::now();
         let mut tcp = parked_connection(&proxy).await;
         assert!(
@@ -168,8 +171,7 @@ async fn a_parked_connection_closes_at_its_deadline_and_frees_its_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_the_client_closes_is_freed() {
     within(30, async {
-        let fleet = Fleet::start(&["a"]).await;
-        let proxy = Proxy::start_yaml(&web_config(&fleet.members, "", "")).await;
+        let (_fleet, proxy) = proxy_with("").await;
         let tcp = parked_connection(&proxy).await;
         drop(tcp);
         all_freed(&proxy).await;
@@ -180,9 +182,7 @@ async fn a_parked_connection_the_client_closes_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_holds_its_place_under_max_connections() {
     within(30, async {
-        let fleet = Fleet::start(&["a"]).await;
-        let yaml = web_config(&fleet.members, "    max_connections: 1\n", "");
-        let proxy = Proxy::start_yaml(&yaml).await;
+        let (_fleet, proxy) = proxy_with("    max_connections: 1\n").await;
         let first = parked_connection(&proxy).await;
 
         // The second connection waits in the backlog: not accepted while the first is open.
@@ -206,8 +206,7 @@ async fn a_parked_connection_holds_its_place_under_max_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_parked_connections_and_waits_for_nothing() {
     within(30, async {
-        let fleet = Fleet::start(&["a"]).await;
-        let proxy = Proxy::start_yaml(&web_config(&fleet.members, "", "")).await;
+        let (_fleet, proxy) = proxy_with("").await;
         let mut clients = Vec::new();
         for _ in 0..3 {
             let mut tcp = connect(proxy.addr("web")).await;

@@ -74,10 +74,13 @@ where
         };
         let shutdown = c.conn.ctx.shutdown.token.clone();
         loop {
-            let deadline = resumed
-                .take()
-                .unwrap_or_else(|| Instant::now() + header_read_timeout);
-            match c.next_head(deadline, &shutdown, first).await {
+            // One clock read per wait: the deadline and the moment to park come from it.
+            let now = Instant::now();
+            let deadline = resumed.take().unwrap_or(now + header_read_timeout);
+            match c
+                .next_head(deadline, now + PARK_AFTER, &shutdown, first)
+                .await
+            {
                 Next::Request(head) => {
                     // Boxed: the exchange's state is allocated while it runs, so an idle
                     // connection's task stays small.
@@ -195,14 +198,15 @@ where
         }
     }
 
+    /// The next request head; `park_at`: when an idle plain-TCP connection parks, if it would
+    /// still be open then.
     async fn next_head(
         &mut self,
         deadline: Instant,
+        park_at: Instant,
         shutdown: &CancellationToken,
         mut first: bool,
     ) -> Next {
-        // An idle plain-TCP connection parks after PARK_AFTER, when it would still be open.
-        let park_at = Instant::now() + PARK_AFTER;
         loop {
             if !self.buf.is_empty() {
                 // A plain-TCP connection's first bytes may be the HTTP/2 preface (h2c).
